@@ -1,0 +1,155 @@
+"""The CLIPSeg module: an open_clip CLIP backbone plus the CLIPSeg decoder.
+
+The query image runs through the vision tower only up to the deepest extracted block
+(blocks after it are dead compute for segmentation); its activations are reduced once
+per image and shared by every prompt for that image. Conditioning vectors come from the
+full vision tower (visual prompts) or the text tower (text prompts).
+
+No grad-mode decorators here: training reuses ``forward``; inference mode belongs to the
+predictor.
+"""
+
+from __future__ import annotations
+
+import open_clip
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ClipSegConfig
+from .decoder import ClipSegDecoder
+
+
+def build_clip(config: ClipSegConfig) -> nn.Module:
+    """An open_clip ``CLIP`` with the config's dimensions and QuickGELU (OpenAI weights)."""
+    return open_clip.model.CLIP(**config.backbone.open_clip_kwargs(), quick_gelu=True)
+
+
+def resize_positional_embedding(pos: torch.Tensor, grid: int) -> torch.Tensor:
+    """Bicubically resize a ViT positional embedding to a ``grid`` x ``grid`` patch grid.
+
+    Args:
+        pos: [1 + n*n, W] (class token first), as trained (14x14 for ViT-B/16 at 224).
+    Returns:
+        [1 + grid*grid, W]; unchanged when the grid already matches.
+    """
+    n = round((pos.shape[0] - 1) ** 0.5)
+    if n == grid:
+        return pos
+    patches = pos[1:].T.reshape(1, pos.shape[1], n, n)
+    patches = F.interpolate(patches, size=(grid, grid), mode="bicubic", align_corners=False)
+    return torch.cat([pos[:1], patches.reshape(pos.shape[1], grid * grid).T])
+
+
+class ClipSeg(nn.Module):
+    """CLIPSeg: segment an image given conditioning vectors.
+
+    Shapes (ViT-B/16 at 352: S=352, g=22, W=768, D=512):
+        images: [B, 3, S, S] float, ImageNet-normalised.
+        conditionals: [P, D] float (text, visual or mixed CLIP embeddings, unnormalised).
+        logits: [P, S, S] float.
+    """
+
+    def __init__(self, config: ClipSegConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.clip = build_clip(config)
+        self.decoder = ClipSegDecoder(config)
+        # The backbone is frozen in CLIPSeg; training only updates the decoder.
+        self.clip.requires_grad_(False)
+
+    # ----------------------------------------------------------------- vision tower
+    def _tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """Patch + class embeddings with resized positions and ln_pre: [B, 1 + g*g, W]."""
+        visual = self.clip.visual
+        x = visual.conv1(images.to(visual.conv1.weight.dtype))
+        grid = x.shape[-1]
+        x = x.flatten(2).transpose(1, 2)
+        cls = visual.class_embedding.to(x.dtype).expand(x.shape[0], 1, -1)
+        pos = resize_positional_embedding(visual.positional_embedding, grid)
+        x = torch.cat([cls, x], dim=1) + pos.to(x.dtype)
+        return visual.ln_pre(x)
+
+    def _run_blocks(self, x: torch.Tensor, last: int, keep: tuple[int, ...]) -> tuple:
+        """Run vision blocks 0..last; return (x, activations after the blocks in ``keep``)."""
+        transformer = self.clip.visual.transformer
+        batch_first = getattr(transformer, "batch_first", True)
+        activations = []
+        if not batch_first:
+            x = x.transpose(0, 1)
+        for i, block in enumerate(transformer.resblocks[: last + 1]):
+            x = block(x)
+            if i in keep:
+                activations.append(x if batch_first else x.transpose(0, 1))
+        if not batch_first:
+            x = x.transpose(0, 1)
+        return x, activations
+
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Activations after each extracted block, shallow to deep, each [B, 1 + g*g, W].
+
+        Stops after the deepest extracted block: later blocks do not affect the mask.
+        """
+        _, activations = self._run_blocks(
+            self._tokens(images), self.config.last_query_block, self.config.extract_layers
+        )
+        return activations
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings (full tower, pooled CLS, projected): [B, 3, S, S] -> [B, D].
+
+        Unnormalised, as CLIPSeg uses them for visual-prompt conditioning.
+        """
+        visual = self.clip.visual
+        x, _ = self._run_blocks(self._tokens(images), len(visual.transformer.resblocks) - 1, ())
+        return visual.ln_post(x[:, 0]) @ visual.proj
+
+    # ------------------------------------------------------------------- text tower
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """CLIP text embeddings: int64 tokens [N, L] (L <= context length) -> [N, D].
+
+        The tower is causal and pools at the end-of-text token (the largest id), so
+        tokens padded only to the batch's longest prompt give the same embedding as
+        padding to 77, for a fraction of the compute.
+        """
+        clip = self.clip
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]
+        x = clip.transformer(x, attn_mask=clip.attn_mask[:length, :length])
+        x = clip.ln_final(x)
+        pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
+        return pooled @ clip.text_projection
+
+    # ----------------------------------------------------------------- segmentation
+    def forward(
+        self,
+        images: torch.Tensor,
+        conditionals: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Mask logits for every (image, conditional) row with ONE backbone pass per image.
+
+        Args:
+            images: [B, 3, S, S] normalised.
+            conditionals: [P, D].
+            image_index: [P] int64 in [0, B): row p segments image ``image_index[p]``;
+                None means P == B and row i uses image i.
+        Returns:
+            logits [P, S, S].
+        """
+        reduced = self.decoder.reduce(self.image_features(images))
+        return self.decoder(reduced, conditionals.to(reduced[0].dtype), image_index)
+
+    def segment_grouped(
+        self, images: torch.Tensor, conditionals: list[torch.Tensor]
+    ) -> list[torch.Tensor]:
+        """Convenience: per image a [N_i, D] block of conditionals -> per image [N_i, S, S]."""
+        if len(conditionals) != images.shape[0]:
+            raise ValueError(f"{len(conditionals)} conditional groups for {images.shape[0]} images")
+        counts = [int(c.shape[0]) for c in conditionals]
+        index = torch.repeat_interleave(
+            torch.arange(len(counts), device=images.device),
+            torch.tensor(counts, device=images.device),
+        )
+        logits = self.forward(images, torch.cat(conditionals), index)
+        return list(logits.split(counts))

@@ -1,0 +1,187 @@
+"""One entry point for every weights source.
+
+    random / random:<variant>         random init (tests, offline smoke runs; meaningless masks)
+    <dir with our config.json>        our checkpoint (training output)
+    <dir with HF config.json>         a transformers CLIPSeg checkpoint on disk
+    <file>.pth                        an official decoder file (+ backbone weights)
+    CIDAS/clipseg-rd64-refined        a HuggingFace hub id (downloaded or from the HF cache)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..clipseg import ClipSeg
+from ..config import DEFAULT_VARIANT, ClipSegConfig, get_variant
+from ..errors import WeightsError
+from . import hf, native, official
+from .files import read_state_dict
+from .strict import load_strict
+
+log = logging.getLogger(__name__)
+
+RANDOM_WARNING = (
+    "RANDOM WEIGHTS: this model was initialised at random; its masks are meaningless. "
+    "Use it only for tests and smoke runs."
+)
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+@dataclass
+class LoadedModel:
+    """A model in eval mode plus where it came from (for /info and logs)."""
+
+    model: ClipSeg
+    kind: str  # "random" | "native" | "hf" | "official"
+    source: str
+    files: list[Path] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+
+
+def build_random(config: ClipSegConfig, seed: int = 0) -> ClipSeg:
+    """A model with seeded random weights (same seed, same torch -> same weights)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return ClipSeg(config)
+
+
+def load_model(
+    source: str | Path,
+    *,
+    variant: str | None = None,
+    backbone: str = "openai",
+) -> LoadedModel:
+    """Load a CLIPSeg model from any supported source (see the module docstring).
+
+    Args:
+        source: the weights source.
+        variant: expected/selected variant; for ``random`` it picks the architecture,
+            elsewhere a mismatch with the checkpoint is an error.
+        backbone: for official decoder files without CLIP weights: "openai" (open_clip's
+            OpenAI ViT-B/16 weights, downloaded once) or a local weights file.
+    """
+    text = str(source)
+    if text == "random" or text.startswith("random:"):
+        name = text.partition(":")[2] or variant or DEFAULT_VARIANT
+        warnings.warn(RANDOM_WARNING, stacklevel=2)
+        log.warning(RANDOM_WARNING)
+        return _finish(LoadedModel(build_random(get_variant(name)), "random", f"random:{name}"))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if native.is_native_checkpoint(path):
+            return _finish(_load_native(path, variant))
+        return _finish(_load_hf_dir(path, variant, str(path)))
+    if path.is_file():
+        return _finish(_load_official(path, variant, backbone))
+    if path.suffix or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise WeightsError(f"weights source {text!r} is not a file, a directory or a hub id")
+    return _finish(_load_hf_dir(_download_hub(text), variant, text))
+
+
+def _finish(loaded: LoadedModel) -> LoadedModel:
+    loaded.model.eval()
+    return loaded
+
+
+def _check_variant(config: ClipSegConfig, variant: str | None, what: str) -> None:
+    if variant is not None and variant != config.variant:
+        raise WeightsError(f"{what} is variant {config.variant!r}, not the requested {variant!r}")
+
+
+def _load_native(path: Path, variant: str | None) -> LoadedModel:
+    meta = native.read_native_config(path)
+    config = native.model_config_of(meta, path)
+    _check_variant(config, variant, str(path))
+    model = ClipSeg(config)
+    decoder_file = path / native.DECODER_FILE
+    load_strict(model.decoder, read_state_dict(decoder_file), str(decoder_file))
+    files = [decoder_file]
+    source = str(meta["backbone"].get("source", ""))
+    if source == "included":
+        backbone_file = path / native.BACKBONE_FILE
+        load_strict(model.clip, read_state_dict(backbone_file), str(backbone_file))
+        files.append(backbone_file)
+    elif source.startswith("random:"):
+        seed = int(source.partition(":")[2] or 0)
+        load_strict(model.clip, build_random(config, seed).clip.state_dict(), source)
+    else:
+        load_strict(model.clip, _backbone_state(source, config), f"backbone {source!r}")
+    return LoadedModel(model, "native", str(path), files, dict(meta.get("metrics", {})))
+
+
+def _load_hf_dir(path: Path, variant: str | None, source: str) -> LoadedModel:
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise WeightsError(f"{path} has no config.json: not a CLIPSeg checkpoint directory")
+    try:
+        config = hf.config_from_hf(json.loads(config_file.read_text()))
+    except json.JSONDecodeError as exc:
+        raise WeightsError(f"{config_file} is not valid JSON: {exc}") from exc
+    _check_variant(config, variant, source)
+    weights = _hf_weights_file(path)
+    model = ClipSeg(config)
+    load_strict(model, hf.convert_hf_state_dict(read_state_dict(weights)), str(weights))
+    return LoadedModel(model, "hf", source, [weights])
+
+
+def _hf_weights_file(path: Path) -> Path:
+    for name in HF_WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    raise WeightsError(f"{path} has none of {', '.join(HF_WEIGHT_FILES)}")
+
+
+def _download_hub(repo_id: str) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(
+            snapshot_download(repo_id, allow_patterns=["config.json", *HF_WEIGHT_FILES])
+        )
+    except Exception as exc:
+        raise WeightsError(
+            f"cannot fetch {repo_id!r} from the HuggingFace hub or its cache: {exc}"
+        ) from exc
+
+
+def _load_official(path: Path, variant: str | None, backbone: str) -> LoadedModel:
+    state = read_state_dict(path)
+    config = official.config_for_official(state, variant)
+    decoder_state, clip_state = official.split_official_state_dict(state)
+    model = ClipSeg(config)
+    load_strict(model.decoder, decoder_state, str(path))
+    if clip_state:
+        load_strict(model.clip, clip_state, f"{path} (clip_model.*)")
+    else:
+        load_strict(model.clip, _backbone_state(backbone, config), f"backbone {backbone!r}")
+    return LoadedModel(model, "official", str(path), [path])
+
+
+def _backbone_state(source: str, config: ClipSegConfig) -> dict[str, torch.Tensor]:
+    """open_clip-keyed CLIP tensors from "openai", a weights file, or an HF checkpoint."""
+    if source == "openai":
+        return _openai_backbone(config)
+    path = Path(source).expanduser()
+    if path.is_file():
+        return read_state_dict(path)
+    loaded = _load_hf_dir(path if path.is_dir() else _download_hub(source), None, source)
+    return loaded.model.clip.state_dict()
+
+
+def _openai_backbone(config: ClipSegConfig) -> dict[str, torch.Tensor]:
+    if config.backbone.name != "ViT-B-16":
+        raise WeightsError(f"OpenAI weights exist for ViT-B-16, not {config.backbone.name!r}")
+    try:
+        import open_clip
+
+        clip = open_clip.create_model("ViT-B-16", pretrained="openai", force_quick_gelu=True)
+    except Exception as exc:
+        raise WeightsError(f"cannot load OpenAI ViT-B/16 weights through open_clip: {exc}") from exc
+    return clip.state_dict()
