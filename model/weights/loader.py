@@ -1,10 +1,10 @@
 """One entry point for every weights source.
 
-    random / random:<variant>         random init (tests, offline smoke runs; meaningless masks)
-    <dir with our config.json>        our checkpoint (training output)
-    <dir with HF config.json>         a transformers CLIPSeg checkpoint on disk
-    <file>.pth                        an official decoder file (+ backbone weights)
-    CIDAS/clipseg-rd64-refined        a HuggingFace hub id (downloaded or from the HF cache)
+random / random:<variant>         random init (tests, offline smoke runs; meaningless masks)
+<dir with our config.json>        our checkpoint (training output)
+<dir with HF config.json>         a transformers CLIPSeg checkpoint on disk
+<file>.pth                        an official decoder file (+ backbone weights)
+CIDAS/clipseg-rd64-refined        a HuggingFace hub id (downloaded or from the HF cache)
 """
 
 from __future__ import annotations
@@ -142,9 +142,7 @@ def _download_hub(repo_id: str) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        return Path(
-            snapshot_download(repo_id, allow_patterns=["config.json", *HF_WEIGHT_FILES])
-        )
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json", *HF_WEIGHT_FILES]))
     except Exception as exc:
         raise WeightsError(
             f"cannot fetch {repo_id!r} from the HuggingFace hub or its cache: {exc}"

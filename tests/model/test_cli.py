@@ -1,0 +1,47 @@
+"""clipseg-predict end to end on the tiny random model."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from PIL import Image
+
+from model.cli import main
+from model.weights import native
+from tests.conftest import random_image
+
+
+def test_cli_writes_one_mask_per_prompt(tmp_path, tiny_model, capsys):
+    weights = native.save_checkpoint(tiny_model, tmp_path / "ckpt", backbone_source="random:0")
+    image = tmp_path / "photo.png"
+    random_image(70, 45).save(image)
+    out = tmp_path / "out"
+    code = main([str(image), "--prompt", "a cat", "--prompt", "the red mug", "--weights",
+                 str(weights), "-o", str(out), "--soft", "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["label"] for line in lines] == ["a cat", "the red mug"]
+    for line in lines:
+        mask = Image.open(line["path"])
+        assert mask.mode == "L" and mask.size == (70, 45)
+        assert set(np.unique(np.asarray(mask))) <= {0, 255}
+        assert int((np.asarray(mask) > 0).sum()) == line["area"]
+        assert Image.open(line["soft_path"]).size == (70, 45)
+
+
+def test_cli_visual_prompt_and_errors(tmp_path, tiny_model, capsys):
+    weights = native.save_checkpoint(tiny_model, tmp_path / "ckpt", backbone_source="random:0")
+    image, support, mask = tmp_path / "q.png", tmp_path / "s.png", tmp_path / "m.png"
+    random_image(40, 30).save(image)
+    random_image(50, 50, seed=1).save(support)
+    m = np.zeros((50, 50), np.uint8)
+    m[10:30, 5:25] = 255
+    Image.fromarray(m).save(mask)
+    args = [str(image), "--weights", str(weights), "-o", str(tmp_path / "o")]
+    assert main([*args, "--support-image", str(support), "--support-mask", str(mask)]) == 0
+    assert Image.open(tmp_path / "o" / "00_visual-0.png").size == (40, 30)
+    Image.fromarray(np.zeros((50, 50), np.uint8)).save(mask)
+    assert main([*args, "--support-image", str(support), "--support-mask", str(mask)]) == 2
+    assert "empty" in capsys.readouterr().err
+    assert main(args) == 2  # neither prompt nor support

@@ -1,0 +1,209 @@
+"""The predictor: one backbone pass per image, caching, conditioning modes, odd inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from model.errors import ImageDecodeError, InvalidMaskError, InvalidPromptError
+from model.text import TRAINING_TEMPLATES, tokenize
+from tests.conftest import encode, random_image
+
+PROMPTS = ["a cat", "the red mug", "something to sit on", "sky", "a dog on a skateboard"]
+
+
+class CallCounter:
+    """Counts forward calls of a submodule through a hook."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        self.calls = 0
+        self.handle = module.register_forward_hook(self._hook)
+
+    def _hook(self, *_):
+        self.calls += 1
+
+    def remove(self):
+        self.handle.remove()
+
+
+def test_many_prompts_share_one_backbone_pass(predictor):
+    prepared = predictor.prepare_image(random_image(120, 80))
+    conds = predictor.text_embeddings(PROMPTS)
+    backbone = CallCounter(predictor.model.clip.visual.conv1)
+    try:
+        together = predictor.logits(
+            prepared.pixels[None], conds, torch.zeros(len(PROMPTS), dtype=torch.long)
+        )
+        assert backbone.calls == 1
+        separate = torch.cat([predictor.logits(prepared.pixels[None], c[None]) for c in conds])
+        assert backbone.calls == 1 + len(PROMPTS)
+    finally:
+        backbone.remove()
+    assert together.shape == (len(PROMPTS), 96, 96)
+    assert (together - separate).abs().max().item() <= 1e-5
+    # Different prompts really give different masks (the test is not vacuous).
+    assert (together[0] - together[1]).abs().max().item() > 1e-3
+
+
+def test_batch_of_images_maps_rows_to_their_image(predictor):
+    images = torch.stack(
+        [predictor.prepare_image(random_image(64, 64, seed=s)).pixels for s in (1, 2)]
+    )
+    conds = predictor.text_embeddings(PROMPTS[:3])
+    index = torch.tensor([1, 0, 1])
+    batched = predictor.logits(images, conds, index)
+    for row, image_id in enumerate(index.tolist()):
+        single = predictor.logits(images[image_id : image_id + 1], conds[row : row + 1])
+        assert (batched[row] - single[0]).abs().max().item() <= 1e-5
+
+
+def test_query_path_skips_blocks_after_the_deepest_extracted(predictor):
+    blocks = predictor.model.clip.visual.transformer.resblocks
+    last_used = predictor.config.last_query_block
+    assert last_used < len(blocks) - 1, "the tiny variant must have a dead block to skip"
+    dead = CallCounter(blocks[last_used + 1])
+    used = CallCounter(blocks[last_used])
+    try:
+        predictor.segment(random_image(40, 30), ["a cat"])
+        assert used.calls == 1 and dead.calls == 0
+        predictor.support_embeddings(torch.zeros(1, 3, 96, 96))  # the visual path uses all
+        assert dead.calls == 1
+    finally:
+        dead.remove()
+        used.remove()
+
+
+def test_padding_to_longest_prompt_equals_padding_to_77(predictor):
+    trimmed = tokenize(PROMPTS)
+    assert trimmed.shape[1] < 77
+    full = torch.zeros(len(PROMPTS), 77, dtype=torch.long)
+    full[:, : trimmed.shape[1]] = trimmed
+    with torch.no_grad():
+        a = predictor.model.embed_text(trimmed)
+        b = predictor.model.embed_text(full)
+    assert (a - b).abs().max().item() <= 1e-5
+
+
+def test_text_cache_batches_misses_and_hits(predictor):
+    encoder = CallCounter(predictor.model.clip.token_embedding)
+    try:
+        first = predictor.text_embeddings(["a cat", "a dog"])
+        assert encoder.calls == 1
+        again = predictor.text_embeddings(["a dog", "a cat", "a bird"])
+        assert encoder.calls == 2  # only "a bird" was computed, in one call
+    finally:
+        encoder.remove()
+    assert predictor.text_cache.hits == 2 and predictor.text_cache.misses == 3
+    assert torch.equal(again[0], first[1]) and torch.equal(again[1], first[0])
+
+
+def test_templates(predictor):
+    raw = predictor.text_embeddings(["cat"], "none")[0]
+    photo = predictor.text_embeddings(["cat"], "photo")[0]
+    single = predictor.text_embeddings(["a photo of a cat."], "none")[0]
+    assert torch.allclose(photo, single, atol=1e-6)
+    assert not torch.allclose(raw, photo, atol=1e-4)
+    ensemble = predictor.text_embeddings(["cat"], "ensemble")[0]
+    each = predictor.text_embeddings([t.format("cat") for t in TRAINING_TEMPLATES], "none")
+    assert torch.allclose(ensemble, each.mean(0), atol=1e-6)
+    with pytest.raises(InvalidPromptError):
+        predictor.text_embeddings(["cat"], "fancy")
+    with pytest.raises(InvalidPromptError):
+        predictor.text_embeddings(["   "])
+
+
+def _support(seed: int):
+    image = random_image(90, 60, seed=seed)
+    mask = np.zeros((60, 90), dtype=bool)
+    mask[10 + seed : 40, 20 : 70 - seed] = True
+    return image, mask
+
+
+def test_k_shot_is_the_mean_and_hybrid_mixes(predictor):
+    one, two = _support(1), _support(2)
+    k_shot = predictor.visual_embedding([one, two])
+    separate = torch.stack([predictor.visual_embedding([one]), predictor.visual_embedding([two])])
+    assert torch.allclose(k_shot, separate.mean(0), atol=1e-5)
+    text = predictor.text_embeddings(["a cat"])[0]
+    mixed = predictor.hybrid(text, k_shot, 0.3)
+    assert torch.allclose(mixed, 0.3 * text + 0.7 * k_shot)
+    with pytest.raises(InvalidPromptError):
+        predictor.hybrid(text, k_shot, 1.5)
+
+
+def test_visual_prompt_segments_at_original_size(predictor):
+    visual = predictor.visual_embedding([_support(1)])
+    result = predictor.segment(random_image(33, 77), conditionals=visual[None])
+    assert result.masks.shape == (1, 77, 33)
+
+
+@pytest.mark.parametrize(
+    ("name", "data", "size"),
+    [
+        ("rgba", lambda: encode(random_image(31, 17, mode="RGBA")), (17, 31)),
+        ("one-pixel", lambda: encode(random_image(1, 1)), (1, 1)),
+        ("very-wide", lambda: encode(random_image(10000, 50)), (50, 10000)),
+        (
+            "16-bit",
+            lambda: encode(
+                Image.fromarray(np.arange(40 * 30, dtype=np.uint16).reshape(30, 40) * 50)
+            ),
+            (30, 40),
+        ),
+    ],
+)
+def test_odd_images_come_back_at_their_own_size(predictor, name, data, size):
+    result = predictor.segment(data(), ["a cat", "a dog"])
+    assert result.masks.shape == (2, *size) and result.masks.dtype == bool
+    assert result.probabilities.shape == (2, *size)
+
+
+def test_exif_rotated_jpeg_mask_has_the_displayed_size(predictor):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees: stored 80x40 is displayed 40x80
+    data = encode(random_image(80, 40), "JPEG", exif=exif)
+    result = predictor.segment(data, ["a cat"])
+    assert result.masks.shape == (1, 80, 40)
+
+
+@pytest.mark.parametrize(
+    "data", [b"", b"not an image at all", encode(random_image(50, 50), "JPEG")[:200]]
+)
+def test_unreadable_bytes_raise_a_domain_error(predictor, data):
+    with pytest.raises(ImageDecodeError):
+        predictor.segment(data, ["a cat"])
+
+
+def test_combine_modes_and_negatives(predictor):
+    image = random_image(48, 48, seed=5)
+    per_prompt = predictor.segment(image, PROMPTS[:3], threshold=0.5)
+    union = predictor.segment(image, PROMPTS[:3], threshold=0.5, combine="union")
+    inter = predictor.segment(image, PROMPTS[:3], threshold=0.5, combine="intersection")
+    assert union.labels == ["union"] and union.masks.shape == (1, 48, 48)
+    assert np.array_equal(union.masks[0], per_prompt.masks.any(0))
+    assert np.array_equal(inter.masks[0], per_prompt.masks.all(0))
+    with_neg = predictor.segment(image, PROMPTS[:1], negative_prompts=PROMPTS[1:2], threshold=0.5)
+    neg_probs = predictor.segment(image, PROMPTS[1:2], threshold=0.5).probabilities[0]
+    pos_probs = per_prompt.probabilities[0]
+    removed = (neg_probs > 0.5) & (neg_probs >= pos_probs)
+    assert np.array_equal(with_neg.masks[0], per_prompt.masks[0] & ~removed)
+
+
+def test_no_prompt_is_an_error(predictor):
+    with pytest.raises(InvalidPromptError):
+        predictor.segment(random_image(10, 10), [])
+
+
+def test_extreme_support_aspect_is_refused(predictor):
+    mask = np.ones((10, 400), dtype=bool)
+    with pytest.raises(InvalidMaskError, match="more than 16:1"):
+        predictor.visual_embedding([(random_image(400, 10), mask)])
+
+
+def test_support_mask_must_match_its_image(predictor):
+    with pytest.raises(InvalidMaskError, match="same size"):
+        predictor.visual_embedding([(random_image(40, 30), np.ones((20, 40), dtype=bool))])
+    with pytest.raises(InvalidMaskError, match="empty"):
+        predictor.visual_embedding([(random_image(40, 30), np.zeros((30, 40), dtype=bool))])
