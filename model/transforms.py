@@ -191,7 +191,8 @@ def _open_lazily(source: ImageSource, *, max_pixels: int | None) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        raise ImageTooLargeError(f"image too large: {exc}") from exc
+        limit = f"the limit of {max_pixels} pixels" if max_pixels else "PIL's bomb limit"
+        raise ImageTooLargeError(f"image too large: more than {limit} ({exc})") from exc
     except UnidentifiedImageError as exc:
         # PIL's message names a BytesIO object; say what the client needs to know.
         raise ImageDecodeError(

@@ -1,0 +1,171 @@
+"""The FastAPI application: lifespan, middleware, health/metrics/info endpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import importlib.metadata
+import logging
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI, Request
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, Response
+
+from .config import Settings
+from .errors import error_body, error_response, install_error_handlers
+from .metrics import CONTENT_TYPE, ServiceMetrics
+from .routes import router
+from .state import PredictorFactory, ServiceState, default_predictor_factory, get_state
+
+log = logging.getLogger(__name__)
+
+
+def version() -> str:
+    try:
+        return importlib.metadata.version("clipseg-serve")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+class UploadLimitMiddleware:
+    """413 for request bodies over ``limit`` bytes, checked while streaming (pure ASGI)."""
+
+    def __init__(self, app, limit: int) -> None:
+        self.app, self.limit = app, limit
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope.get("headers") or [])
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            return await self._reject(scope, receive, send)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise _BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, limited_receive, send)
+        except _BodyTooLarge:
+            await self._reject(scope, receive, send)
+
+    async def _reject(self, scope, receive, send) -> None:
+        message = f"request body exceeds {self.limit} bytes"
+        response = error_response(413, "upload_too_large", message, {"Connection": "close"})
+        await response(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(
+    settings: Settings | None = None, predictor_factory: PredictorFactory | None = None
+) -> FastAPI:
+    """Build the app. Weights load in the background after start-up (``/readyz``)."""
+    settings = settings or Settings()
+    state = ServiceState(settings, ServiceMetrics(), predictor_factory or default_predictor_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loading = asyncio.create_task(state.load(), name="load-model")
+        try:
+            yield
+        finally:
+            loading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await loading
+            await state.close()
+
+    app = FastAPI(
+        title="clipseg-serve",
+        version=version(),
+        description="CLIPSeg segmentation from text or visual prompts: binary masks as PNG "
+        "or COCO RLE at the image's own resolution.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    install_error_handlers(app)
+    app.include_router(router)
+    _add_operational_routes(app)
+
+    @app.middleware("http")
+    async def count_requests(request: Request, call_next):
+        try:
+            response = await call_next(request)
+        except Exception:
+            state.metrics.requests.inc(route=request.url.path, status="500")
+            raise
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state.metrics.requests.inc(route=path, status=str(response.status_code))
+        return response
+
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "Accept"],
+        )
+    app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
+    return app
+
+
+def _add_operational_routes(app: FastAPI) -> None:
+    @app.get("/healthz", summary="The process is alive")
+    async def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="200 once the weights are loaded and a warm-up batch ran")
+    async def readyz(request: Request) -> JSONResponse:
+        state = get_state(request)
+        if state.ready:
+            return JSONResponse({"status": "ready"})
+        message = state.load_error or "loading weights / warming up"
+        code = "load_failed" if state.load_error else "not_ready"
+        return JSONResponse(error_body(code, message), status_code=503)
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics(request: Request) -> Response:
+        return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/info", summary="Model, weights, device and batching settings")
+    async def info(request: Request) -> dict:
+        state = get_state(request)
+        s = state.settings
+        data: dict = {
+            "version": version(),
+            "ready": state.ready,
+            "batching": {
+                "max_batch_images": s.max_batch_images,
+                "max_batch_prompts": s.max_batch_prompts,
+                "max_wait_ms": s.max_wait_ms,
+                "queue_size": s.queue_size,
+                "request_timeout_s": s.request_timeout_s,
+            },
+        }
+        predictor = state.predictor
+        if predictor is not None:
+            loaded = predictor.loaded
+            data.update(
+                variant=predictor.config.variant,
+                threshold=predictor.config.threshold,
+                input_size=predictor.config.input_size,
+                weights={
+                    "source": loaded.source if loaded else s.weights,
+                    "kind": loaded.kind if loaded else "custom",
+                    "sha256": state.weights_sha256,
+                },
+                device=str(predictor.device),
+                dtype=str(predictor.dtype).removeprefix("torch."),
+            )
+        return data

@@ -1,0 +1,59 @@
+"""Service settings, read from ``CLIPSEG_*`` environment variables (or a .env file)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+#: Default HTTP port; docker-compose.yml and the Dockerfile expose the same.
+DEFAULT_PORT = 8000
+#: Where the container keeps the HuggingFace cache and checkpoints (a named volume).
+DEFAULT_DATA_DIR = "/data"
+
+
+class Settings(BaseSettings):
+    """Every knob of the service. Each field is ``CLIPSEG_<NAME>`` in the environment.
+
+    List fields (api_keys, cors_origins) take a JSON list or a comma-separated string.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="CLIPSEG_", env_file=".env", extra="ignore")
+
+    # Weights and device
+    weights: str = Field("CIDAS/clipseg-rd64-refined", description="weights source")
+    variant: str | None = Field(None, description="expected variant (error if it differs)")
+    backbone: str = Field("openai", description="backbone for official decoder files")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    warmup: bool = Field(True, description="run one warm-up batch before /readyz is 200")
+
+    # Batching
+    max_batch_images: int = Field(32, ge=1, description="images per batch")
+    max_batch_prompts: int = Field(256, ge=1, description="decoder rows per batch")
+    max_wait_ms: float = Field(5.0, ge=0, description="wait for more jobs after the first")
+    queue_size: int = Field(256, ge=1, description="queued requests before 429")
+    request_timeout_s: float = Field(30.0, gt=0, description="deadline per request (504)")
+    text_cache_size: int = Field(4096, ge=0, description="cached text embeddings")
+
+    # Input limits
+    max_upload_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="whole request body")
+    max_image_pixels: int = Field(50_000_000, ge=1, description="per decoded image")
+    max_prompts: int = Field(16, ge=1, description="prompts (+ negatives) per request")
+    max_prompt_chars: int = Field(1000, ge=1, description="characters per prompt")
+    max_supports: int = Field(8, ge=1, description="support images per visual request")
+
+    # HTTP
+    host: str = "0.0.0.0"
+    port: int = DEFAULT_PORT
+    cors_origins: list[str] = Field(default_factory=list)
+    api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty = open")
+    data_dir: str = Field(DEFAULT_DATA_DIR, description="HF cache and checkpoints volume")
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip().startswith("["):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value

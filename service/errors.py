@@ -1,0 +1,91 @@
+"""HTTP errors: one JSON shape, ``{"error": {"code", "message"}}``, for every failure.
+
+Domain errors from ``model`` map to 4xx here, so bad input never becomes a 500.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from model.errors import (
+    ClipSegError,
+    ImageDecodeError,
+    ImageTooLargeError,
+    InvalidMaskError,
+    InvalidPromptError,
+)
+
+log = logging.getLogger(__name__)
+
+
+class ApiError(Exception):
+    """An error answered as ``status`` with a stable machine-readable ``code``."""
+
+    def __init__(
+        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.headers = status, code, message, headers
+
+
+def error_body(code: str, message: str) -> dict:
+    return {"error": {"code": code, "message": message}}
+
+
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+
+
+def from_domain(exc: ClipSegError) -> ApiError:
+    """The HTTP meaning of a library error."""
+    if isinstance(exc, ImageTooLargeError):
+        return ApiError(413, "image_too_large", str(exc))
+    if isinstance(exc, ImageDecodeError):
+        return ApiError(400, "undecodable_image", str(exc))
+    if isinstance(exc, InvalidMaskError):
+        return ApiError(422, "invalid_mask", str(exc))
+    if isinstance(exc, InvalidPromptError):
+        return ApiError(422, "invalid_prompt", str(exc))
+    return ApiError(422, "invalid_input", str(exc))
+
+
+def _validation_message(exc: RequestValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        parts.append(f"{where}: {err.get('msg', 'invalid')}" if where else err.get("msg", ""))
+    return "; ".join(parts) or "invalid request"
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    """Route every exception to the JSON error shape."""
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return error_response(exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(ClipSegError)
+    async def _domain_error(_: Request, exc: ClipSegError) -> JSONResponse:
+        api = from_domain(exc)
+        return error_response(api.status, api.code, api.message)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(422, "invalid_field", _validation_message(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+        return error_response(exc.status_code, code, str(exc.detail), exc.headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", exc_info=exc)
+        return error_response(500, "internal_error", "internal error; see the server log")

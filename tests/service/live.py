@@ -1,0 +1,46 @@
+"""Run the app under a real uvicorn server on 127.0.0.1 (ephemeral port) in a thread."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import uvicorn
+
+
+class LiveServer:
+    """``with LiveServer(app) as server: httpx.get(server.url + "/healthz")``."""
+
+    def __init__(self, app, *, ready: bool = True, timeout: float = 60.0) -> None:
+        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.wait_ready, self.timeout = ready, timeout
+        self.url = ""
+
+    def __enter__(self) -> LiveServer:
+        self.thread.start()
+        deadline = time.monotonic() + self.timeout
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("server did not start")
+            time.sleep(0.01)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        if self.wait_ready:
+            self.until_ready(deadline)
+        return self
+
+    def until_ready(self, deadline: float) -> None:
+        while httpx.get(self.url + "/readyz").status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError("server never became ready")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,262 @@
+"""The HTTP API against a live server on loopback (tiny random model, CPU)."""
+
+from __future__ import annotations
+
+import base64
+import io
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import encode, random_image
+from tests.service.conftest import make_settings
+
+
+def png_array(data: bytes) -> np.ndarray:
+    image = Image.open(io.BytesIO(data))
+    assert image.mode == "L"
+    return np.asarray(image)
+
+
+def post_text(
+    url: str, image: bytes, prompts: list[str], headers: dict | None = None, **fields
+) -> httpx.Response:
+    data = {"prompt": prompts, **fields}
+    files = {"image": ("image.png", image, "image/png")}
+    return httpx.post(url + "/segment/text", data=data, files=files, headers=headers, timeout=60)
+
+
+def direct(factory, image: bytes, prompts: list[str], **kwargs):
+    """What the library computes for the same input (the ground truth for the API)."""
+    return factory(make_settings()).segment(image, prompts, **kwargs)
+
+
+def test_single_prompt_returns_the_png_itself(serve, factory):
+    image = encode(random_image(83, 41, seed=3))
+    with serve() as server:
+        response = post_text(server.url, image, ["a cat"], threshold="0.5")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "image/png"
+    mask = png_array(response.content)
+    assert mask.shape == (41, 83) and set(np.unique(mask)) <= {0, 255}
+    expected = direct(factory, image, ["a cat"], threshold=0.5).masks[0]
+    assert np.array_equal(mask > 0, expected)
+    assert "total;dur=" in response.headers["server-timing"]
+
+
+def test_json_with_rle_matches_the_png_path(serve):
+    pytest.importorskip("pycocotools")
+    from pycocotools import mask as coco
+
+    image = encode(random_image(64, 48, seed=4))
+    prompts = ["a cat", "the red mug", "sky"]
+    with serve() as server:
+        rle = post_text(server.url, image, prompts, format="rle", threshold="0.5").json()
+        png = post_text(server.url, image, prompts, format="png", threshold="0.5").json()
+    assert (rle["width"], rle["height"]) == (64, 48)
+    assert [m["prompt"] for m in rle["masks"]] == prompts
+    for r, p in zip(rle["masks"], png["masks"], strict=True):
+        coco_rle = {"size": r["rle"]["size"], "counts": r["rle"]["counts"].encode()}
+        decoded = coco.decode(coco_rle).astype(bool)
+        from_png = png_array(base64.b64decode(p["png"])) > 0
+        assert np.array_equal(decoded, from_png)
+        assert r["area"] == int(from_png.sum()) == int(coco.area(coco_rle))
+        assert r["bbox"] == [int(v) for v in coco.toBbox(coco_rle)]
+    assert set(rle["timings_ms"]) >= {"decode", "model", "encode", "total"}
+
+
+def test_accept_json_and_soft_maps(serve, factory):
+    image = encode(random_image(30, 20, seed=5))
+    with serve() as server:
+        response = post_text(
+            server.url, image, ["a cat"], soft="true", headers={"Accept": "application/json"}
+        )
+    body = response.json()
+    soft = png_array(base64.b64decode(body["masks"][0]["soft_png"]))
+    expected = direct(factory, image, ["a cat"]).probabilities[0]
+    assert soft.shape == (20, 30)
+    assert np.abs(soft.astype(float) - np.round(expected * 255)).max() <= 1
+
+
+def test_combine_negative_and_template_fields(serve, factory):
+    image = encode(random_image(40, 40, seed=6))
+    with serve() as server:
+        union = post_text(server.url, image, ["a", "b"], combine="union", threshold="0.5")
+        negative = post_text(
+            server.url, image, ["a"], negative_prompt="b", threshold="0.5", template="photo"
+        )
+    expected = direct(factory, image, ["a", "b"], combine="union", threshold=0.5).masks[0]
+    assert np.array_equal(png_array(union.content) > 0, expected)
+    expected = direct(
+        factory, image, ["a"], negative_prompts=["b"], template="photo", threshold=0.5
+    ).masks[0]
+    assert np.array_equal(png_array(negative.content) > 0, expected)
+
+
+def test_concurrent_requests_are_batched_and_not_mixed_up(serve, factory):
+    """16 concurrent requests with different images and prompts: fewer model calls than
+    requests, and each answer equals the library's answer for its own input."""
+    words = ["a cat", "a dog", "the sky", "a red mug"]
+    cases = [(encode(random_image(20 + i, 30, seed=10 + i)), [words[i % 4]]) for i in range(16)]
+    with serve(max_wait_ms=300.0, max_batch_images=16) as server:
+        with ThreadPoolExecutor(16) as pool:
+            responses = list(
+                pool.map(
+                    lambda case: post_text(server.url, case[0], case[1], soft="true", format="rle"),
+                    cases,
+                )
+            )
+        metrics = httpx.get(server.url + "/metrics").text
+    batches = _sample(metrics, "clipseg_batches_total")
+    assert 1 <= batches < 16 + 1  # warm-up batch included
+    assert _sample(metrics, "clipseg_batch_images_count") == batches
+    assert _sample(metrics, 'clipseg_batch_images_bucket{le="1.0"}') < batches
+    for (image, prompts), response in zip(cases, responses, strict=True):
+        assert response.status_code == 200
+        body = response.json()
+        expected = direct(factory, image, prompts).probabilities[0]
+        soft = png_array(base64.b64decode(body["masks"][0]["soft_png"])).astype(float)
+        assert (body["width"], body["height"]) == (expected.shape[1], expected.shape[0])
+        assert np.abs(soft - np.round(expected * 255)).max() <= 1
+
+
+def _sample(metrics: str, name: str) -> float:
+    """The value of the sample line ``name`` (metric name with its labels, if any)."""
+    samples = dict(line.rsplit(" ", 1) for line in metrics.splitlines() if line[:1] != "#")
+    return float(samples[name])
+
+
+def test_readyz_is_503_until_the_warm_up_batch_ran(serve, factory):
+    factory.gate.clear()  # the warm-up batch blocks on the model
+    with serve(ready=False) as server:
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        not_ready = httpx.get(server.url + "/readyz")
+        assert not_ready.status_code == 503
+        assert not_ready.json()["error"]["code"] == "not_ready"
+        early = post_text(server.url, encode(random_image(8, 8)), ["a"])
+        assert early.status_code == 503 and early.json()["error"]["code"] == "not_ready"
+        factory.gate.set()
+        server.until_ready(time.monotonic() + 30)
+        assert httpx.get(server.url + "/readyz").json() == {"status": "ready"}
+
+
+def test_queue_full_gives_429_with_retry_after_then_recovers(serve, factory):
+    image = encode(random_image(16, 16))
+    with serve(queue_size=2, max_batch_images=1, max_wait_ms=0.0) as server:
+        factory.gate.clear()
+        with ThreadPoolExecutor(8) as pool:
+            pending = [pool.submit(post_text, server.url, image, [f"p{i}"]) for i in range(8)]
+            time.sleep(1.0)
+            factory.gate.set()
+            statuses = [f.result().status_code for f in pending]
+            rejected = [f.result() for f in pending if f.result().status_code == 429]
+        assert statuses.count(200) >= 2 and rejected
+        assert int(rejected[0].headers["retry-after"]) >= 1
+        assert rejected[0].json()["error"]["code"] == "queue_full"
+        assert post_text(server.url, image, ["after"]).status_code == 200
+
+
+def test_deadline_gives_504_and_the_server_keeps_answering(serve, factory):
+    image = encode(random_image(16, 16))
+    with serve(request_timeout_s=0.5) as server:
+        factory.gate.clear()
+        response = post_text(server.url, image, ["slow"])
+        assert response.status_code == 504
+        assert response.json()["error"]["code"] == "deadline_exceeded"
+        factory.gate.set()
+        assert post_text(server.url, image, ["fast"]).status_code == 200
+        metrics = httpx.get(server.url + "/metrics").text
+    assert 'clipseg_rejected_total{reason="deadline"}' in metrics
+
+
+def test_a_failing_job_fails_alone(serve):
+    image = encode(random_image(16, 16))
+    with serve(max_wait_ms=300.0) as server:
+        with ThreadPoolExecutor(4) as pool:
+            prompts = ["a cat", "poison", "a dog", "a bird"]
+            responses = list(pool.map(lambda p: post_text(server.url, image, [p]), prompts))
+        assert [r.status_code for r in responses] == [200, 500, 200, 200]
+        assert responses[1].json()["error"]["code"] == "internal_error"
+        assert post_text(server.url, image, ["still alive"]).status_code == 200
+
+
+def test_api_keys(serve):
+    image = encode(random_image(16, 16))
+    with serve(api_keys=["k1", "k2"]) as server:
+        assert post_text(server.url, image, ["a"]).status_code == 401
+        wrong = post_text(server.url, image, ["a"], headers={"Authorization": "Bearer nope"})
+        assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+        ok = post_text(server.url, image, ["a"], headers={"Authorization": "Bearer k2"})
+        assert ok.status_code == 200
+        assert httpx.get(server.url + "/healthz").status_code == 200
+        assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_info_and_metrics(serve):
+    with serve() as server:
+        post_text(server.url, encode(random_image(16, 16)), ["a"])
+        info = httpx.get(server.url + "/info").json()
+        metrics = httpx.get(server.url + "/metrics")
+    assert info["variant"] == "tiny" and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["batching"]["queue_size"] == 256 and info["ready"] is True
+    assert metrics.headers["content-type"].startswith("text/plain")
+    for name in (
+        'clipseg_requests_total{route="/segment/text",status="200"} 1.0',
+        'clipseg_stage_seconds_count{stage="decode"}',
+        'clipseg_stage_seconds_count{stage="queue_wait"}',
+        'clipseg_stage_seconds_count{stage="model"}',
+        'clipseg_stage_seconds_count{stage="encode"}',
+        "clipseg_queue_depth",
+        "clipseg_text_cache_hit_ratio",
+    ):
+        assert name in metrics.text
+
+
+def test_visual_endpoint(serve, factory):
+    query = encode(random_image(50, 30, seed=1))
+    support = encode(random_image(40, 40, seed=2))
+    mask = np.zeros((40, 40), np.uint8)
+    mask[5:25, 10:30] = 255
+    mask_png = encode(Image.fromarray(mask))
+    files = [
+        ("image", ("q.png", query, "image/png")),
+        ("support_image", ("s.png", support, "image/png")),
+        ("support_mask", ("m.png", mask_png, "image/png")),
+    ]
+    with serve() as server:
+        one_shot = httpx.post(server.url + "/segment/visual", files=files, data={"threshold": 0.5})
+        hybrid = httpx.post(
+            server.url + "/segment/visual",
+            files=files,
+            data={"prompt": "a cat", "text_weight": "0.3", "threshold": "0.5", "format": "rle"},
+        )
+    predictor = factory(make_settings())
+    visual = predictor.visual_embedding([(support, mask_png)])
+    expected = predictor.segment(query, conditionals=visual[None], threshold=0.5).masks[0]
+    assert one_shot.status_code == 200 and one_shot.headers["content-type"] == "image/png"
+    assert np.array_equal(png_array(one_shot.content) > 0, expected)
+    mixed = predictor.hybrid(predictor.text_embeddings(["a cat"])[0], visual, 0.3)
+    expected = predictor.segment(query, conditionals=mixed[None], threshold=0.5).masks[0]
+    body = hybrid.json()
+    assert body["masks"][0]["prompt"] == "visual"
+    assert body["masks"][0]["area"] == int(expected.sum())
+
+
+def test_graceful_shutdown_finishes_queued_jobs(serve, factory):
+    image = encode(random_image(16, 16))
+    server = serve(max_batch_images=1, max_wait_ms=0.0).__enter__()
+    factory.gate.clear()
+    with ThreadPoolExecutor(4) as pool:
+        pending = [pool.submit(post_text, server.url, image, [f"p{i}"]) for i in range(4)]
+        time.sleep(0.5)
+        server.server.should_exit = True  # SIGTERM: stop accepting, drain, exit
+        time.sleep(0.2)
+        factory.gate.set()
+        statuses = [f.result().status_code for f in pending]
+    server.thread.join(timeout=30)
+    assert statuses == [200, 200, 200, 200]
+    assert not server.thread.is_alive()

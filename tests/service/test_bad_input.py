@@ -1,0 +1,131 @@
+"""Malformed requests: each gets the documented 4xx with a JSON error body, never a 5xx."""
+
+from __future__ import annotations
+
+import struct
+import warnings
+import zlib
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from model.predictor import Predictor
+from service.app import create_app
+from tests.conftest import encode, random_image
+from tests.service.conftest import make_settings
+from tests.service.live import LiveServer
+
+PNG = encode(random_image(24, 16))
+JPEG = encode(random_image(64, 64), "JPEG")
+MASK = encode(Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4)))  # 16x16, object
+EMPTY_MASK = encode(Image.fromarray(np.zeros((16, 16), np.uint8)))
+SUPPORT = encode(random_image(16, 16, seed=9))
+MAX_UPLOAD = 64 * 1024
+
+
+def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
+    """A valid PNG header declaring a huge image, with almost no data behind it."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\x00" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
+
+
+def text_form(image=PNG, image_type="image/png", **fields):
+    """A /segment/text form; a field given as None is left out."""
+    data = {k: v for k, v in {"prompt": "a cat", **fields}.items() if v is not None}
+    files = {"image": ("x.png", image, image_type)} if image is not None else {}
+    return {"data": data, "files": files}
+
+
+def visual_form(supports=((SUPPORT, MASK),), **fields):
+    files = [("image", ("q.png", PNG, "image/png"))]
+    for image, mask in supports:
+        if image is not None:
+            files.append(("support_image", ("s.png", image, "image/png")))
+        if mask is not None:
+            files.append(("support_mask", ("m.png", mask, "image/png")))
+    return {"data": fields, "files": files}
+
+
+TEXT_CASES = {
+    "truncated JPEG": (text_form(JPEG[: len(JPEG) // 3], "image/jpeg"), 400),
+    "text file named .png": (text_form(b"hello, I am text\n" * 10), 400),
+    "text/plain upload": (text_form(b"hello", "text/plain"), 415),
+    "pdf upload": (text_form(b"%PDF-1.4 ...", "application/pdf"), 415),
+    "zero bytes": (text_form(b""), 400),
+    "no image": (text_form(None), 422),
+    "no prompt": (text_form(prompt=None), 422),
+    "empty prompt": (text_form(prompt=""), 422),
+    "blank prompt": (text_form(prompt="   "), 422),
+    "10k-character prompt": (text_form(prompt="x" * 10_000), 422),
+    "17 prompts": (text_form(prompt=[f"p{i}" for i in range(17)]), 422),
+    "threshold 1.5": (text_form(threshold="1.5"), 422),
+    "threshold -0.1": (text_form(threshold="-0.1"), 422),
+    "threshold not a number": (text_form(threshold="high"), 422),
+    "unknown format": (text_form(format="gif"), 422),
+    "unknown combine": (text_form(combine="xor"), 422),
+    "unknown template": (text_form(template="poem"), 422),
+    "soft not a bool": (text_form(soft="perhaps"), 422),
+    "decompression bomb": (text_form(bomb_png()), 413),
+    "body over the upload limit": (text_form(b"\x00" * (MAX_UPLOAD + 1)), 413),
+}
+VISUAL_CASES = {
+    "mask of the wrong size": (visual_form([(SUPPORT, encode(random_image(8, 8)))]), 422),
+    "empty mask": (visual_form([(SUPPORT, EMPTY_MASK)]), 422),
+    "no support mask": (visual_form([(SUPPORT, None)]), 422),
+    "no support at all": (visual_form([]), 422),
+    "more masks than images": (visual_form([(SUPPORT, MASK), (None, MASK)]), 422),
+    "undecodable mask": (visual_form([(SUPPORT, b"not a png")]), 400),
+    "undecodable support": (visual_form([(b"junk", MASK)]), 400),
+    "text_weight without prompt": (visual_form(text_weight="0.3"), 422),
+    "text_weight 2": (visual_form(prompt="a cat", text_weight="2"), 422),
+    "9 supports": (visual_form([(SUPPORT, MASK)] * 9), 422),
+}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_model):
+    def factory(settings):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return Predictor(tiny_model, device="cpu", max_pixels=settings.max_image_pixels)
+
+    settings = make_settings(max_upload_bytes=MAX_UPLOAD, max_image_pixels=10_000_000)
+    with LiveServer(create_app(settings, factory)) as live:
+        yield live
+
+
+def check(response: httpx.Response, expected: int) -> None:
+    assert response.status_code == expected, response.text
+    error = response.json()["error"]
+    assert error["code"] and error["message"]
+
+
+@pytest.mark.parametrize(("form", "status"), TEXT_CASES.values(), ids=TEXT_CASES.keys())
+def test_bad_text_requests(server, form, status):
+    check(httpx.post(server.url + "/segment/text", timeout=30, **form), status)
+
+
+@pytest.mark.parametrize(("form", "status"), VISUAL_CASES.values(), ids=VISUAL_CASES.keys())
+def test_bad_visual_requests(server, form, status):
+    check(httpx.post(server.url + "/segment/visual", timeout=30, **form), status)
+
+
+def test_wrong_method_path_and_body_type(server):
+    check(httpx.get(server.url + "/segment/text"), 405)
+    check(httpx.get(server.url + "/nowhere"), 404)
+    check(httpx.post(server.url + "/segment/text", json={"prompt": "a cat"}), 422)
+
+
+def test_the_server_still_answers_after_the_abuse(server):
+    response = httpx.post(server.url + "/segment/text", **text_form())
+    assert response.status_code == 200 and response.headers["content-type"] == "image/png"
+    metrics = httpx.get(server.url + "/metrics").text
+    assert 'status="500"' not in metrics
