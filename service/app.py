@@ -67,6 +67,37 @@ class _BodyTooLarge(Exception):
     pass
 
 
+class RequestMetricsMiddleware:
+    """Counts requests by route template and status (pure ASGI).
+
+    Pure ASGI rather than ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
+    wraps ``receive`` in a way that hides client disconnects from the endpoint, and the
+    endpoints need them to drop abandoned jobs.
+    """
+
+    def __init__(self, app, metrics: ServiceMetrics) -> None:
+        self.app, self.metrics = app, metrics
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        status = 500
+
+        async def record_status(message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, record_status)
+        finally:
+            # The router stores the matched route in the shared scope; raw paths would
+            # give unbounded label values.
+            route = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.requests.inc(route=route, status=str(status))
+
+
 def create_app(
     settings: Settings | None = None, predictor_factory: PredictorFactory | None = None
 ) -> FastAPI:
@@ -97,18 +128,6 @@ def create_app(
     app.include_router(router)
     _add_operational_routes(app)
 
-    @app.middleware("http")
-    async def count_requests(request: Request, call_next):
-        try:
-            response = await call_next(request)
-        except Exception:
-            state.metrics.requests.inc(route=request.url.path, status="500")
-            raise
-        route = request.scope.get("route")
-        path = getattr(route, "path", "unmatched")
-        state.metrics.requests.inc(route=path, status=str(response.status_code))
-        return response
-
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
@@ -117,6 +136,7 @@ def create_app(
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
     app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
+    app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app
 
 

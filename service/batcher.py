@@ -144,9 +144,10 @@ class Batcher:
         now, live = time.monotonic(), []
         for job in jobs:
             if job.future is not None and job.future.done():
-                self.metrics.rejected.inc(reason="disconnected")
+                # Its request gave up (deadline or client gone) and already answered.
+                self.metrics.dropped.inc(reason="abandoned")
             elif now >= job.deadline:
-                self.metrics.rejected.inc(reason="deadline")
+                self.metrics.dropped.inc(reason="expired")
                 job.future.set_exception(  # type: ignore[union-attr]
                     ApiError(504, "deadline_exceeded", "the request waited past its deadline")
                 )

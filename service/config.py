@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Literal
+import json
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Default HTTP port; docker-compose.yml and the Dockerfile expose the same.
 DEFAULT_PORT = 8000
@@ -47,13 +48,17 @@ class Settings(BaseSettings):
     # HTTP
     host: str = "0.0.0.0"
     port: int = DEFAULT_PORT
-    cors_origins: list[str] = Field(default_factory=list)
-    api_keys: list[str] = Field(default_factory=list, description="Bearer keys; empty = open")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    api_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Bearer keys; empty = open"
+    )
     data_dir: str = Field(DEFAULT_DATA_DIR, description="HF cache and checkpoints volume")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
-        if isinstance(value, str) and not value.strip().startswith("["):
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value

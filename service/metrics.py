@@ -389,7 +389,12 @@ class ServiceMetrics:
         )
         self.rejected = r.counter(
             "clipseg_rejected_total",
-            "Jobs refused or dropped (queue_full, deadline, disconnected)",
+            "Requests refused or abandoned (queue_full, deadline, disconnected)",
+            ("reason",),
+        )
+        self.dropped = r.counter(
+            "clipseg_dropped_jobs_total",
+            "Queued jobs dropped before compute (abandoned by their request, or expired)",
             ("reason",),
         )
 

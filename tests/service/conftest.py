@@ -6,6 +6,7 @@ import threading
 import warnings
 
 import pytest
+import torch
 
 from model.predictor import Predictor
 from service.app import create_app
@@ -28,9 +29,14 @@ class GatedPredictor(Predictor):
     fail for prompts containing "poison" (to test failure isolation)."""
 
     gate: threading.Event
+    logits_calls: list[int]  # images per model call
+    oom_above: int | None = None  # simulate CUDA OOM for batches with more images
 
     def logits(self, images, conditionals, image_index=None):
         self.gate.wait(timeout=30)
+        if self.oom_above is not None and images.shape[0] > self.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        self.logits_calls.append(int(images.shape[0]))
         return super().logits(images, conditionals, image_index)
 
     def text_embeddings(self, prompts, template="none"):
@@ -52,9 +58,15 @@ def factory(tiny_model):
                 tiny_model, device="cpu", text_cache_size=settings.text_cache_size
             )
         predictor.gate = gate
+        predictor.logits_calls = build.logits_calls
+        predictor.oom_above = build.oom_above
+        build.instances.append(predictor)
         return predictor
 
     build.gate = gate
+    build.logits_calls = []
+    build.oom_above = None
+    build.instances = []
     return build
 
 

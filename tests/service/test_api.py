@@ -260,3 +260,55 @@ def test_graceful_shutdown_finishes_queued_jobs(serve, factory):
     server.thread.join(timeout=30)
     assert statuses == [200, 200, 200, 200]
     assert not server.thread.is_alive()
+
+
+def test_out_of_memory_batches_are_split_and_retried(serve, factory):
+    factory.oom_above = 2  # any batch of more than 2 images "runs out of memory"
+    images = [encode(random_image(16, 16, seed=s)) for s in range(4)]
+    with serve(max_wait_ms=500.0) as server:
+        with ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(lambda im: post_text(server.url, im, ["a"]), images))
+        metrics = httpx.get(server.url + "/metrics").text
+    assert [r.status_code for r in responses] == [200] * 4
+    assert _sample(metrics, 'clipseg_batch_failures_total{reason="oom"}') >= 1
+    assert max(factory.logits_calls) <= 2
+
+
+def test_expired_and_abandoned_jobs_are_dropped_before_compute(serve, factory):
+    image = encode(random_image(16, 16))
+    with serve(max_batch_images=1, max_wait_ms=0.0, request_timeout_s=1.0) as server:
+        factory.gate.clear()
+        calls_before = len(factory.logits_calls)
+        with ThreadPoolExecutor(3) as pool:
+            first = pool.submit(post_text, server.url, image, ["first"])
+            time.sleep(0.3)  # "first" is now in the model, blocked on the gate
+            # The second request times out while queued; the third hangs up.
+            second = pool.submit(post_text, server.url, encode(random_image(9, 9)), ["late"])
+            with pytest.raises(httpx.ReadTimeout):
+                httpx.post(
+                    server.url + "/segment/text",
+                    data={"prompt": "gone"},
+                    files={"image": ("x.png", encode(random_image(7, 7)), "image/png")},
+                    timeout=0.5,
+                )
+            time.sleep(1.2)
+            factory.gate.set()
+            assert second.result().status_code == 504
+            assert first.result().status_code == 504  # it also outlived its deadline
+        time.sleep(0.3)
+        metrics = httpx.get(server.url + "/metrics").text
+        assert post_text(server.url, image, ["after"]).status_code == 200
+    # Only the batch already running computed; the two queued jobs never reached the model.
+    assert len(factory.logits_calls) - calls_before == 2  # "first" + "after"
+    assert _sample(metrics, 'clipseg_dropped_jobs_total{reason="abandoned"}') == 2
+    assert _sample(metrics, 'clipseg_rejected_total{reason="disconnected"}') == 1
+
+
+def test_openapi_documents_both_endpoints(serve):
+    with serve() as server:
+        spec = httpx.get(server.url + "/openapi.json").json()
+    for path in ("/segment/text", "/segment/visual"):
+        operation = spec["paths"][path]["post"]
+        assert "multipart/form-data" in operation["requestBody"]["content"]
+        assert {"200", "413", "422", "429", "504"} <= set(operation["responses"])
+    assert "SegmentResponse" in spec["components"]["schemas"]

@@ -319,6 +319,7 @@ def test_service_metrics_names_types_and_buckets():
         "clipseg_queue_depth": "gauge",
         "clipseg_text_cache_hit_ratio": "gauge",
         "clipseg_rejected_total": "counter",
+        "clipseg_dropped_jobs_total": "counter",
     }
     s = samples(m.render())
     assert s['clipseg_stage_seconds_bucket{stage="decode",le="0.0025"}'] == "0.0"
