@@ -10,8 +10,6 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Default HTTP port; docker-compose.yml and the Dockerfile expose the same.
 DEFAULT_PORT = 8000
-#: Where the container keeps the HuggingFace cache and checkpoints (a named volume).
-DEFAULT_DATA_DIR = "/data"
 
 
 class Settings(BaseSettings):
@@ -27,7 +25,9 @@ class Settings(BaseSettings):
     variant: str | None = Field(None, description="expected variant (error if it differs)")
     backbone: str = Field("openai", description="backbone for official decoder files")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="auto: bf16 (fp16 on old GPUs) on CUDA, fp32 on CPU"
+    )
     warmup: bool = Field(True, description="run one warm-up batch before /readyz is 200")
 
     # Batching
@@ -46,13 +46,14 @@ class Settings(BaseSettings):
     max_supports: int = Field(8, ge=1, description="support images per visual request")
 
     # HTTP
-    host: str = "0.0.0.0"
-    port: int = DEFAULT_PORT
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    host: str = Field("0.0.0.0", description="bind address")
+    port: int = Field(DEFAULT_PORT, description="HTTP port")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="allowed browser origins; empty = no CORS"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys; empty = open"
     )
-    data_dir: str = Field(DEFAULT_DATA_DIR, description="HF cache and checkpoints volume")
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

@@ -31,3 +31,11 @@ def test_console_scripts_point_at_real_functions():
     for target in scripts.values():
         module, _, name = target.partition(":")
         assert callable(getattr(importlib.import_module(module), name))
+
+
+def test_every_setting_is_documented():
+    from service.config import Settings
+
+    readme = (ROOT / "README.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`CLIPSEG_{n.upper()}`" not in readme]
+    assert not missing, f"settings missing from README: {missing}"
