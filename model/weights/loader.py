@@ -43,6 +43,9 @@ class LoadedModel:
     source: str
     files: list[Path] = field(default_factory=list)
     metrics: dict[str, Any] = field(default_factory=dict)
+    #: How to rebuild the (frozen) backbone, as recorded in checkpoints trained from here:
+    #: "openai", an HF id/dir, "random:<seed>", or "included" (must be written along).
+    backbone_source: str = "included"
 
 
 def build_random(config: ClipSegConfig, seed: int = 0) -> ClipSeg:
@@ -72,7 +75,8 @@ def load_model(
         name = text.partition(":")[2] or variant or DEFAULT_VARIANT
         warnings.warn(RANDOM_WARNING, stacklevel=2)
         log.warning(RANDOM_WARNING)
-        return _finish(LoadedModel(build_random(get_variant(name)), "random", f"random:{name}"))
+        model = build_random(get_variant(name))
+        return _finish(LoadedModel(model, "random", f"random:{name}", backbone_source="random:0"))
     path = Path(source).expanduser()
     if path.is_dir():
         if native.is_native_checkpoint(path):
@@ -113,7 +117,10 @@ def _load_native(path: Path, variant: str | None) -> LoadedModel:
         load_strict(model.clip, build_random(config, seed).clip.state_dict(), source)
     else:
         load_strict(model.clip, _backbone_state(source, config), f"backbone {source!r}")
-    return LoadedModel(model, "native", str(path), files, dict(meta.get("metrics", {})))
+    # An included backbone lives in this checkpoint only: a derived one must include it too.
+    return LoadedModel(
+        model, "native", str(path), files, dict(meta.get("metrics", {})), backbone_source=source
+    )
 
 
 def _load_hf_dir(path: Path, variant: str | None, source: str) -> LoadedModel:
@@ -128,7 +135,7 @@ def _load_hf_dir(path: Path, variant: str | None, source: str) -> LoadedModel:
     weights = _hf_weights_file(path)
     model = ClipSeg(config)
     load_strict(model, hf.convert_hf_state_dict(read_state_dict(weights)), str(weights))
-    return LoadedModel(model, "hf", source, [weights])
+    return LoadedModel(model, "hf", source, [weights], backbone_source=source)
 
 
 def _hf_weights_file(path: Path) -> Path:
@@ -157,9 +164,10 @@ def _load_official(path: Path, variant: str | None, backbone: str) -> LoadedMode
     load_strict(model.decoder, decoder_state, str(path))
     if clip_state:
         load_strict(model.clip, clip_state, f"{path} (clip_model.*)")
+        backbone = "included"
     else:
         load_strict(model.clip, _backbone_state(backbone, config), f"backbone {backbone!r}")
-    return LoadedModel(model, "official", str(path), [path])
+    return LoadedModel(model, "official", str(path), [path], backbone_source=backbone)
 
 
 def _backbone_state(source: str, config: ClipSegConfig) -> dict[str, torch.Tensor]:
