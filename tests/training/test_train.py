@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
 import warnings
@@ -162,9 +163,19 @@ def test_ddp_two_cpu_processes_under_torchrun(tmp_path):
                "--batch-size", "4", "--eval-every", "2", "--eval-samples", "8",
                "--output", str(output)]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    summaries = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    # A session of its own, so a hang is cleaned up with every worker torchrun started.
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        stdout, stderr = process.communicate(timeout=300)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.communicate()
+        raise
+    assert process.returncode == 0, stderr[-3000:]
+    summaries = [line for line in stdout.splitlines() if line.startswith("{")]
     assert len(summaries) == 1  # only rank 0 reports and writes
     assert json.loads(summaries[0])["steps"] == 4
     assert sorted(p.name for p in output.iterdir() if (p / "config.json").exists()) == [
