@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.postprocess import Combine
+from model.predictor import Predictor
 from model.text import Template
 
 from . import codec
@@ -62,6 +63,21 @@ def _check_prompts(state: ServiceState, prompts: list[str], negatives: list[str]
 async def _read(upload: UploadFile, field: str) -> bytes:
     codec.check_content_type(upload.content_type, field)
     return await upload.read()
+
+
+async def _query_job(
+    predictor: Predictor, image: UploadFile, threshold: float | None
+) -> SegmentJob:
+    """Read and decode the query image (threadpool) into a job without prompts yet."""
+    data = await _read(image, "image")
+    prepared, key = await run_in_threadpool(codec.prepare_query, predictor, data)
+    return SegmentJob(
+        pixels=prepared.pixels,
+        size=prepared.size,
+        image_key=key,
+        prompts=[],
+        threshold=predictor.config.threshold if threshold is None else threshold,
+    )
 
 
 async def _wait(request: Request, job: SegmentJob, future: asyncio.Future) -> JobResult:
@@ -166,18 +182,9 @@ async def segment_text(
     predictor, _ = state.require_ready()
     negatives = list(negative_prompt or [])
     _check_prompts(state, prompt, negatives)
-    data = await _read(image, "image")
-    prepared, key = await run_in_threadpool(codec.prepare_query, predictor, data)
-    job = SegmentJob(
-        pixels=prepared.pixels,
-        size=prepared.size,
-        image_key=key,
-        prompts=list(prompt),
-        negative_prompts=negatives,
-        template=Template(template),
-        threshold=predictor.config.threshold if threshold is None else threshold,
-        combine=Combine(combine),
-    )
+    job = await _query_job(predictor, image, threshold)
+    job.prompts, job.negative_prompts = list(prompt), negatives
+    job.template, job.combine = Template(template), Combine(combine)
     return await _segment(request, job, format, soft, t0)
 
 
@@ -222,20 +229,12 @@ async def segment_visual(
         raise ApiError(422, "invalid_field", "text_weight needs a prompt")
     prompts = [prompt] if prompt is not None else []
     _check_prompts(state, prompts, [])
-    data = await _read(image, "image")
+    job = await _query_job(predictor, image, threshold)
     pairs = [
         (await _read(img, "support_image"), await _read(mask, "support_mask"))
         for img, mask in zip(support_image, support_mask, strict=True)
     ]
-    prepared, key = await run_in_threadpool(codec.prepare_query, predictor, data)
-    supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
-    job = SegmentJob(
-        pixels=prepared.pixels,
-        size=prepared.size,
-        image_key=key,
-        prompts=prompts,
-        supports=supports,
-        text_weight=(0.5 if text_weight is None else text_weight) if prompts else None,
-        threshold=predictor.config.threshold if threshold is None else threshold,
-    )
+    job.supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
+    job.prompts = prompts
+    job.text_weight = (0.5 if text_weight is None else text_weight) if prompts else None
     return await _segment(request, job, format, soft, t0)
