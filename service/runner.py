@@ -68,7 +68,9 @@ def run_batch(predictor: Predictor, jobs: list[SegmentJob]) -> list[JobResult]:
     text = _text_lookup(predictor, jobs)
     visual = _visual_lookup(predictor, jobs)
     image_ids: dict[str, int] = {}
-    images, conds, index = [], [], []
+    images: list[torch.Tensor] = []
+    conds: list[torch.Tensor] = []
+    index: list[int] = []
     for i, job in enumerate(jobs):
         if job.image_key not in image_ids:
             image_ids[job.image_key] = len(images)
