@@ -312,3 +312,14 @@ def test_openapi_documents_both_endpoints(serve):
         assert "multipart/form-data" in operation["requestBody"]["content"]
         assert {"200", "413", "422", "429", "504"} <= set(operation["responses"])
     assert "SegmentResponse" in spec["components"]["schemas"]
+
+
+def test_cors_allows_only_the_configured_origins(serve):
+    headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
+    with serve(cors_origins=["https://app.example"]) as server:
+        allowed = httpx.options(server.url + "/segment/text", headers=headers)
+        other = httpx.options(
+            server.url + "/segment/text", headers={**headers, "Origin": "https://evil.example"}
+        )
+    assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+    assert "access-control-allow-origin" not in other.headers

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 
@@ -40,10 +42,19 @@ def test_cli_flags_default_to_the_settings(monkeypatch):
     assert args.port == 9123 and args.host == "0.0.0.0"
 
 
-@pytest.mark.parametrize("module", ["service.main", "model.cli"])
-def test_console_scripts_help(module):
-    result = subprocess.run(
-        [sys.executable, "-m", module, "--help"], capture_output=True, text=True, timeout=120
-    )
+SCRIPTS = {
+    "clipseg-serve": "service.main",
+    "clipseg-predict": "model.cli",
+    "clipseg-train": "training.train",
+    "clipseg-eval": "training.evaluate",
+}
+
+
+@pytest.mark.parametrize("script", sorted(SCRIPTS))
+def test_console_scripts_help(script):
+    """Each console script answers --help (the installed script when on PATH)."""
+    installed = shutil.which(script, path=os.path.dirname(sys.executable))
+    command = [installed] if installed else [sys.executable, "-m", SCRIPTS[script]]
+    result = subprocess.run([*command, "--help"], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
-    assert "usage:" in result.stdout
+    assert "usage:" in result.stdout and script in result.stdout
