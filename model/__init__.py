@@ -1,4 +1,5 @@
 """CLIPSeg as a library: model, weights, pre/post-processing, prompts, mask encodings.
 
-Imports torch, open_clip, PIL and numpy only — never the web stack.
+Imports torch, open_clip, PIL, numpy (and safetensors / huggingface_hub for weights) —
+never the web stack (tests/test_layering.py checks it).
 """
