@@ -14,16 +14,17 @@ Work is split by where it runs, so a server can put each part on the right threa
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
+from .batch import Segmentation, SegmentRequest, segment_batch
 from .clipseg import ClipSeg
 from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import InvalidMaskError, InvalidPromptError
-from .postprocess import Combine, combine_masks, mask_scores, probabilities_at_size
+from .postprocess import Combine, combine_masks, probabilities_at_size
 from .text import Template, parse_template, template_texts, tokenize
 from .text_cache import TextEmbeddingCache
 from .transforms import (
@@ -51,24 +52,6 @@ class PreparedImage:
 
     pixels: torch.Tensor
     size: tuple[int, int]
-
-
-@dataclass
-class Segmentation:
-    """Result for one image.
-
-    masks: bool [M, H, W] — one per prompt, or one for union/intersection.
-    probabilities: float32 [P, H, W] in [0, 1], one per positive prompt.
-    scores: float32 [P], max probability per positive prompt.
-    labels: names of the M masks (the prompts, or "union"/"intersection").
-    """
-
-    masks: np.ndarray
-    probabilities: np.ndarray
-    scores: np.ndarray
-    labels: list[str]
-    threshold: float
-    extra: dict = field(default_factory=dict)
 
 
 class Predictor:
@@ -247,36 +230,23 @@ class Predictor:
     ) -> Segmentation:
         """Segment one image for text ``prompts`` and/or given ``conditionals`` [N, D].
 
-        Returns masks at the image's original size; see ``Segmentation``.
+        Returns masks at the image's original size (see ``Segmentation``); the same code
+        path as the service's batches (``model.batch.segment_batch``).
         """
         prepared = self.prepare_image(image)
-        parts, labels = [], [str(p) for p in prompts]
-        if prompts:
-            parts.append(self.text_embeddings(prompts, template))
-        if conditionals is not None:
-            parts.append(
-                conditionals.to(self.device, torch.float32).reshape(-1, conditionals.shape[-1])
-            )
-            labels += [f"visual_{i}" for i in range(parts[-1].shape[0])]
-        if not parts:
+        if not prompts and conditionals is None:
             raise InvalidPromptError("give at least one prompt or conditioning vector")
-        n_neg = len(negative_prompts)
-        if n_neg:
-            parts.append(self.text_embeddings(negative_prompts, template))
-        conds = torch.cat(parts)
-        index = torch.zeros(conds.shape[0], dtype=torch.long)
-        logits = self.logits(prepared.pixels[None], conds, index)
-        positive, negative = logits[: len(logits) - n_neg], logits[len(logits) - n_neg :]
-        masks, probs = self.postprocess(
-            positive, prepared.size, threshold=threshold, combine=combine, negative_logits=negative
-        )
-        mode = Combine(combine)
-        if mode in (Combine.UNION, Combine.INTERSECTION):
-            labels = [mode.value]
-        return Segmentation(
-            masks=masks.cpu().numpy(),
-            probabilities=probs.cpu().numpy(),
-            scores=mask_scores(probs).cpu().numpy(),
-            labels=labels,
-            threshold=self.config.threshold if threshold is None else threshold,
-        )
+        request = SegmentRequest(
+            pixels=prepared.pixels,
+            size=prepared.size,
+            image_key="image",
+            prompts=list(prompts),
+            negative_prompts=list(negative_prompts),
+            template=parse_template(template),
+            conditionals=None if conditionals is None else conditionals.reshape(
+                -1, conditionals.shape[-1]
+            ),
+            threshold=threshold,
+            combine=Combine(combine),
+        )  # fmt: skip
+        return segment_batch(self, [request])[0]

@@ -18,13 +18,13 @@ from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
+from model.batch import Segmentation, segment_batch
 from model.predictor import Predictor
 
 from .config import Settings
 from .errors import ApiError
-from .jobs import JobResult, SegmentJob
+from .jobs import SegmentJob
 from .metrics import ServiceMetrics
-from .runner import run_batch
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +78,7 @@ class Batcher:
 
     # ------------------------------------------------------------------ submitting
     def submit(self, job: SegmentJob) -> asyncio.Future:
-        """Queue ``job``; its future resolves to a JobResult. 429 when the queue is full."""
+        """Queue ``job``; its future resolves to a Segmentation. 429 when the queue is full."""
         if not self.accepting:
             raise ApiError(503, "shutting_down", "the server is shutting down")
         job.future = asyncio.get_running_loop().create_future()
@@ -183,10 +183,10 @@ class Batcher:
         if lookups:
             self.metrics.text_cache_hit_ratio.set(cache.hits / lookups)
 
-    def _execute(self, jobs: list[SegmentJob]) -> list[JobResult | BaseException]:
+    def _execute(self, jobs: list[SegmentJob]) -> list[Segmentation | BaseException]:
         """On the model thread: run the batch; on failure split it and retry the halves."""
         try:
-            return list(run_batch(self.predictor, jobs))
+            return list(segment_batch(self.predictor, [job.request for job in jobs]))
         except Exception as exc:
             oom = isinstance(exc, torch.cuda.OutOfMemoryError)
             self.metrics.batch_failures.inc(reason="oom" if oom else "error")

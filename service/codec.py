@@ -11,11 +11,11 @@ import hashlib
 import numpy as np
 import torch
 
+from model.batch import Segmentation
 from model.masks import encode_png_mask, encode_png_probabilities, encode_rle, mask_bbox
 from model.predictor import Predictor, PreparedImage
 
 from .errors import ApiError
-from .jobs import JobResult
 
 #: Declared part types we refuse outright (415); anything else is sniffed by the decoder.
 ACCEPTED_TYPE_PREFIXES = ("image/", "application/octet-stream")
@@ -61,7 +61,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def mask_entries(result: JobResult, fmt: str, soft: bool) -> list[dict]:
+def mask_entries(result: Segmentation, fmt: str, soft: bool) -> list[dict]:
     """One JSON entry per output mask (see the README's response schema)."""
     entries = []
     for label, mask, probs, score in zip(
@@ -84,6 +84,6 @@ def mask_entries(result: JobResult, fmt: str, soft: bool) -> list[dict]:
     return entries
 
 
-def single_png(result: JobResult) -> bytes:
+def single_png(result: Segmentation) -> bytes:
     """The body of a single-mask PNG response: mode L, 0/255, the query's size."""
     return encode_png_mask(result.masks[0])

@@ -10,13 +10,14 @@ from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
+from model.batch import Segmentation, SegmentRequest
 from model.postprocess import Combine
 from model.predictor import Predictor
 from model.text import Template
 
 from . import codec
 from .errors import ApiError
-from .jobs import JobResult, SegmentJob
+from .jobs import SegmentJob
 from .schemas import ERROR_RESPONSES, SegmentResponse
 from .state import ServiceState, get_state, require_api_key
 
@@ -71,16 +72,11 @@ async def _query_job(
     """Read and decode the query image (threadpool) into a job without prompts yet."""
     data = await _read(image, "image")
     prepared, key = await run_in_threadpool(codec.prepare_query, predictor, data)
-    return SegmentJob(
-        pixels=prepared.pixels,
-        size=prepared.size,
-        image_key=key,
-        prompts=[],
-        threshold=predictor.config.threshold if threshold is None else threshold,
-    )
+    request = SegmentRequest(prepared.pixels, prepared.size, key, threshold=threshold)
+    return SegmentJob(request)
 
 
-async def _wait(request: Request, job: SegmentJob, future: asyncio.Future) -> JobResult:
+async def _wait(request: Request, job: SegmentJob, future: asyncio.Future) -> Segmentation:
     """The job's result; 504 past its deadline. A client that hangs up cancels the job."""
 
     async def client_gone() -> None:
@@ -136,7 +132,7 @@ async def _segment(request: Request, job: SegmentJob, fmt: str, soft: bool, t0: 
         headers["X-Mask-Score"] = f"{float(result.scores[0]):.6f}"
         headers["X-Mask-Threshold"] = str(result.threshold)
         return Response(body, media_type="image/png", headers=headers)
-    height, width = job.size
+    height, width = job.request.size
     payload = {
         "width": width,
         "height": height,
@@ -183,8 +179,9 @@ async def segment_text(
     negatives = list(negative_prompt or [])
     _check_prompts(state, prompt, negatives)
     job = await _query_job(predictor, image, threshold)
-    job.prompts, job.negative_prompts = list(prompt), negatives
-    job.template, job.combine = Template(template), Combine(combine)
+    query = job.request
+    query.prompts, query.negative_prompts = list(prompt), negatives
+    query.template, query.combine = Template(template), Combine(combine)
     return await _segment(request, job, format, soft, t0)
 
 
@@ -234,7 +231,6 @@ async def segment_visual(
         (await _read(img, "support_image"), await _read(mask, "support_mask"))
         for img, mask in zip(support_image, support_mask, strict=True)
     ]
-    job.supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
-    job.prompts = prompts
-    job.text_weight = (0.5 if text_weight is None else text_weight) if prompts else None
+    job.request.supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
+    job.request.prompts, job.request.text_weight = prompts, text_weight
     return await _segment(request, job, format, soft, t0)

@@ -13,8 +13,8 @@ import numpy as np
 from fastapi import Request
 from PIL import Image
 
+from model.batch import SegmentRequest
 from model.predictor import Predictor
-from model.text import Template
 from model.weights.files import sha256_of
 
 from .batcher import Batcher
@@ -75,15 +75,8 @@ class ServiceState:
         assert self.predictor is not None and self.batcher is not None
         blank = Image.fromarray(np.full((64, 64, 3), 127, dtype=np.uint8))
         prepared = await asyncio.to_thread(self.predictor.prepare_image, blank)
-        job = SegmentJob(
-            pixels=prepared.pixels,
-            size=prepared.size,
-            image_key="warm-up",
-            prompts=["warm-up"],
-            template=Template.NONE,
-            threshold=self.predictor.config.threshold,
-        )
-        await self.batcher.submit(job)
+        request = SegmentRequest(prepared.pixels, prepared.size, "warm-up", prompts=["warm-up"])
+        await self.batcher.submit(SegmentJob(request))
         self.predictor.text_cache.clear()
 
     async def close(self) -> None:

@@ -8,6 +8,7 @@ import torch
 from PIL import Image
 
 from model.errors import ImageDecodeError, InvalidMaskError, InvalidPromptError
+from model.postprocess import Combine
 from model.text import TRAINING_TEMPLATES, tokenize
 from tests.conftest import encode, random_image
 
@@ -19,10 +20,12 @@ class CallCounter:
 
     def __init__(self, module: torch.nn.Module) -> None:
         self.calls = 0
+        self.batch_sizes: list[int] = []
         self.handle = module.register_forward_hook(self._hook)
 
-    def _hook(self, *_):
+    def _hook(self, module, inputs, output):
         self.calls += 1
+        self.batch_sizes.append(int(inputs[0].shape[0]))
 
     def remove(self):
         self.handle.remove()
@@ -207,3 +210,43 @@ def test_support_mask_must_match_its_image(predictor):
         predictor.visual_embedding([(random_image(40, 30), np.ones((20, 40), dtype=bool))])
     with pytest.raises(InvalidMaskError, match="empty"):
         predictor.visual_embedding([(random_image(40, 30), np.zeros((30, 40), dtype=bool))])
+
+
+def test_segment_batch_mixes_requests_without_mixing_them_up(predictor):
+    """Text, negative, visual, hybrid and union requests in one batch give what each gives
+    alone; two requests on the same image share one backbone pass."""
+    from model.batch import SegmentRequest, segment_batch
+
+    image_a, image_b = random_image(40, 30, seed=21), random_image(25, 50, seed=22)
+    a, b = predictor.prepare_image(image_a), predictor.prepare_image(image_b)
+    supports = torch.stack([predictor.prepare_support(*_support(1))])
+    requests = [
+        SegmentRequest(a.pixels, a.size, "a", prompts=["a cat", "a dog"], threshold=0.5),
+        SegmentRequest(b.pixels, b.size, "b", prompts=["sky"], negative_prompts=["a cat"]),
+        SegmentRequest(a.pixels, a.size, "a", supports=supports, threshold=0.5),
+        SegmentRequest(b.pixels, b.size, "b", prompts=["mug"], supports=supports, text_weight=0.3),
+        SegmentRequest(a.pixels, a.size, "a", prompts=["x", "y"], combine=Combine.UNION),
+    ]
+    backbone = CallCounter(predictor.model.clip.visual.conv1)
+    try:
+        together = segment_batch(predictor, requests)
+        # One support-encoder pass for both visual requests' supports, then one backbone
+        # pass over the 2 distinct query images (not the 5 requests).
+        assert backbone.batch_sizes == [2, 2]
+    finally:
+        backbone.remove()
+    for request, batched in zip(requests, together, strict=True):
+        alone = segment_batch(predictor, [request])[0]
+        assert batched.labels == alone.labels
+        assert batched.masks.shape == alone.masks.shape == (len(alone.labels), *request.size)
+        assert np.abs(batched.probabilities - alone.probabilities).max() <= 1e-5
+    assert together[0].labels == ["a cat", "a dog"] and together[2].labels == ["visual"]
+    assert together[4].labels == ["union"]
+    assert np.allclose(together[4].scores, together[4].probabilities.reshape(1, -1).max(1))
+
+
+def test_union_probabilities_are_the_max_over_prompts(predictor):
+    image = random_image(32, 32, seed=3)
+    each = predictor.segment(image, ["x", "y"])
+    union = predictor.segment(image, ["x", "y"], combine="union")
+    assert np.allclose(union.probabilities[0], each.probabilities.max(0), atol=1e-6)
