@@ -86,15 +86,12 @@ def export(
     config = model.config
     if threshold is not None:
         config = config.replace(threshold=float(threshold))
-    original, model.config = model.config, config
-    try:
-        return save_checkpoint(
-            model,
-            path,
-            backbone_source=backbone_source,
-            include_backbone=include_backbone or backbone_source == "included",
-            metrics=metrics,
-            extra={"training": train_config},
-        )
-    finally:
-        model.config = original
+    return save_checkpoint(
+        model,
+        path,
+        backbone_source=backbone_source,
+        include_backbone=include_backbone or backbone_source == "included",
+        metrics=metrics,
+        extra={"training": train_config},
+        config=config,
+    )

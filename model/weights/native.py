@@ -79,11 +79,13 @@ def save_checkpoint(
     include_backbone: bool = False,
     metrics: dict[str, Any] | None = None,
     extra: dict[str, Any] | None = None,
+    config: ClipSegConfig | None = None,
 ) -> Path:
     """Write ``model`` as a checkpoint directory; returns its path.
 
     ``backbone_source`` records where the frozen backbone comes from; with
     ``include_backbone`` its weights are written too and the source becomes "included".
+    ``config`` overrides ``model.config`` in the file (e.g. a calibrated threshold).
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
@@ -94,7 +96,7 @@ def save_checkpoint(
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": model.config.to_dict(),
+        "model": (config or model.config).to_dict(),
         "backbone": {"source": backbone_source},
         "metrics": metrics or {},
         **(extra or {}),
