@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .postprocess import Combine
+from .postprocess import Combine, mask_scores
 from .text import Template
 
 if TYPE_CHECKING:
@@ -190,7 +190,7 @@ def _postprocess(
     return Segmentation(
         masks=masks.cpu().numpy(),
         probabilities=probs.cpu().numpy(),
-        scores=probs.flatten(1).max(1).values.cpu().numpy(),
+        scores=mask_scores(probs).cpu().numpy(),
         labels=labels,
         threshold=threshold,
     )
