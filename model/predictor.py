@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .batch import Segmentation, SegmentRequest, segment_batch
@@ -31,10 +30,9 @@ from .transforms import (
     DEFAULT_MAX_PIXELS,
     decode_image,
     load_mask,
-    normalize_tensor,
     to_model_input,
 )
-from .visual_prompt import engineer_visual_prompt
+from .visual_prompt import engineer_support_image
 from .weights.loader import LoadedModel, load_model
 
 #: Longest/shortest side ratio accepted for support images (see ``prepare_support``).
@@ -113,7 +111,6 @@ class Predictor:
 
         The mask (nonzero = object) must have the support image's size.
         """
-        cfg = self.config
         decoded = decode_image(image, max_pixels=self.max_pixels)
         mask_array = load_mask(mask, max_pixels=self.max_pixels)
         width, height = decoded.original_size
@@ -131,9 +128,7 @@ class Predictor:
                 f"support image {width}x{height} is more than {MAX_SUPPORT_ASPECT}:1; "
                 "crop it closer to the object"
             )
-        rgb = torch.from_numpy(np.asarray(decoded.image, dtype=np.uint8).copy())
-        pixels = normalize_tensor(rgb.permute(2, 0, 1).float() / 255.0, cfg.mean, cfg.std)
-        return engineer_visual_prompt(pixels, torch.from_numpy(mask_array), size=cfg.input_size)
+        return engineer_support_image(decoded.image, mask_array, self.config)
 
     # --------------------------------------------------------------- device side
     def _inference(self):

@@ -31,10 +31,14 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from .config import ClipSegConfig
 from .errors import InvalidMaskError
+from .transforms import normalize_tensor
 
 __all__ = [
     "BACKGROUND_FACTOR",
@@ -42,6 +46,7 @@ __all__ = [
     "BLUR_SIGMA",
     "CONTEXT",
     "PROMPT_SIZE",
+    "engineer_support_image",
     "engineer_visual_prompt",
     "engineer_visual_prompts",
     "gaussian_blur",
@@ -353,3 +358,20 @@ def engineer_visual_prompts(
         except InvalidMaskError as err:
             raise InvalidMaskError(f"support example {k}: {err}") from err
     return torch.stack(out)
+
+
+def engineer_support_image(
+    image: Image.Image, mask: np.ndarray, config: ClipSegConfig
+) -> torch.Tensor:
+    """A decoded support image + its mask -> the model's visual prompt input.
+
+    ``image``: PIL image (converted to RGB); ``mask``: bool/numeric [H, W] of the same
+    size (nonzero = object). Normalised with the config's mean/std, then engineered at
+    ``config.input_size``: float32 [3, S, S]. The one path for the predictor and training.
+    """
+    rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
+    pixels = normalize_tensor(pixels, config.mean, config.std)
+    return engineer_visual_prompt(
+        pixels, torch.from_numpy(np.asarray(mask)), size=config.input_size
+    )

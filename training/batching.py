@@ -15,8 +15,8 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from model.config import ClipSegConfig
-from model.transforms import normalize_tensor, to_model_input
-from model.visual_prompt import engineer_visual_prompt
+from model.transforms import to_model_input
+from model.visual_prompt import engineer_support_image
 
 from .data import Sample, SampleDataset, sample_rng
 
@@ -89,11 +89,7 @@ def target_tensor(mask: np.ndarray, size: int) -> torch.Tensor:
 def support_tensor(sample: Sample, config: ClipSegConfig) -> torch.Tensor:
     """The engineered visual prompt of ``sample.support``: float32 [3, S, S]."""
     assert sample.support is not None
-    rgb = np.asarray(sample.support.image.convert("RGB"), dtype=np.uint8)
-    pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
-    pixels = normalize_tensor(pixels, config.mean, config.std)
-    mask = torch.from_numpy(np.asarray(sample.support.mask, dtype=bool))
-    return engineer_visual_prompt(pixels, mask, size=config.input_size)
+    return engineer_support_image(sample.support.image, sample.support.mask, config)
 
 
 class Collate:
