@@ -11,6 +11,8 @@ predictor.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import open_clip
 import torch
 import torch.nn.functional as F
@@ -18,6 +20,7 @@ from torch import nn
 
 from .config import ClipSegConfig
 from .decoder import ClipSegDecoder
+from .text import Template, template_texts, tokenize
 
 
 def build_clip(config: ClipSegConfig) -> nn.Module:
@@ -119,6 +122,19 @@ class ClipSeg(nn.Module):
         x = clip.ln_final(x)
         pooled = x[torch.arange(x.shape[0], device=x.device), tokens.argmax(dim=-1)]
         return pooled @ clip.text_projection
+
+    def embed_phrases(
+        self, phrases: Sequence[str], template: Template | str = Template.NONE
+    ) -> torch.Tensor:
+        """Conditioning vectors for user phrases: [N] -> float32 [N, D].
+
+        Each phrase goes through ``template`` (raw / photo / ensemble); an ensemble's
+        vector is the mean of its template embeddings. All texts in one encoder call.
+        """
+        groups = [template_texts(phrase, template) for phrase in phrases]
+        tokens = tokenize([t for g in groups for t in g], self.config.backbone.context_length)
+        embedded = self.embed_text(tokens.to(self.clip.token_embedding.weight.device)).float()
+        return torch.stack([chunk.mean(0) for chunk in embedded.split([len(g) for g in groups])])
 
     # ----------------------------------------------------------------- segmentation
     def forward(

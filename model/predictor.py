@@ -24,7 +24,7 @@ from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import InvalidMaskError, InvalidPromptError
 from .postprocess import Combine, combine_masks, probabilities_at_size
-from .text import Template, parse_template, template_texts, tokenize
+from .text import Template, parse_template
 from .text_cache import TextEmbeddingCache
 from .transforms import (
     DEFAULT_MAX_PIXELS,
@@ -146,13 +146,8 @@ class Predictor:
         return self.text_cache.get(keys, lambda missing: self._encode_phrases(missing, mode))
 
     def _encode_phrases(self, keys: list[tuple[str, str]], mode: Template) -> torch.Tensor:
-        groups = [template_texts(phrase, mode) for _, phrase in keys]
-        texts = [text for group in groups for text in group]
-        tokens = tokenize(texts, self.config.backbone.context_length).to(self.device)
         with torch.inference_mode(), self._inference():
-            embedded = self.model.embed_text(tokens).float()
-        # Template ensemble: the mean of each phrase's template embeddings.
-        return torch.stack([chunk.mean(0) for chunk in embedded.split([len(g) for g in groups])])
+            return self.model.embed_phrases([phrase for _, phrase in keys], mode)
 
     def support_embeddings(self, supports: torch.Tensor) -> torch.Tensor:
         """CLIP embeddings of engineered supports: [K, 3, S, S] -> float32 [K, D]."""

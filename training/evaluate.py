@@ -21,7 +21,7 @@ import torch
 
 from model.clipseg import ClipSeg
 from model.postprocess import probabilities_at_size
-from model.text import Template, template_texts, tokenize
+from model.text import Template
 from model.weights.loader import load_model
 
 from .batching import image_batch
@@ -31,14 +31,6 @@ from .distributed import pick_device
 from .metrics import SegmentationMetrics, format_table
 
 log = logging.getLogger("clipseg.eval")
-
-
-def _conditionals(model: ClipSeg, phrases: list[str], template: Template) -> torch.Tensor:
-    """Text embeddings [N, D] (template ensemble = mean over templates)."""
-    groups = [template_texts(p, template) for p in phrases]
-    tokens = tokenize([t for g in groups for t in g]).to(next(model.parameters()).device)
-    embedded = model.embed_text(tokens).float()
-    return torch.stack([c.mean(0) for c in embedded.split([len(g) for g in groups])])
 
 
 @torch.inference_mode()
@@ -64,7 +56,7 @@ def evaluate_dataset(
             samples = [dataset[i] for i in range(start, min(count, start + batch_size))]
             images = image_batch([s.image for s in samples], config).to(device)
             phrases = [s.phrase for s in samples]
-            logits = model(images, _conditionals(model, phrases, mode))
+            logits = model(images, model.embed_phrases(phrases, mode))
             for sample, row in zip(samples, logits, strict=True):
                 height, width = sample.mask.shape
                 probs = probabilities_at_size(row[None], (height, width))
