@@ -1,402 +1,268 @@
-"""A small, dependency-free, thread-safe Prometheus metrics registry.
+"""The service's Prometheus metrics, on ``prometheus_client`` with one registry per app.
 
-The service records metrics from the event loop, the model thread and the threadpool, so
-every metric guards its samples with its own lock. ``Registry.render`` produces the text
-exposition format, version 0.0.4 (``CONTENT_TYPE``), for the ``/metrics`` route.
+Each ``ServiceMetrics`` owns its ``CollectorRegistry`` rather than using the library's global
+one: tests (and a process that builds more than one app) create many instances, and the
+global registry would refuse the second registration of every name.
 
-We implement the handful of features the service needs instead of depending on
-``prometheus_client``: counters, gauges (optionally computed at scrape time) and histograms,
-each with optional labels.
+Two kinds of metric live here:
+
+* Recorded metrics (counters, histograms, the cost-model gauge) are plain
+  ``prometheus_client`` objects; call sites use the normal API, e.g.
+  ``metrics.rejected.labels(reason="queue_full").inc()``.
+* Read-at-scrape metrics (queue depth, backlog, device memory, text-cache counts, readiness)
+  belong to components that exist only once the model has loaded, which is after the app
+  started. They are read through callables handed to ``bind`` by one custom collector, so
+  a scrape always shows the current value and never a copy that someone forgot to update.
 """
 
 from __future__ import annotations
 
-import bisect
-import itertools
-import math
-import re
+import logging
 import threading
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import ClassVar, TypeVar
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
-CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServiceMetrics"]
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+CONTENT_TYPE: str = CONTENT_TYPE_LATEST
 
 LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
 
-_METRIC_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
-_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
-LabelKey = tuple[str, ...]
-
-
-# ---------------------------------------------------------------------- formatting
-def format_float(value: float) -> str:
-    """A sample value as Prometheus writes it: ``+Inf``, ``NaN``, ``3.0``, ``0.25``."""
-    value = float(value)
-    if math.isnan(value):
-        return "NaN"
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    # repr switches to exponent notation from 1e16 on; big counters read better in full.
-    if value.is_integer() and abs(value) < 2**63:
-        return f"{int(value)}.0"
-    return repr(value)
-
-
-def _escape_help(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("\n", "\\n")
-
-
-def _escape_label_value(text: str) -> str:
-    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
-
-
-def _format_labels(pairs: Sequence[tuple[str, str]]) -> str:
-    if not pairs:
-        return ""
-    inner = ",".join(f'{name}="{_escape_label_value(value)}"' for name, value in pairs)
-    return "{" + inner + "}"
-
-
-def _sample(name: str, pairs: Sequence[tuple[str, str]], value: float) -> str:
-    return f"{name}{_format_labels(pairs)} {format_float(value)}"
-
-
-# ---------------------------------------------------------------------- metrics
-class _Metric:
-    """Name, help, label validation and the HELP/TYPE header shared by all metric kinds."""
-
-    kind: ClassVar[str]
-    # Label names that would collide with a keyword parameter of the recording methods.
-    reserved_labels: ClassVar[frozenset[str]] = frozenset()
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        if not _METRIC_NAME.fullmatch(name):
-            raise ValueError(f"invalid metric name {name!r}")
-        if isinstance(labelnames, str):  # ("reason") instead of ("reason",) would split it
-            raise ValueError(f"{name}: labelnames must be a sequence of names, not a string")
-        self.name = name
-        self.help = help
-        self.labelnames: LabelKey = tuple(labelnames)
-        self._check_labelnames()
-        self._lock = threading.Lock()
-
-    def _check_labelnames(self) -> None:
-        if len(set(self.labelnames)) != len(self.labelnames):
-            raise ValueError(f"{self.name}: duplicate label names {self.labelnames}")
-        for label in self.labelnames:
-            # Names starting with "__" are reserved for Prometheus itself.
-            if not _LABEL_NAME.fullmatch(label) or label.startswith("__"):
-                raise ValueError(f"{self.name}: invalid label name {label!r}")
-            if label in self.reserved_labels:
-                raise ValueError(f"{self.name}: label name {label!r} is reserved")
-
-    def _key(self, labels: Mapping[str, object]) -> LabelKey:
-        """Label values in ``labelnames`` order; the exact set of names is required."""
-        if labels.keys() != set(self.labelnames):
-            raise ValueError(
-                f"{self.name}: expected labels {sorted(self.labelnames)}, got {sorted(labels)}"
-            )
-        return tuple(str(labels[label]) for label in self.labelnames)
-
-    def _pairs(self, key: LabelKey) -> list[tuple[str, str]]:
-        return list(zip(self.labelnames, key, strict=True))
-
-    def sample_names(self) -> set[str]:
-        """Every sample name this metric writes, to catch clashes at registration."""
-        return {self.name}
-
-    def render(self) -> list[str]:
-        header = [
-            f"# HELP {self.name} {_escape_help(self.help)}",
-            f"# TYPE {self.name} {self.kind}",
-        ]
-        return header + self._render_samples()
-
-    def _render_samples(self) -> list[str]:
-        raise NotImplementedError
-
-
-class _ScalarMetric(_Metric):
-    """One float per label combination (counters and gauges)."""
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        # An unlabelled metric is exported as 0 before its first update, as Prometheus
-        # clients do; labelled ones appear once a label combination is first used.
-        self._values: dict[LabelKey, float] = {} if self.labelnames else {(): 0.0}
-
-    def _add(self, amount: float, labels: Mapping[str, object]) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = self._values.get(key, 0.0) + amount
-
-    def value(self, **labels: object) -> float:
-        key = self._key(labels)
-        with self._lock:
-            return self._values.get(key, 0.0)
-
-    def _snapshot(self) -> list[tuple[LabelKey, float]]:
-        with self._lock:
-            return sorted(self._values.items())
-
-    def _render_samples(self) -> list[str]:
-        return [_sample(self.name, self._pairs(key), v) for key, v in self._snapshot()]
-
-
-class Counter(_ScalarMetric):
-    """A monotonically increasing total."""
-
-    kind = "counter"
-    reserved_labels = frozenset({"amount"})
-
-    def inc(self, amount: float = 1.0, **labels: object) -> None:
-        amount = float(amount)
-        if not amount >= 0:  # also rejects NaN
-            raise ValueError(f"{self.name}: counters only go up, got {amount}")
-        self._add(amount, labels)
-
-
-class Gauge(_ScalarMetric):
-    """A value that goes up and down, or one computed at scrape time by ``set_function``."""
-
-    kind = "gauge"
-    reserved_labels = frozenset({"amount", "value"})
-
-    def __init__(self, name: str, help: str, labelnames: Sequence[str] = ()) -> None:
-        super().__init__(name, help, labelnames)
-        self._function: Callable[[], float] | None = None
-
-    def set(self, value: float, **labels: object) -> None:
-        key = self._key(labels)
-        with self._lock:
-            self._values[key] = float(value)
-
-    def inc(self, amount: float = 1.0, **labels: object) -> None:
-        self._add(float(amount), labels)
-
-    def dec(self, amount: float = 1.0, **labels: object) -> None:
-        self._add(-float(amount), labels)
-
-    def set_function(self, fn: Callable[[], float]) -> None:
-        """Compute the (unlabelled) value by calling ``fn`` at each read and scrape.
-
-        While a function is set it supersedes any stored value. Setting another one
-        replaces it, so a restarted component can re-register its callback.
-        """
-        if self.labelnames:
-            raise ValueError(f"{self.name}: set_function needs an unlabelled gauge")
-        with self._lock:
-            self._function = fn
-
-    def value(self, **labels: object) -> float:
-        fn = self._function_or_none()
-        if fn is not None:
-            self._key(labels)  # still reject stray labels
-            return float(fn())
-        return super().value(**labels)
-
-    def _function_or_none(self) -> Callable[[], float] | None:
-        with self._lock:
-            return self._function
-
-    def _snapshot(self) -> list[tuple[LabelKey, float]]:
-        fn = self._function_or_none()
-        # Called outside the lock: the callback may read other metrics or take its own locks.
-        if fn is not None:
-            return [((), float(fn()))]
-        return super()._snapshot()
-
-
-@dataclass
-class _HistogramState:
-    bucket_counts: list[int]  # per bucket, not cumulative; the last one is +Inf
-    total: float = 0.0
-    count: int = 0
-
-
-@dataclass
-class _HistogramSnapshot:
-    key: LabelKey
-    cumulative: list[int] = field(default_factory=list)
-    total: float = 0.0
-    count: int = 0
-
-
-class Histogram(_Metric):
-    """Observations counted into cumulative ``le`` buckets, plus their sum and count."""
-
-    kind = "histogram"
-    reserved_labels = frozenset({"value", "le"})
-
-    def __init__(
-        self, name: str, help: str, buckets: Sequence[float], labelnames: Sequence[str] = ()
-    ) -> None:
-        super().__init__(name, help, labelnames)
-        self.buckets = _check_buckets(name, buckets)
-        self._states: dict[LabelKey, _HistogramState] = {}
-        if not self.labelnames:
-            self._states[()] = self._new_state()
-
-    def _new_state(self) -> _HistogramState:
-        return _HistogramState(bucket_counts=[0] * (len(self.buckets) + 1))
-
-    def observe(self, value: float, **labels: object) -> None:
-        value = float(value)
-        key = self._key(labels)
-        # bisect_left finds the first bound >= value, matching "le" (less than or equal).
-        # NaN compares false with every bound, so it is sent to +Inf explicitly.
-        index = len(self.buckets) if math.isnan(value) else bisect.bisect_left(self.buckets, value)
-        with self._lock:
-            state = self._states.get(key)
-            if state is None:
-                state = self._states[key] = self._new_state()
-            state.bucket_counts[index] += 1
-            state.total += value
-            state.count += 1
-
-    def count(self, **labels: object) -> int:
-        key = self._key(labels)
-        with self._lock:
-            state = self._states.get(key)
-            return state.count if state else 0
-
-    def sum(self, **labels: object) -> float:
-        key = self._key(labels)
-        with self._lock:
-            state = self._states.get(key)
-            return state.total if state else 0.0
-
-    def sample_names(self) -> set[str]:
-        return {self.name, f"{self.name}_bucket", f"{self.name}_sum", f"{self.name}_count"}
-
-    def _snapshot(self) -> list[_HistogramSnapshot]:
-        with self._lock:
-            states = sorted(self._states.items())
-            return [
-                _HistogramSnapshot(key, _cumulative(s.bucket_counts), s.total, s.count)
-                for key, s in states
-            ]
-
-    def _render_samples(self) -> list[str]:
-        lines: list[str] = []
-        bounds = [format_float(b) for b in self.buckets] + ["+Inf"]
-        for snap in self._snapshot():
-            pairs = self._pairs(snap.key)
-            for bound, cumulative in zip(bounds, snap.cumulative, strict=True):
-                lines.append(_sample(f"{self.name}_bucket", [*pairs, ("le", bound)], cumulative))
-            lines.append(_sample(f"{self.name}_sum", pairs, snap.total))
-            lines.append(_sample(f"{self.name}_count", pairs, snap.count))
-        return lines
-
-
-def _check_buckets(name: str, buckets: Sequence[float]) -> tuple[float, ...]:
-    """Finite upper bounds, strictly increasing; a trailing +Inf is implied and dropped."""
-    bounds = [float(b) for b in buckets]
-    if bounds and bounds[-1] == math.inf:
-        bounds.pop()
-    if not bounds:
-        raise ValueError(f"{name}: a histogram needs at least one finite bucket")
-    if any(math.isnan(b) or math.isinf(b) for b in bounds):
-        raise ValueError(f"{name}: bucket bounds must be finite, got {list(buckets)}")
-    if any(b >= a for b, a in itertools.pairwise(bounds)):
-        raise ValueError(f"{name}: buckets must be sorted increasing, got {list(buckets)}")
-    return tuple(bounds)
-
-
-def _cumulative(counts: Sequence[int]) -> list[int]:
-    running, out = 0, []
-    for c in counts:
-        running += c
-        out.append(running)
-    return out
-
-
-# ---------------------------------------------------------------------- registry
-M = TypeVar("M", bound=_Metric)
-
-
-class Registry:
-    """Creates metrics, keeps them in registration order and renders them together."""
+class _ScrapeTimeCollector(Collector):
+    """Exposes the values that ``ServiceMetrics.bind`` callables return, read at each scrape.
+
+    Every metric is exposed from the first scrape, as 0 while nothing is bound, so that
+    dashboards and ``absent()`` alerts see the names before the model has loaded. A callable
+    that raises drops only its own samples from that scrape (``clipseg_ready`` and
+    ``clipseg_healthy`` read 0 instead: a probe that fails means "no"), and is logged at
+    debug level once per bound callable so a broken probe cannot flood the log.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._metrics: list[_Metric] = []
-        self._sample_names: set[str] = set()
+        self._sources: dict[str, Callable[[], Any]] = {}
+        self._logged: set[str] = set()
 
-    def counter(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Counter:
-        return self._register(Counter(name, help, labelnames))
-
-    def gauge(self, name: str, help: str, labelnames: Sequence[str] = ()) -> Gauge:
-        return self._register(Gauge(name, help, labelnames))
-
-    def histogram(
-        self, name: str, help: str, buckets: Sequence[float], labelnames: Sequence[str] = ()
-    ) -> Histogram:
-        return self._register(Histogram(name, help, buckets, labelnames))
-
-    def _register(self, metric: M) -> M:
-        names = metric.sample_names()
+    def bind(self, sources: Mapping[str, Callable[[], Any] | None]) -> None:
+        """Replace the callables given (not None); the others stay as they were."""
         with self._lock:
-            # Also compares generated names, e.g. a counter "x_count" vs a histogram "x".
-            clash = names & self._sample_names
-            if clash:
-                raise ValueError(f"metric name(s) already registered: {sorted(clash)}")
-            self._sample_names |= names
-            self._metrics.append(metric)
-        return metric
+            for name, fn in sources.items():
+                if fn is not None:
+                    self._sources[name] = fn
+                    self._logged.discard(name)  # a new callable gets its own log line
 
-    def render(self) -> str:
-        """The whole exposition text; it ends with a newline, as the format requires."""
+    def _read(self, name: str, convert: Callable[[Any], T], default: T) -> T | None:
+        """``convert(callable())``; ``default`` while unbound; None if either step raised."""
         with self._lock:
-            metrics = list(self._metrics)
-        lines = [line for metric in metrics for line in metric.render()]
-        return "\n".join(lines) + "\n" if lines else ""
+            fn = self._sources.get(name)
+        if fn is None:
+            return default
+        # Called outside the lock: the callable may take its own locks (queue, cache).
+        try:
+            return convert(fn())
+        except Exception as exc:
+            with self._lock:
+                first = name not in self._logged
+                self._logged.add(name)
+            if first:  # once per bound callable: a broken probe must not flood the log
+                log.debug("metrics: reading %r failed (%r); logged once", name, exc)
+            return None
+
+    def describe(self) -> Iterable[Metric]:
+        # Names only, for the registry's duplicate check; without describe() the registry
+        # would not know the names (it does not call collect() at registration by default).
+        return self._families(with_samples=False)
+
+    def collect(self) -> Iterable[Metric]:
+        return self._families(with_samples=True)
+
+    def _families(self, *, with_samples: bool) -> list[Metric]:
+        depth = GaugeMetricFamily(
+            "clipseg_queue_depth", "Jobs admitted and waiting for the model thread."
+        )
+        backlog = GaugeMetricFamily(
+            "clipseg_queue_backlog_seconds",
+            "Estimated seconds of model work queued ahead of a new job, from the scheduler's "
+            "learned cost model.",
+        )
+        memory = GaugeMetricFamily(
+            "clipseg_memory_reserved_bytes",
+            "Bytes the model's device allocator holds reserved (CUDA caching allocator; 0 on CPU).",
+        )
+        hits = CounterMetricFamily(
+            "clipseg_text_cache_hits",
+            "Phrase-embedding lookups answered from the text-embedding cache.",
+        )
+        misses = CounterMetricFamily(
+            "clipseg_text_cache_misses",
+            "Phrase-embedding lookups that needed a text-encoder pass.",
+        )
+        entries = GaugeMetricFamily(
+            "clipseg_text_cache_entries", "Phrase embeddings currently held by the cache."
+        )
+        ratio = GaugeMetricFamily(
+            "clipseg_text_cache_hit_ratio",
+            "Text-embedding cache hits / (hits + misses) since the cache was created; "
+            "0 before any lookup.",
+        )
+        ready = GaugeMetricFamily(
+            "clipseg_ready", "1 when the service accepts work (model loaded, not draining)."
+        )
+        healthy = GaugeMetricFamily(
+            "clipseg_healthy", "1 while the model worker is alive and answering."
+        )
+        families: list[Metric] = [depth, backlog, memory, hits, misses, entries, ratio]
+        families += [ready, healthy]
+        if not with_samples:
+            return families
+
+        for family, name in (
+            (depth, "queue_depth"),
+            (backlog, "backlog_seconds"),
+            (memory, "memory_reserved_bytes"),
+        ):
+            value = self._read(name, float, 0.0)
+            if value is not None:
+                family.add_metric([], value)
+
+        counts = self._read("text_cache", _cache_counts, (0.0, 0.0, 0.0))
+        if counts is not None:
+            n_hits, n_misses, n_entries = counts
+            hits.add_metric([], n_hits)
+            misses.add_metric([], n_misses)
+            entries.add_metric([], n_entries)
+            lookups = n_hits + n_misses
+            ratio.add_metric([], n_hits / lookups if lookups else 0.0)
+
+        for family, name in ((ready, "ready"), (healthy, "healthy")):
+            # A probe that fails (None) means "no", so these two always have a sample.
+            family.add_metric([], 1.0 if self._read(name, bool, False) else 0.0)
+        return families
 
 
-# ---------------------------------------------------------------------- the service's set
+def _cache_counts(stats: Mapping[str, int]) -> tuple[float, float, float]:
+    """(hits, misses, entries) from the text cache's stats; raises if a key is missing."""
+    return float(stats["hits"]), float(stats["misses"]), float(stats["entries"])
+
+
 class ServiceMetrics:
     """The metrics the CLIPSeg service records, on a registry of their own."""
 
     def __init__(self) -> None:
-        r = self.registry = Registry()
-        self.requests = r.counter(
-            "clipseg_requests_total", "HTTP requests by route and status", ("route", "status")
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "clipseg_requests_total",
+            "HTTP requests answered, by route template and status code.",
+            ("route", "status"),
+            registry=r,
         )
-        self.stage_seconds = r.histogram(
+        self.stage_seconds = Histogram(
             "clipseg_stage_seconds",
-            "Seconds spent per request stage (decode, queue_wait, model, encode, total)",
-            LATENCY_BUCKETS,
+            "Seconds a request spent in each stage (decode, queue_wait, model, encode, total).",
             ("stage",),
+            registry=r,
+            buckets=LATENCY_BUCKETS,
         )
-        self.batch_images = r.histogram(
-            "clipseg_batch_images", "Distinct images per model batch", BATCH_BUCKETS
+        self.batch_images = Histogram(
+            "clipseg_batch_images",
+            "Distinct images per model batch (one backbone pass each).",
+            registry=r,
+            buckets=BATCH_BUCKETS,
         )
-        self.batch_rows = r.histogram(
-            "clipseg_batch_decoder_rows", "Decoder rows (prompts) per model batch", BATCH_BUCKETS
+        self.batch_rows = Histogram(
+            "clipseg_batch_decoder_rows",
+            "Decoder rows (image x prompt pairs) per model batch.",
+            registry=r,
+            buckets=BATCH_BUCKETS,
         )
-        self.batches = r.counter("clipseg_batches_total", "Model batches run")
-        self.batch_failures = r.counter(
-            "clipseg_batch_failures_total", "Failed model batch attempts by reason", ("reason",)
+        self.batches = Counter(
+            "clipseg_batches_total", "Model batches run to completion.", registry=r
         )
-        self.queue_depth = r.gauge("clipseg_queue_depth", "Jobs waiting for the model")
-        self.text_cache_hit_ratio = r.gauge(
-            "clipseg_text_cache_hit_ratio", "Text-embedding cache hits / lookups"
+        self.batch_failures = Counter(
+            "clipseg_batch_failures_total",
+            "Model batch attempts that failed, by reason (e.g. oom, error).",
+            ("reason",),
+            registry=r,
         )
-        self.rejected = r.counter(
+        self.rejected = Counter(
             "clipseg_rejected_total",
-            "Requests refused or abandoned (queue_full, deadline, disconnected)",
+            "Requests refused or given up before a result, by reason "
+            "(queue_full, deadline, disconnected, budget, ...).",
             ("reason",),
+            registry=r,
         )
-        self.dropped = r.counter(
+        self.dropped = Counter(
             "clipseg_dropped_jobs_total",
-            "Queued jobs dropped before compute (abandoned by their request, or expired)",
+            "Queued jobs dropped before compute, by reason (abandoned by their request, "
+            "expired past their deadline, hopeless: could not finish in time).",
             ("reason",),
+            registry=r,
+        )
+        self.batch_cost = Gauge(
+            "clipseg_batch_cost_seconds",
+            "The scheduler's learned batch cost model: seconds per term "
+            "(per batch, per image, per decoder row, per megapixel, per support image).",
+            ("term",),
+            registry=r,
+        )
+        self._scrape_time = _ScrapeTimeCollector()
+        r.register(self._scrape_time)
+        # process_* (memory, CPU, fds), python_info and python_gc_*, as the library's
+        # global registry would have them.
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+
+    def bind(
+        self,
+        *,
+        queue_depth: Callable[[], float] | None = None,
+        backlog_seconds: Callable[[], float] | None = None,
+        memory_reserved_bytes: Callable[[], float] | None = None,
+        text_cache: Callable[[], Mapping[str, int]] | None = None,
+        ready: Callable[[], bool] | None = None,
+        healthy: Callable[[], bool] | None = None,
+    ) -> None:
+        """Set the callables read at each scrape; may be called any number of times.
+
+        A callable given here replaces the one bound before under that name; a name left as
+        None keeps its current binding, so the app can bind readiness at start-up and the
+        model's values once it has loaded. ``text_cache`` returns a mapping with ``hits``,
+        ``misses`` and ``entries`` (``TextEmbeddingCache.stats`` does).
+        """
+        self._scrape_time.bind(
+            {
+                "queue_depth": queue_depth,
+                "backlog_seconds": backlog_seconds,
+                "memory_reserved_bytes": memory_reserved_bytes,
+                "text_cache": text_cache,
+                "ready": ready,
+                "healthy": healthy,
+            }
         )
 
-    def render(self) -> str:
-        return self.registry.render()
+    def render(self) -> bytes:
+        """The exposition text of every metric on this instance's registry."""
+        return generate_latest(self.registry)

@@ -1,426 +1,369 @@
-"""The metrics registry: values, exposition text, validation and thread safety."""
+"""ServiceMetrics: names, types, labels and buckets as scraped, and the scrape-time bindings.
+
+Every check parses ``render()`` with prometheus_client's own parser, i.e. reads the metrics
+the way a Prometheus server would, instead of poking at the metric objects.
+"""
 
 from __future__ import annotations
 
-import math
-import sys
+import logging
 import threading
-from collections.abc import Callable, Iterator
 
+import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
 
-from service.metrics import (
-    BATCH_BUCKETS,
-    CONTENT_TYPE,
-    LATENCY_BUCKETS,
-    Counter,
-    Gauge,
-    Histogram,
-    Registry,
-    ServiceMetrics,
-    format_float,
-)
+from service.metrics import BATCH_BUCKETS, CONTENT_TYPE, LATENCY_BUCKETS, ServiceMetrics
 
-
-def lines_of(text: str) -> list[str]:
-    assert text.endswith("\n"), "the exposition text must end with a newline"
-    return text.splitlines()
-
-
-def samples(text: str) -> dict[str, str]:
-    """Sample lines as {"name{labels}": "value"}; label values here never contain spaces."""
-    out = {}
-    for line in lines_of(text):
-        if line and not line.startswith("#"):
-            series, value = line.rsplit(" ", 1)
-            assert series not in out, f"duplicate series {series}"
-            out[series] = value
-    return out
-
-
-@pytest.fixture
-def tiny_switch_interval() -> Iterator[None]:
-    """Switch threads very often, so that an unlocked read-modify-write would lose updates."""
-    old = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(old)
+# Family name as the parser reports it (counters lose "_total") -> type.
+RECORDED = {
+    "clipseg_requests": "counter",
+    "clipseg_stage_seconds": "histogram",
+    "clipseg_batch_images": "histogram",
+    "clipseg_batch_decoder_rows": "histogram",
+    "clipseg_batches": "counter",
+    "clipseg_batch_failures": "counter",
+    "clipseg_rejected": "counter",
+    "clipseg_dropped_jobs": "counter",
+    "clipseg_batch_cost_seconds": "gauge",
+}
+SCRAPE_TIME = {
+    "clipseg_queue_depth": "gauge",
+    "clipseg_queue_backlog_seconds": "gauge",
+    "clipseg_memory_reserved_bytes": "gauge",
+    "clipseg_text_cache_hits": "counter",
+    "clipseg_text_cache_misses": "counter",
+    "clipseg_text_cache_entries": "gauge",
+    "clipseg_text_cache_hit_ratio": "gauge",
+    "clipseg_ready": "gauge",
+    "clipseg_healthy": "gauge",
+}
+# The sample each scrape-time family writes (counters with their "_total" suffix).
+SCRAPE_TIME_SAMPLE = {
+    name: f"{name}_total" if kind == "counter" else name for name, kind in SCRAPE_TIME.items()
+}
 
 
-def run_threads(n: int, target: Callable[[], None]) -> None:
-    barrier = threading.Barrier(n)
-
-    def worker() -> None:
-        barrier.wait()
-        target()
-
-    threads = [threading.Thread(target=worker) for _ in range(n)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+def scrape(m: ServiceMetrics) -> dict[str, prometheus_client.Metric]:
+    text = m.render()
+    assert isinstance(text, bytes)
+    families = {f.name: f for f in text_string_to_metric_families(text.decode("utf-8"))}
+    return families
 
 
-# ---------------------------------------------------------------------- counters and gauges
-def test_counter_values_and_rendered_lines():
-    reg = Registry()
-    requests = reg.counter("clipseg_requests_total", "Requests", ("route", "status"))
+def samples(m: ServiceMetrics) -> list[Sample]:
+    return [s for family in scrape(m).values() for s in family.samples]
+
+
+def value(m: ServiceMetrics, name: str, **labels: str) -> float | None:
+    """The value of the one sample called ``name`` with exactly ``labels``; None if absent."""
+    found = [s.value for s in samples(m) if s.name == name and s.labels == labels]
+    assert len(found) <= 1, f"duplicate series {name}{labels}"
+    return found[0] if found else None
+
+
+def scrape_time_values(m: ServiceMetrics) -> dict[str, float | None]:
+    return {name: value(m, sample) for name, sample in SCRAPE_TIME_SAMPLE.items()}
+
+
+# ---------------------------------------------------------------------- names and types
+def test_constants():
+    assert CONTENT_TYPE == prometheus_client.CONTENT_TYPE_LATEST
+    assert LATENCY_BUCKETS == (
+        0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    )  # fmt: skip
+    assert BATCH_BUCKETS == (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+
+
+def test_every_metric_is_exposed_with_its_type_and_a_help_text_from_the_first_scrape():
+    families = scrape(ServiceMetrics())
+    for name, kind in {**RECORDED, **SCRAPE_TIME}.items():
+        assert name in families, f"{name} missing"
+        assert families[name].type == kind, name
+        help_text = families[name].documentation
+        assert len(help_text) > 20 and help_text != name, f"{name}: help {help_text!r}"
+    assert families["clipseg_batch_images"].documentation.startswith(
+        "Distinct images per model batch"
+    )
+
+
+def test_labels_of_recorded_metrics():
+    m = ServiceMetrics()
+    m.requests.labels(route="/segment/text", status="200").inc()
+    m.stage_seconds.labels(stage="decode").observe(0.01)
+    m.batch_failures.labels(reason="oom").inc()
+    m.rejected.labels(reason="queue_full").inc()
+    m.dropped.labels(reason="expired").inc()
+    m.batch_cost.labels(term="per_image").set(0.4)
+
+    families = scrape(m)
+    expected = {
+        "clipseg_requests": {"route", "status"},
+        "clipseg_stage_seconds": {"stage"},
+        "clipseg_batch_failures": {"reason"},
+        "clipseg_rejected": {"reason"},
+        "clipseg_dropped_jobs": {"reason"},
+        "clipseg_batch_cost_seconds": {"term"},
+        "clipseg_batch_images": set(),
+        "clipseg_batch_decoder_rows": set(),
+        "clipseg_batches": set(),
+    }
+    for name, labelnames in expected.items():
+        assert families[name].samples, name
+        for s in families[name].samples:
+            assert set(s.labels) - {"le"} == labelnames, (name, s)
+    for name in SCRAPE_TIME:
+        assert [s.labels for s in families[name].samples] == [{}], name
+
+
+# ---------------------------------------------------------------------- recorded values
+def test_counters_count_per_label_set():
+    m = ServiceMetrics()
     for _ in range(3):
-        requests.inc(route="/segment/text", status="200")
-    requests.inc(2.5, route="/segment/image", status="429")
-
-    assert requests.value(route="/segment/text", status="200") == 3.0
-    assert requests.value(route="/segment/image", status="429") == 2.5
-    assert requests.value(route="/segment/text", status="500") == 0.0
-    lines = lines_of(reg.render())
-    assert lines[:2] == [
-        "# HELP clipseg_requests_total Requests",
-        "# TYPE clipseg_requests_total counter",
-    ]
-    assert 'clipseg_requests_total{route="/segment/text",status="200"} 3.0' in lines
-    assert 'clipseg_requests_total{route="/segment/image",status="429"} 2.5' in lines
-    assert len(lines) == 4
-
-
-def test_unlabelled_metrics_render_zero_before_first_update_labelled_ones_nothing():
-    reg = Registry()
-    reg.counter("plain_total", "p")
-    reg.counter("labelled_total", "l", ("reason",))
-    assert samples(reg.render()) == {"plain_total": "0.0"}
-
-
-def test_gauge_set_inc_dec():
-    reg = Registry()
-    g = reg.gauge("temperature", "t", ("room",))
-    g.set(20.5, room="a")
-    g.inc(room="a")
-    g.dec(3, room="a")
-    g.dec(room="b")
-    assert g.value(room="a") == 18.5
-    assert g.value(room="b") == -1.0
-    assert samples(reg.render()) == {
-        'temperature{room="a"}': "18.5",
-        'temperature{room="b"}': "-1.0",
-    }
-
-
-def test_set_function_is_evaluated_at_render_time():
-    reg = Registry()
-    depth = reg.gauge("queue_depth", "q")
-    queue = [1, 2]
-    depth.set_function(lambda: len(queue))
-    assert samples(reg.render())["queue_depth"] == "2.0"
-    queue.extend([3, 4, 5])
-    assert samples(reg.render())["queue_depth"] == "5.0"
-    assert depth.value() == 5.0
-    depth.set_function(lambda: 7)  # replacing the callback is allowed (batcher restarts)
-    assert samples(reg.render())["queue_depth"] == "7.0"
-
-
-def test_set_function_refused_on_labelled_gauge():
-    g = Gauge("g", "g", ("a",))
-    with pytest.raises(ValueError, match="unlabelled"):
-        g.set_function(lambda: 1.0)
-
-
-# ---------------------------------------------------------------------- histograms
-def test_histogram_buckets_are_cumulative_with_inf_sum_and_count():
-    reg = Registry()
-    h = reg.histogram("latency_seconds", "l", [0.1, 0.5, 1.0], ("stage",))
-    for v in (0.05, 0.1, 0.3, 0.7, 2.0, 5.0):  # 0.1 lands in le="0.1": bounds are inclusive
-        h.observe(v, stage="model")
-
-    assert h.count(stage="model") == 6
-    assert h.sum(stage="model") == pytest.approx(8.15)
-    assert h.count(stage="decode") == 0
-    s = samples(reg.render())
-    assert s['latency_seconds_bucket{stage="model",le="0.1"}'] == "2.0"
-    assert s['latency_seconds_bucket{stage="model",le="0.5"}'] == "3.0"
-    assert s['latency_seconds_bucket{stage="model",le="1.0"}'] == "4.0"
-    assert s['latency_seconds_bucket{stage="model",le="+Inf"}'] == "6.0"
-    assert s['latency_seconds_count{stage="model"}'] == "6.0"
-    assert float(s['latency_seconds_sum{stage="model"}']) == pytest.approx(8.15)
-    assert len(s) == 6  # 4 buckets + sum + count
-
-
-def test_histogram_line_order_and_type_header():
-    reg = Registry()
-    h = reg.histogram("batch_images", "b", [1, 2])
-    h.observe(2)
-    assert lines_of(reg.render()) == [
-        "# HELP batch_images b",
-        "# TYPE batch_images histogram",
-        'batch_images_bucket{le="1.0"} 0.0',
-        'batch_images_bucket{le="2.0"} 1.0',
-        'batch_images_bucket{le="+Inf"} 1.0',
-        "batch_images_sum 2.0",
-        "batch_images_count 1.0",
-    ]
-
-
-def test_histogram_nan_observation_counts_only_in_inf_bucket():
-    h = Histogram("h", "h", [1.0])
-    h.observe(float("nan"))
-    s = samples("\n".join(h.render()) + "\n")
-    assert s['h_bucket{le="1.0"}'] == "0.0"
-    assert s['h_bucket{le="+Inf"}'] == "1.0"
-    assert s["h_sum"] == "NaN"
-
-
-@pytest.mark.parametrize(
-    "buckets",
-    [[1.0, 0.5], [1.0, 1.0], [], [math.inf], [float("nan")], [0.1, float("nan"), 1.0]],
-)
-def test_bad_buckets_raise(buckets):
-    with pytest.raises(ValueError):
-        Histogram("h", "h", buckets)
-
-
-def test_trailing_inf_bucket_is_accepted_and_not_duplicated():
-    h = Histogram("h", "h", [1.0, math.inf])
-    assert h.buckets == (1.0,)
-    assert sum('le="+Inf"' in line for line in h.render()) == 1
-
-
-# ---------------------------------------------------------------------- validation
-@pytest.mark.parametrize("name", ["", "1abc", "has-dash", "has space", "é"])
-def test_invalid_metric_names_raise(name):
-    with pytest.raises(ValueError, match="invalid metric name"):
-        Counter(name, "h")
-
-
-def test_colons_and_underscores_are_valid_names():
-    assert Counter("ns:sub_total", "h").name == "ns:sub_total"
-    assert Gauge("_private", "h").name == "_private"
-
-
-@pytest.mark.parametrize("labelnames", [("1a",), ("a-b",), ("__reserved",), ("a", "a"), ("ok", "")])
-def test_invalid_label_names_raise(labelnames):
-    with pytest.raises(ValueError):
-        Counter("c", "h", labelnames)
-
-
-def test_label_names_colliding_with_parameters_raise():
-    with pytest.raises(ValueError, match="reserved"):
-        Histogram("h", "h", [1.0], ("le",))
-    with pytest.raises(ValueError, match="reserved"):
-        Gauge("g", "h", ("value",))
-    with pytest.raises(ValueError, match="reserved"):
-        Counter("c", "h", ("amount",))
-
-
-def test_a_bare_string_is_not_taken_as_label_names():
-    with pytest.raises(ValueError, match="not a string"):
-        Counter("c", "h", "reason")  # type: ignore[arg-type]
-
-
-def test_wrong_or_missing_labels_raise():
-    c = Counter("c", "h", ("route", "status"))
-    with pytest.raises(ValueError, match="expected labels"):
-        c.inc(route="/x")
-    with pytest.raises(ValueError, match="expected labels"):
-        c.inc(route="/x", status="200", extra="1")
-    with pytest.raises(ValueError, match="expected labels"):
-        c.inc(route="/x", state="200")
-    with pytest.raises(ValueError, match="expected labels"):
-        Counter("plain", "h").inc(route="/x")
-    with pytest.raises(ValueError, match="expected labels"):
-        Histogram("h", "h", [1.0], ("stage",)).observe(0.5)
-    assert c.value(route="/x", status="200") == 0.0  # nothing half-recorded
-
-
-@pytest.mark.parametrize("amount", [-1.0, -1e-9, float("nan")])
-def test_counter_refuses_negative_or_nan(amount):
-    c = Counter("c", "h")
-    with pytest.raises(ValueError, match="only go up"):
-        c.inc(amount)
-    assert c.value() == 0.0
-
-
-def test_duplicate_registration_raises():
-    reg = Registry()
-    reg.counter("dup_total", "h")
-    with pytest.raises(ValueError, match="already registered"):
-        reg.gauge("dup_total", "h")
-    reg.histogram("latency", "h", [1.0])
-    # The histogram's generated sample names are taken too.
-    with pytest.raises(ValueError, match="already registered"):
-        reg.counter("latency_count", "h")
-    assert [line for line in lines_of(reg.render()) if line.startswith("# TYPE")] == [
-        "# TYPE dup_total counter",
-        "# TYPE latency histogram",
-    ]
-
-
-# ---------------------------------------------------------------------- formatting
-def test_label_values_are_escaped():
-    reg = Registry()
-    c = reg.counter("c_total", "h", ("path",))
-    c.inc(path='a\\b"c\nd')
-    assert 'c_total{path="a\\\\b\\"c\\nd"} 1.0' in lines_of(reg.render())
-
-
-def test_help_text_is_escaped():
-    reg = Registry()
-    reg.gauge("g", 'line one\nback\\slash "quotes stay"')
-    assert lines_of(reg.render())[0] == '# HELP g line one\\nback\\\\slash "quotes stay"'
-
-
-@pytest.mark.parametrize(
-    ("value", "text"),
-    [
-        (3, "3.0"),
-        (0.25, "0.25"),
-        (-2.0, "-2.0"),
-        (1e16, "10000000000000000.0"),
-        (1e-5, "1e-05"),
-        (math.inf, "+Inf"),
-        (-math.inf, "-Inf"),
-        (math.nan, "NaN"),
-    ],
-)
-def test_format_float(value, text):
-    assert format_float(value) == text
-    if not math.isnan(value):
-        assert float(text.replace("Inf", "inf")) == value  # round-trips
-
-
-def test_empty_registry_renders_empty_text():
-    assert Registry().render() == ""
-
-
-# ---------------------------------------------------------------------- the service's set
-def test_service_metrics_names_types_and_buckets():
-    m = ServiceMetrics()
-    m.requests.inc(route="/segment/text", status="200")
-    m.stage_seconds.observe(0.003, stage="decode")
-    m.batch_images.observe(3)
-    m.batch_rows.observe(12)
+        m.requests.labels(route="/segment/text", status="200").inc()
+    m.requests.labels(route="/segment/image", status="429").inc(2)
     m.batches.inc()
-    m.batch_failures.inc(reason="oom")
-    m.queue_depth.set_function(lambda: 4)
-    m.text_cache_hit_ratio.set(0.75)
-    m.rejected.inc(reason="queue_full")
+    m.batches.inc()
+    m.rejected.labels(reason="queue_full").inc()
+    m.rejected.labels(reason="deadline").inc(4)
+    m.dropped.labels(reason="abandoned").inc()
+    m.batch_failures.labels(reason="oom").inc()
 
-    types = {
-        line.split()[2]: line.split()[3]
-        for line in lines_of(m.render())
-        if line.startswith("# TYPE")
-    }
-    assert types == {
-        "clipseg_requests_total": "counter",
-        "clipseg_stage_seconds": "histogram",
-        "clipseg_batch_images": "histogram",
-        "clipseg_batch_decoder_rows": "histogram",
-        "clipseg_batches_total": "counter",
-        "clipseg_batch_failures_total": "counter",
-        "clipseg_queue_depth": "gauge",
-        "clipseg_text_cache_hit_ratio": "gauge",
-        "clipseg_rejected_total": "counter",
-        "clipseg_dropped_jobs_total": "counter",
-    }
-    s = samples(m.render())
-    assert s['clipseg_stage_seconds_bucket{stage="decode",le="0.0025"}'] == "0.0"
-    assert s['clipseg_stage_seconds_bucket{stage="decode",le="0.005"}'] == "1.0"
-    assert s['clipseg_stage_seconds_bucket{stage="decode",le="30.0"}'] == "1.0"
-    assert s['clipseg_batch_images_bucket{le="2.0"}'] == "0.0"
-    assert s['clipseg_batch_images_bucket{le="4.0"}'] == "1.0"
-    assert s['clipseg_batch_decoder_rows_bucket{le="16.0"}'] == "1.0"
-    assert s["clipseg_queue_depth"] == "4.0"
-    assert s["clipseg_text_cache_hit_ratio"] == "0.75"
-    assert s['clipseg_rejected_total{reason="queue_full"}'] == "1.0"
-    assert s['clipseg_batch_failures_total{reason="oom"}'] == "1.0"
-    assert s["clipseg_batches_total"] == "1.0"
-    assert m.stage_seconds.buckets == LATENCY_BUCKETS
-    assert m.batch_images.buckets == m.batch_rows.buckets == tuple(map(float, BATCH_BUCKETS))
-    assert CONTENT_TYPE == "text/plain; version=0.0.4; charset=utf-8"
+    assert value(m, "clipseg_requests_total", route="/segment/text", status="200") == 3
+    assert value(m, "clipseg_requests_total", route="/segment/image", status="429") == 2
+    assert value(m, "clipseg_requests_total", route="/segment/text", status="500") is None
+    assert value(m, "clipseg_batches_total") == 2
+    assert value(m, "clipseg_rejected_total", reason="queue_full") == 1
+    assert value(m, "clipseg_rejected_total", reason="deadline") == 4
+    assert value(m, "clipseg_dropped_jobs_total", reason="abandoned") == 1
+    assert value(m, "clipseg_batch_failures_total", reason="oom") == 1
 
 
-def test_each_service_metrics_has_its_own_registry():
-    a, b = ServiceMetrics(), ServiceMetrics()  # one per app; no global clashes
-    a.batches.inc()
-    assert b.batches.value() == 0.0
+def test_batches_counter_is_zero_before_the_first_batch():
+    assert value(ServiceMetrics(), "clipseg_batches_total") == 0
 
 
-# ---------------------------------------------------------------------- thread safety
-def test_concurrent_increments_are_not_lost(tiny_switch_interval):
-    counter = Counter("c_total", "h", ("route",))
-    hist = Histogram("h", "h", [0.5, 1.0])
-    gauge = Gauge("g", "h")
-
-    def work() -> None:
-        for i in range(10_000):
-            counter.inc(route="/x")
-            hist.observe(i % 2)  # half 0.0, half 1.0
-            gauge.inc()
-
-    run_threads(8, work)
-    assert counter.value(route="/x") == 80_000
-    assert hist.count() == 80_000
-    assert hist.sum() == 40_000
-    assert gauge.value() == 80_000
-    s = samples("\n".join(hist.render()) + "\n")
-    assert s['h_bucket{le="0.5"}'] == "40000.0"
-    assert s['h_bucket{le="+Inf"}'] == s["h_count"] == "80000.0"
-
-
-def test_render_while_new_label_values_appear(tiny_switch_interval):
-    reg = Registry()
-    counter = reg.counter("c_total", "h", ("n",))
-    hist = reg.histogram("h", "h", [1.0], ("n",))
-    errors: list[BaseException] = []
-    done = threading.Event()
-
-    def scrape() -> None:
-        try:
-            while not done.is_set():
-                reg.render()
-        except BaseException as exc:  # e.g. "dictionary changed size during iteration"
-            errors.append(exc)
-
-    scraper = threading.Thread(target=scrape)
-    scraper.start()
-    try:
-        for i in range(2_000):
-            counter.inc(n=str(i))
-            hist.observe(0.5, n=str(i))
-    finally:
-        done.set()
-        scraper.join()
-    assert errors == []
-    assert len(samples(reg.render())) == 2_000 + 2_000 * 4
-
-
-# ---------------------------------------------------------------------- format check
-def test_text_parses_with_prometheus_client():
-    parser = pytest.importorskip("prometheus_client.parser")
+def test_stage_histogram_buckets_are_the_latency_buckets_and_cumulative():
     m = ServiceMetrics()
-    m.requests.inc(3, route="/segment/text", status="200")
-    m.requests.inc(route='we"ird\\path\n', status="404")
-    for v in (0.002, 0.02, 0.2, 45.0):
-        m.stage_seconds.observe(v, stage="model")
-    m.batch_images.observe(2)
-    m.queue_depth.set_function(lambda: 1)
-    m.text_cache_hit_ratio.set(0.5)
+    for v in (0.0005, 0.001, 0.003, 0.2, 45.0):  # 0.001 lands in le="0.001": inclusive
+        m.stage_seconds.labels(stage="model").observe(v)
 
-    families = {f.name: f for f in parser.text_string_to_metric_families(m.render())}
-    # The parser drops the "_total" suffix from counter family names.
-    assert families["clipseg_requests"].type == "counter"
-    assert families["clipseg_stage_seconds"].type == "histogram"
-    assert families["clipseg_queue_depth"].type == "gauge"
-    requests = {
-        (s.labels["route"], s.labels["status"]): s.value
-        for s in families["clipseg_requests"].samples
+    buckets = {
+        s.labels["le"]: s.value
+        for s in samples(m)
+        if s.name == "clipseg_stage_seconds_bucket" and s.labels["stage"] == "model"
     }
-    assert requests == {("/segment/text", "200"): 3.0, ('we"ird\\path\n', "404"): 1.0}
-    stage = {
-        (s.name, s.labels.get("le")): s.value for s in families["clipseg_stage_seconds"].samples
+    assert list(buckets) == [str(float(b)) for b in LATENCY_BUCKETS] + ["+Inf"]
+    assert buckets["0.001"] == 2
+    assert buckets["0.0025"] == 2
+    assert buckets["0.005"] == 3
+    assert buckets["0.25"] == 4
+    assert buckets["30.0"] == 4
+    assert buckets["+Inf"] == 5
+    assert value(m, "clipseg_stage_seconds_count", stage="model") == 5
+    assert value(m, "clipseg_stage_seconds_sum", stage="model") == pytest.approx(45.2045)
+
+
+@pytest.mark.parametrize("attr", ["batch_images", "batch_rows"])
+def test_batch_histograms_use_the_batch_buckets(attr):
+    m = ServiceMetrics()
+    name = {"batch_images": "clipseg_batch_images", "batch_rows": "clipseg_batch_decoder_rows"}
+    getattr(m, attr).observe(3)
+    getattr(m, attr).observe(600)
+    buckets = {s.labels["le"]: s.value for s in samples(m) if s.name == f"{name[attr]}_bucket"}
+    assert list(buckets) == [str(float(b)) for b in BATCH_BUCKETS] + ["+Inf"]
+    assert buckets["2.0"] == 0
+    assert buckets["4.0"] == 1
+    assert buckets["512.0"] == 1
+    assert buckets["+Inf"] == 2
+    assert value(m, f"{name[attr]}_sum") == 603
+
+
+def test_batch_cost_gauge_holds_the_latest_coefficients():
+    m = ServiceMetrics()
+    m.batch_cost.labels(term="per_image").set(0.4)
+    m.batch_cost.labels(term="per_batch").set(0.02)
+    m.batch_cost.labels(term="per_image").set(0.35)
+    assert value(m, "clipseg_batch_cost_seconds", term="per_image") == 0.35
+    assert value(m, "clipseg_batch_cost_seconds", term="per_batch") == 0.02
+
+
+# ---------------------------------------------------------------------- scrape-time values
+def test_unbound_scrape_time_metrics_read_zero():
+    assert scrape_time_values(ServiceMetrics()) == dict.fromkeys(SCRAPE_TIME, 0.0)
+
+
+def test_bound_callables_are_read_at_each_scrape():
+    m = ServiceMetrics()
+    state = {"depth": 2, "backlog": 0.5, "mem": 1 << 30, "ready": False, "healthy": True}
+    cache = {"hits": 3, "misses": 1, "entries": 4}
+    m.bind(
+        queue_depth=lambda: state["depth"],
+        backlog_seconds=lambda: state["backlog"],
+        memory_reserved_bytes=lambda: state["mem"],
+        text_cache=lambda: dict(cache),
+        ready=lambda: state["ready"],
+        healthy=lambda: state["healthy"],
+    )
+    assert scrape_time_values(m) == {
+        "clipseg_queue_depth": 2,
+        "clipseg_queue_backlog_seconds": 0.5,
+        "clipseg_memory_reserved_bytes": 1 << 30,
+        "clipseg_text_cache_hits": 3,
+        "clipseg_text_cache_misses": 1,
+        "clipseg_text_cache_entries": 4,
+        "clipseg_text_cache_hit_ratio": 0.75,
+        "clipseg_ready": 0,
+        "clipseg_healthy": 1,
     }
-    assert stage[("clipseg_stage_seconds_bucket", "0.0025")] == 1.0
-    assert stage[("clipseg_stage_seconds_bucket", "0.25")] == 3.0
-    assert stage[("clipseg_stage_seconds_bucket", "30.0")] == 3.0
-    assert stage[("clipseg_stage_seconds_bucket", "+Inf")] == 4.0
-    assert stage[("clipseg_stage_seconds_count", None)] == 4.0
-    assert stage[("clipseg_stage_seconds_sum", None)] == pytest.approx(45.222)
+
+    state.update(depth=7, backlog=3.25, mem=2 << 30, ready=True, healthy=False)
+    cache.update(hits=9, misses=11, entries=5)
+    assert scrape_time_values(m) == {
+        "clipseg_queue_depth": 7,
+        "clipseg_queue_backlog_seconds": 3.25,
+        "clipseg_memory_reserved_bytes": 2 << 30,
+        "clipseg_text_cache_hits": 9,
+        "clipseg_text_cache_misses": 11,
+        "clipseg_text_cache_entries": 5,
+        "clipseg_text_cache_hit_ratio": 0.45,
+        "clipseg_ready": 1,
+        "clipseg_healthy": 0,
+    }
+
+
+def test_hit_ratio_is_zero_without_lookups():
+    m = ServiceMetrics()
+    m.bind(text_cache=lambda: {"hits": 0, "misses": 0, "entries": 0})
+    assert value(m, "clipseg_text_cache_hit_ratio") == 0
+
+
+def test_text_cache_stats_with_extra_keys_are_accepted():
+    """TextEmbeddingCache.stats() also reports its capacity; bind must take it as it is."""
+    m = ServiceMetrics()
+    m.bind(text_cache=lambda: {"hits": 1, "misses": 1, "entries": 1, "capacity": 8})
+    assert value(m, "clipseg_text_cache_hit_ratio") == 0.5
+
+
+def test_rebinding_replaces_only_the_callables_given():
+    m = ServiceMetrics()
+    m.bind(queue_depth=lambda: 1, ready=lambda: True)
+    m.bind(queue_depth=lambda: 5)  # e.g. a restarted batcher
+    assert value(m, "clipseg_queue_depth") == 5
+    assert value(m, "clipseg_ready") == 1  # not passed again, so still bound
+    m.bind(ready=lambda: False)
+    assert value(m, "clipseg_ready") == 0
+    assert value(m, "clipseg_queue_depth") == 5
+
+
+def test_a_raising_callable_does_not_break_the_scrape(caplog):
+    def boom() -> float:
+        raise RuntimeError("queue gone")
+
+    m = ServiceMetrics()
+    m.requests.labels(route="/healthz", status="200").inc()
+    m.bind(
+        queue_depth=boom,
+        backlog_seconds=lambda: 1.5,
+        text_cache=boom,
+        ready=boom,
+        healthy=lambda: True,
+    )
+    with caplog.at_level(logging.DEBUG, logger="service.metrics"):
+        got = scrape_time_values(m)  # one scrape per value read: several scrapes
+        families = scrape(m)
+
+    assert got["clipseg_queue_depth"] is None
+    assert families["clipseg_queue_depth"].type == "gauge"  # the name stays visible
+    for name in ("hits", "misses", "entries", "hit_ratio"):
+        assert got[f"clipseg_text_cache_{name}"] is None
+    assert got["clipseg_ready"] == 0  # a failing readiness probe means not ready
+    assert got["clipseg_queue_backlog_seconds"] == 1.5
+    assert got["clipseg_healthy"] == 1
+    assert value(m, "clipseg_requests_total", route="/healthz", status="200") == 1
+    assert value(m, "process_resident_memory_bytes") is not None
+
+    failures = [r for r in caplog.records if r.name == "service.metrics"]
+    assert all(r.levelno == logging.DEBUG for r in failures)
+    # Once per failing callable however many scrapes there were.
+    assert sorted(r.getMessage().split("'")[1] for r in failures) == [
+        "queue_depth",
+        "ready",
+        "text_cache",
+    ]
+
+    m.bind(queue_depth=lambda: 3)  # a fixed callable brings the value back
+    assert value(m, "clipseg_queue_depth") == 3
+
+
+@pytest.mark.parametrize("stats", [{"hits": 1}, None, {"hits": "many", "misses": 0, "entries": 0}])
+def test_malformed_text_cache_stats_are_omitted(stats):
+    m = ServiceMetrics()
+    m.bind(text_cache=lambda: stats, queue_depth=lambda: 2)
+    got = scrape_time_values(m)
+    assert got["clipseg_text_cache_hits"] is None
+    assert got["clipseg_text_cache_hit_ratio"] is None
+    assert got["clipseg_queue_depth"] == 2
+
+
+def test_a_non_numeric_value_is_omitted():
+    m = ServiceMetrics()
+    m.bind(queue_depth=lambda: "lots")  # type: ignore[arg-type, return-value]
+    assert value(m, "clipseg_queue_depth") is None
+
+
+def test_callables_run_outside_the_collector_lock():
+    """A callable that itself binds (or scrapes) must not deadlock the scrape."""
+    m = ServiceMetrics()
+
+    def rebinding_depth() -> float:
+        m.bind(backlog_seconds=lambda: 2.0)
+        return 1.0
+
+    m.bind(queue_depth=rebinding_depth)
+    result: list[bytes] = []
+    worker = threading.Thread(target=lambda: result.append(m.render()), daemon=True)
+    worker.start()
+    worker.join(timeout=10)
+    assert result, "render() deadlocked"
+    assert value(m, "clipseg_queue_backlog_seconds") == 2.0
+
+
+# ---------------------------------------------------------------------- instances
+def test_two_instances_share_no_values():
+    a, b = ServiceMetrics(), ServiceMetrics()  # no global registry, no duplicate names
+    a.batches.inc()
+    a.rejected.labels(reason="budget").inc()
+    a.stage_seconds.labels(stage="total").observe(0.2)
+    a.bind(queue_depth=lambda: 9, ready=lambda: True)
+
+    assert value(b, "clipseg_batches_total") == 0
+    assert value(b, "clipseg_rejected_total", reason="budget") is None
+    assert value(b, "clipseg_stage_seconds_count", stage="total") is None
+    assert value(b, "clipseg_queue_depth") == 0
+    assert value(b, "clipseg_ready") == 0
+    assert value(a, "clipseg_batches_total") == 1
+    assert value(a, "clipseg_queue_depth") == 9
+
+
+def test_nothing_lands_on_the_global_registry():
+    before = set(prometheus_client.REGISTRY._names_to_collectors)
+    ServiceMetrics().batches.inc()
+    assert set(prometheus_client.REGISTRY._names_to_collectors) == before
+
+
+def test_process_and_runtime_metrics_are_present():
+    families = scrape(ServiceMetrics())
+    assert families["process_resident_memory_bytes"].samples[0].value > 0
+    assert families["process_cpu_seconds"].type == "counter"
+    assert families["process_open_fds"].samples[0].value > 0
+    assert families["python_info"].samples[0].labels["implementation"]
+    assert families["python_gc_objects_collected"].type == "counter"
+
+
+def test_render_is_the_text_exposition_format():
+    text = ServiceMetrics().render()
+    assert isinstance(text, bytes)
+    assert text.endswith(b"\n")
+    assert b"# TYPE clipseg_queue_depth gauge\n" in text
