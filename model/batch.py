@@ -1,196 +1,305 @@
-"""Segment many requests in one batch: the single code path of library and service.
+"""What a batch is, as plain data: frozen requests and results, and the plan of a batch.
 
-Per batch: one text-encoder call per template (through the predictor's LRU cache), one
-support-encoder call for every visual prompt, one backbone pass per distinct image, one
-decoder pass over every (image, prompt) row, then each request's postprocessing at its
-image's own size (still on the device).
+``plan_batch`` turns requests into a ``BatchPlan`` — the distinct images (one backbone
+pass each), the distinct phrases per template (one text-encoder call per template), the
+support sets (one vision-encoder call for all), and every decoder row with where its
+conditioning vector comes from. It runs no model and touches no device; the
+``Predictor`` executes plans (``Predictor.execute``). Dependencies point one way:
+predictor -> batch.
+
+This module imports torch (for tensor type and shape checks) and numpy only.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from .postprocess import Combine, mask_scores
-from .text import Template
+from .errors import InvalidPromptError
+from .postprocess import Combine
+from .text import Template, parse_template
 
-if TYPE_CHECKING:
-    from .predictor import Predictor
+__all__ = [
+    "BatchPlan",
+    "GivenRow",
+    "RequestSpan",
+    "SegmentRequest",
+    "Segmentation",
+    "TextRow",
+    "VisualRow",
+    "plan_batch",
+]
 
 
-@dataclass
+@dataclass(frozen=True)
 class SegmentRequest:
-    """One image and its prompts, ready for the device.
+    """One image and everything asked of it, ready for the device. Validated when built.
 
-    pixels: float32 [3, S, S] normalised query image; size: (height, width) the masks come
-        back at; image_key: identifies identical images so a batch runs each distinct
+    pixels: float32 [3, S, S] normalised query image. size: (height, width) the masks come
+        back at. image_key: identifies identical images, so a batch runs each distinct
         image through the backbone once.
-    prompts / negative_prompts: text prompts (the template is applied when encoding).
+    prompts / negative_prompts: text prompts (``template`` is applied when encoding).
     supports: float32 [K, 3, S, S] engineered visual prompts -> one row, their k-shot
         mean; with a prompt (at most one) it is mixed as ``w*text + (1-w)*visual``,
         w = ``text_weight`` (0.5 when None). conditionals: float [N, D] ready
         conditioning vectors, one row each.
-    threshold: None means the checkpoint's calibrated threshold.
+    threshold: in [0, 1]; None means the checkpoint's calibrated threshold.
+    soft: also return each mask's probability map (8-bit).
     """
 
     pixels: torch.Tensor
     size: tuple[int, int]
     image_key: str
-    prompts: list[str] = field(default_factory=list)
-    negative_prompts: list[str] = field(default_factory=list)
+    prompts: tuple[str, ...] = ()
+    negative_prompts: tuple[str, ...] = ()
     template: Template = Template.NONE
     supports: torch.Tensor | None = None
     text_weight: float | None = None
     conditionals: torch.Tensor | None = None
     threshold: float | None = None
     combine: Combine = Combine.NONE
+    soft: bool = False
 
     def __post_init__(self) -> None:
-        if self.supports is not None and len(self.prompts) > 1:
-            raise ValueError("a visual prompt mixes with at most one text prompt")
+        # Accept lists and strings from callers; store the canonical immutable forms.
+        object.__setattr__(self, "prompts", tuple(self.prompts))
+        object.__setattr__(self, "negative_prompts", tuple(self.negative_prompts))
+        object.__setattr__(self, "template", parse_template(self.template))
+        object.__setattr__(self, "combine", Combine(self.combine))
+        object.__setattr__(self, "size", _check_size(self.size))
+        _check_request(self)
 
     @property
     def hybrid(self) -> bool:
         return self.supports is not None and bool(self.prompts)
 
     @property
-    def text_rows(self) -> list[str]:
+    def text_rows(self) -> tuple[str, ...]:
         """The prompts that become decoder rows of their own (not mixed into a visual row)."""
-        return [] if self.supports is not None else list(self.prompts)
+        return () if self.supports is not None else self.prompts
 
     @property
     def positive_rows(self) -> int:
-        extra = 0 if self.conditionals is None else int(self.conditionals.shape[0])
-        return len(self.text_rows) + (self.supports is not None) + extra
+        given = 0 if self.conditionals is None else int(self.conditionals.shape[0])
+        return len(self.text_rows) + (self.supports is not None) + given
 
     @property
     def rows(self) -> int:
         """Decoder rows: positives, then negatives."""
         return self.positive_rows + len(self.negative_prompts)
 
-    def labels(self) -> list[str]:
-        """Names of the positive rows, in order."""
+    @property
+    def mask_count(self) -> int:
+        """Masks in the answer: one for union/intersection, else one per positive row."""
+        return 1 if self.combine in (Combine.UNION, Combine.INTERSECTION) else self.positive_rows
+
+    @property
+    def output_pixels(self) -> int:
+        height, width = self.size
+        return height * width
+
+    def labels(self) -> tuple[str, ...]:
+        """Names of the answer's masks, in order."""
+        if self.combine is Combine.UNION:
+            return ("union",)
+        if self.combine is Combine.INTERSECTION:
+            return ("intersection",)
         names = list(self.text_rows)
         if self.supports is not None:
             names.append("visual")
         if self.conditionals is not None:
             names += [f"visual_{i}" for i in range(int(self.conditionals.shape[0]))]
-        return names
+        return tuple(names)
 
 
-@dataclass
+def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+    try:
+        height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size must be (height, width), got {size!r}") from None
+    if height < 1 or width < 1:
+        raise ValueError(f"size must be positive (height, width), got {size!r}")
+    return height, width
+
+
+def _check_request(request: SegmentRequest) -> None:
+    if request.pixels.ndim != 3 or request.pixels.shape[0] != 3:
+        raise ValueError(f"pixels must be [3, S, S], got {tuple(request.pixels.shape)}")
+    if request.supports is not None:
+        if request.supports.ndim != 4 or request.supports.shape[0] < 1:
+            raise ValueError(f"supports must be [K, 3, S, S], got {tuple(request.supports.shape)}")
+        if len(request.prompts) > 1:
+            raise InvalidPromptError("a visual prompt mixes with at most one text prompt")
+    if request.conditionals is not None and request.conditionals.ndim != 2:
+        raise ValueError(f"conditionals must be [N, D], got {tuple(request.conditionals.shape)}")
+    if request.text_weight is not None:
+        if not request.hybrid:
+            raise InvalidPromptError("text_weight needs a support and a prompt (a hybrid)")
+        if not 0.0 <= request.text_weight <= 1.0:
+            raise InvalidPromptError(f"text_weight {request.text_weight} is not in [0, 1]")
+    if request.threshold is not None and not 0.0 <= request.threshold <= 1.0:
+        raise ValueError(f"threshold must be in [0, 1], got {request.threshold}")
+    if request.positive_rows == 0:
+        raise InvalidPromptError("a request needs at least one prompt, support or conditional")
+
+
+@dataclass(frozen=True)
 class Segmentation:
-    """Masks for one request, on the CPU.
+    """One request's masks, on the CPU, compact: 1 bit per mask pixel.
 
-    masks: bool [M, H, W] — one per positive row, or one for union/intersection.
-    probabilities: float32 [M, H, W] in [0, 1] matching the masks (a row's own map, or
-        the max/min over rows for union/intersection).
-    scores: float32 [M], the max probability of each map. labels: [M] names.
+    packed_masks: uint8 [M, H, ceil(W / 8)], each row ``np.packbits``-ed along the width.
+    size: (H, W). scores: float32 [M], the max probability of each mask's map (for
+    union/intersection the map is the per-pixel max/min over the prompts). areas: int64
+    [M]. boxes: int64 [M, 4] ``[x, y, w, h]`` (zeros when empty). labels: M names.
+    soft: uint8 [M, H, W] ``round(p * 255)`` of each map when the request asked for it.
     """
 
-    masks: np.ndarray
-    probabilities: np.ndarray
+    packed_masks: np.ndarray
+    size: tuple[int, int]
     scores: np.ndarray
-    labels: list[str]
+    areas: np.ndarray
+    boxes: np.ndarray
+    labels: tuple[str, ...]
     threshold: float
-    model_seconds: float = 0.0
+    soft: np.ndarray | None = None
+
+    def mask(self, index: int) -> np.ndarray:
+        """bool [H, W]: mask ``index`` unpacked (one at a time keeps memory low)."""
+        width = self.size[1]
+        return np.unpackbits(self.packed_masks[index], axis=-1, count=width).view(bool)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """bool [M, H, W], every mask unpacked (M * H * W bytes)."""
+        width = self.size[1]
+        return np.unpackbits(self.packed_masks, axis=-1, count=width).view(bool)
 
 
-def _text_lookup(predictor: Predictor, requests: list[SegmentRequest]) -> dict:
-    """(template, phrase) -> embedding [D], one encoder call per template."""
-    by_template: dict[Template, dict[str, None]] = {}
-    for request in requests:
-        phrases = by_template.setdefault(request.template, {})
-        for phrase in (*request.prompts, *request.negative_prompts):
-            phrases[phrase] = None
-    lookup = {}
-    for template, phrases in by_template.items():
-        names = list(phrases)
-        if names:
-            vectors = predictor.text_embeddings(names, template)
-            lookup.update({(template, n): v for n, v in zip(names, vectors, strict=True)})
-    return lookup
+# ------------------------------------------------------------------------------ the plan
+@dataclass(frozen=True)
+class TextRow:
+    """A row conditioned on a phrase's text embedding."""
+
+    template: Template
+    phrase: str
 
 
-def _visual_lookup(predictor: Predictor, requests: list[SegmentRequest]) -> dict:
-    """request position -> k-shot mean support embedding [D], one encoder call in all."""
-    with_supports = [(i, r.supports) for i, r in enumerate(requests) if r.supports is not None]
-    if not with_supports:
-        return {}
-    embedded = predictor.support_embeddings(torch.cat([s for _, s in with_supports]))
-    chunks = embedded.split([int(s.shape[0]) for _, s in with_supports])
-    return {i: chunk.mean(0) for (i, _), chunk in zip(with_supports, chunks, strict=True)}
+@dataclass(frozen=True)
+class VisualRow:
+    """A row conditioned on support set ``support`` (k-shot mean), optionally mixed with a
+    phrase: ``weight * text + (1 - weight) * visual``."""
+
+    support: int
+    phrase: str | None = None
+    template: Template = Template.NONE
+    weight: float = 0.5
 
 
-def _conditionals(
-    predictor: Predictor, request: SegmentRequest, text: dict, visual: torch.Tensor | None
-) -> torch.Tensor:
-    """[rows, D] in the order of ``SegmentRequest.labels`` then the negatives."""
-    rows = [text[request.template, p] for p in request.text_rows]
-    if visual is not None:
-        if request.hybrid:
-            weight = 0.5 if request.text_weight is None else request.text_weight
-            visual = predictor.hybrid(text[request.template, request.prompts[0]], visual, weight)
-        rows.append(visual)
-    if request.conditionals is not None:
-        rows += list(request.conditionals.to(predictor.device, torch.float32))
-    rows += [text[request.template, p] for p in request.negative_prompts]
-    return torch.stack(rows)
+@dataclass(frozen=True)
+class GivenRow:
+    """A row conditioned on ``conditionals[index]`` of request ``request``."""
+
+    request: int
+    index: int
 
 
-def segment_batch(predictor: Predictor, requests: list[SegmentRequest]) -> list[Segmentation]:
-    """Masks for every request, in order. Raises if any part of the batch fails."""
-    start = time.perf_counter()
-    text = _text_lookup(predictor, requests)
-    visual = _visual_lookup(predictor, requests)
+Row = TextRow | VisualRow | GivenRow
+
+
+@dataclass(frozen=True)
+class RequestSpan:
+    """Where a request's rows are in the batch, and how to turn them into its answer."""
+
+    start: int
+    positives: int
+    negatives: int
+    size: tuple[int, int]
+    threshold: float | None
+    combine: Combine
+    soft: bool
+    labels: tuple[str, ...]
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.positives + self.negatives
+
+
+@dataclass(frozen=True)
+class BatchPlan:
+    """Everything a batch computes, deduplicated.
+
+    images: distinct query images, float32 [3, S, S] each. phrases: distinct phrases per
+    template. supports: one [K, 3, S, S] support set per visual request. conditionals:
+    the requests' given vectors (by request position). rows: every decoder row in request
+    order; row_image: the image index of each row. spans: one per request.
+    """
+
+    images: tuple[torch.Tensor, ...]
+    phrases: dict[Template, tuple[str, ...]]
+    supports: tuple[torch.Tensor, ...]
+    conditionals: dict[int, torch.Tensor]
+    rows: tuple[Row, ...]
+    row_image: tuple[int, ...]
+    spans: tuple[RequestSpan, ...]
+
+
+def plan_batch(requests: Sequence[SegmentRequest]) -> BatchPlan:
+    """The plan of a batch of requests (pure: no model, no device work)."""
     image_ids: dict[str, int] = {}
     images: list[torch.Tensor] = []
-    conds: list[torch.Tensor] = []
-    index: list[int] = []
-    for i, request in enumerate(requests):
-        if request.positive_rows == 0:
-            raise ValueError("a request needs at least one prompt, support or conditional")
+    phrases: dict[Template, dict[str, None]] = {}
+    supports: list[torch.Tensor] = []
+    conditionals: dict[int, torch.Tensor] = {}
+    rows: list[Row] = []
+    row_image: list[int] = []
+    spans: list[RequestSpan] = []
+    for position, request in enumerate(requests):
         if request.image_key not in image_ids:
             image_ids[request.image_key] = len(images)
             images.append(request.pixels)
-        rows = _conditionals(predictor, request, text, visual.get(i))
-        conds.append(rows)
-        index += [image_ids[request.image_key]] * rows.shape[0]
-    logits = predictor.logits(
-        torch.stack(images), torch.cat(conds), torch.tensor(index, dtype=torch.long)
+        own = phrases.setdefault(request.template, {})
+        for phrase in (*request.prompts, *request.negative_prompts):
+            own[phrase] = None
+        start = len(rows)
+        rows += [TextRow(request.template, p) for p in request.text_rows]
+        if request.supports is not None:
+            rows.append(_visual_row(request, len(supports)))
+            supports.append(request.supports)
+        if request.conditionals is not None:
+            conditionals[position] = request.conditionals
+            rows += [GivenRow(position, i) for i in range(int(request.conditionals.shape[0]))]
+        rows += [TextRow(request.template, p) for p in request.negative_prompts]
+        row_image += [image_ids[request.image_key]] * (len(rows) - start)
+        spans.append(_span(request, start))
+    return BatchPlan(
+        images=tuple(images),
+        phrases={t: tuple(names) for t, names in phrases.items() if names},
+        supports=tuple(supports),
+        conditionals=conditionals,
+        rows=tuple(rows),
+        row_image=tuple(row_image),
+        spans=tuple(spans),
     )
-    results, offset = [], 0
-    for request in requests:
-        results.append(_postprocess(predictor, request, logits[offset : offset + request.rows]))
-        offset += request.rows
-    elapsed = time.perf_counter() - start
-    for result in results:
-        result.model_seconds = elapsed
-    return results
 
 
-def _postprocess(
-    predictor: Predictor, request: SegmentRequest, logits: torch.Tensor
-) -> Segmentation:
-    positive, negative = logits[: request.positive_rows], logits[request.positive_rows :]
-    threshold = predictor.config.threshold if request.threshold is None else request.threshold
-    masks, probs = predictor.postprocess(
-        positive, request.size, threshold=threshold, combine=request.combine,
-        negative_logits=negative,
-    )  # fmt: skip
-    labels = request.labels()
-    if request.combine is Combine.UNION:
-        probs, labels = probs.max(0, keepdim=True).values, ["union"]
-    elif request.combine is Combine.INTERSECTION:
-        probs, labels = probs.min(0, keepdim=True).values, ["intersection"]
-    return Segmentation(
-        masks=masks.cpu().numpy(),
-        probabilities=probs.cpu().numpy(),
-        scores=mask_scores(probs).cpu().numpy(),
-        labels=labels,
-        threshold=threshold,
+def _visual_row(request: SegmentRequest, support: int) -> VisualRow:
+    if not request.hybrid:
+        return VisualRow(support)
+    weight = 0.5 if request.text_weight is None else request.text_weight
+    return VisualRow(support, request.prompts[0], request.template, weight)
+
+
+def _span(request: SegmentRequest, start: int) -> RequestSpan:
+    return RequestSpan(
+        start=start,
+        positives=request.positive_rows,
+        negatives=len(request.negative_prompts),
+        size=request.size,
+        threshold=request.threshold,
+        combine=request.combine,
+        soft=request.soft,
+        labels=request.labels(),
     )

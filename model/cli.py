@@ -18,7 +18,7 @@ from pathlib import Path
 
 from .config import list_variants
 from .errors import ClipSegError
-from .masks import encode_png_mask, encode_png_probabilities, mask_bbox
+from .masks import encode_png_gray, encode_png_mask
 from .postprocess import Combine
 from .predictor import Predictor
 from .text import Template
@@ -94,20 +94,20 @@ def run(args: argparse.Namespace) -> list[dict]:
         template=args.template,
         threshold=args.threshold,
         combine=args.combine,
+        soft=args.soft,
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     summaries = []
-    for i, (label, mask) in enumerate(zip(result.labels, result.masks, strict=True)):
+    for i, label in enumerate(result.labels):
         path = out / f"{i:02d}_{slug(label)}.png"
-        path.write_bytes(encode_png_mask(mask))
-        summary = {"label": label, "path": str(path), "area": int(mask.sum())}
-        summary["bbox"] = mask_bbox(mask)
-        if i < len(result.scores):
-            summary["score"] = round(float(result.scores[i]), 4)
-        if args.soft and i < len(result.probabilities):
+        path.write_bytes(encode_png_mask(result.mask(i)))
+        summary = {"label": label, "path": str(path), "area": int(result.areas[i])}
+        summary["bbox"] = [int(v) for v in result.boxes[i]]
+        summary["score"] = round(float(result.scores[i]), 4)
+        if result.soft is not None:
             soft = out / f"{i:02d}_{slug(label)}_soft.png"
-            soft.write_bytes(encode_png_probabilities(result.probabilities[i]))
+            soft.write_bytes(encode_png_gray(result.soft[i]))
             summary["soft_path"] = str(soft)
         summaries.append(summary)
     return summaries

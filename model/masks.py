@@ -36,7 +36,9 @@ from model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
 __all__ = [
     "decode_png_mask",
     "decode_rle",
+    "encode_png_gray",
     "encode_png_mask",
+    "encode_png_packed",
     "encode_png_probabilities",
     "encode_rle",
     "mask_bbox",
@@ -284,6 +286,18 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     return buf.getvalue()
 
 
+def encode_png_gray(pixels: np.ndarray) -> bytes:
+    """Encode a uint8 [h, w] array (e.g. an 8-bit probability map) as a mode "L" PNG.
+
+    Raises:
+        InvalidMaskError: ``pixels`` is not a 2-D uint8 array with pixels.
+    """
+    arr = _as_2d(pixels, "pixels")
+    if arr.dtype != np.uint8:
+        raise InvalidMaskError(f"pixels must be uint8, got {arr.dtype}")
+    return _png_bytes(arr)
+
+
 def encode_png_mask(mask: np.ndarray) -> bytes:
     """Encode a binary mask as an 8-bit grayscale PNG.
 
@@ -301,6 +315,27 @@ def encode_png_mask(mask: np.ndarray) -> bytes:
     """
     fg = _as_2d(mask) != 0
     return _png_bytes(fg.astype(np.uint8) * np.uint8(255))
+
+
+def encode_png_packed(packed: np.ndarray, width: int) -> bytes:
+    """Encode a bit-packed mask as the same PNG as ``encode_png_mask`` (mode "L", 0/255).
+
+    Args:
+        packed: uint8 ``(h, ceil(width / 8))``, rows ``np.packbits``-ed (first pixel in the
+            most significant bit) — exactly PIL's raw layout for mode "1", so PIL unpacks
+            it in C without a numpy copy of the mask.
+        width: the mask's width in pixels.
+
+    Raises:
+        InvalidMaskError: ``packed`` is not 2-D uint8 of a matching width.
+    """
+    arr = _as_2d(packed, "packed mask")
+    if arr.dtype != np.uint8 or arr.shape[1] != -(-width // 8) or width < 1 or arr.shape[0] < 1:
+        raise InvalidMaskError(f"packed mask {arr.shape} {arr.dtype} does not fit width {width}")
+    bits = Image.frombytes("1", (width, arr.shape[0]), np.ascontiguousarray(arr).tobytes())
+    buf = io.BytesIO()
+    bits.convert("L").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
+    return buf.getvalue()
 
 
 def encode_png_probabilities(probs: np.ndarray) -> bytes:

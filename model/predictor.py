@@ -6,30 +6,44 @@ Work is split by where it runs, so a server can put each part on the right threa
   ``prepare_support`` (visual-prompt engineering of a support image + mask).
 * Device, batched: ``text_embeddings`` (LRU-cached, one encoder call for all misses),
   ``support_embeddings``, ``logits`` (one backbone pass per image, decoder per prompt)
-  and ``postprocess`` (sigmoid, bilinear upsample, threshold, combine).
+  and ``render`` (sigmoid, bilinear upsample, threshold, combine, one band of rows at a
+  time; 1 bit per mask pixel leaves the device).
 
-``segment`` chains them for library and CLI users.
+``execute`` runs a ``model.batch.BatchPlan`` through them — the one code path of the
+service's batches and of ``segment``, which chains everything for library and CLI users.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
-from .batch import Segmentation, SegmentRequest, segment_batch
+from .batch import (
+    BatchPlan,
+    RequestSpan,
+    Segmentation,
+    SegmentRequest,
+    TextRow,
+    VisualRow,
+    plan_batch,
+)
 from .clipseg import ClipSeg
 from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .errors import InvalidMaskError, InvalidPromptError
-from .postprocess import Combine, combine_masks, probabilities_at_size
+from .postprocess import Combine
+from .render import render_masks
 from .text import Template, parse_template
 from .text_cache import TextEmbeddingCache
 from .transforms import (
     DEFAULT_MAX_PIXELS,
+    ImageInfo,
     decode_image,
     load_mask,
+    probe_image,
     to_model_input,
 )
 from .visual_prompt import engineer_support_image
@@ -98,6 +112,10 @@ class Predictor:
         return self.model.config
 
     # ------------------------------------------------------------------ CPU side
+    def probe_image(self, source) -> ImageInfo:
+        """Format, size and mode from the header (no pixels decoded; same guards)."""
+        return probe_image(source, max_pixels=self.max_pixels)
+
     def prepare_image(self, source) -> PreparedImage:
         """Decode any image (bytes, path, PIL) into model input; see ``PreparedImage``."""
         cfg = self.config
@@ -183,7 +201,11 @@ class Predictor:
             out = self.model(images.to(self.device), conditionals.to(self.device), index)
         return out.float()
 
-    def postprocess(
+    def resolve_threshold(self, threshold: float | None) -> float:
+        """``threshold``, or the checkpoint's calibrated one when None."""
+        return self.config.threshold if threshold is None else float(threshold)
+
+    def render(
         self,
         logits: torch.Tensor,
         size: tuple[int, int],
@@ -191,20 +213,95 @@ class Predictor:
         threshold: float | None = None,
         combine: Combine | str = Combine.NONE,
         negative_logits: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits [P, S, S] -> (bool masks [M, H, W], probabilities [P, H, W]) on the device.
+        soft: bool = False,
+        labels: Sequence[str] | None = None,
+    ) -> Segmentation:
+        """Logits [P, S, S] (+ negatives [N, S, S]) -> masks at ``size`` (height, width).
 
-        Sigmoid, bilinear upsample to ``size`` (height, width), then threshold — never the
-        other way round. ``threshold`` defaults to the checkpoint's calibrated one.
+        Sigmoid, bilinear upsample, then threshold — never the other way round — one band
+        of rows at a time on the device (``model.render``); the host receives bit-packed
+        masks, scores, areas, boxes and, with ``soft``, 8-bit probability maps.
         """
-        threshold = self.config.threshold if threshold is None else threshold
+        threshold = self.resolve_threshold(threshold)
+        combine = Combine(combine)
         with torch.inference_mode():
-            probs = probabilities_at_size(logits, size)
-            negative = None
-            if negative_logits is not None and negative_logits.shape[0]:
-                negative = probabilities_at_size(negative_logits, size)
-            masks = combine_masks(probs, threshold, Combine(combine), negative_probs=negative)
-        return masks, probs
+            rendered = render_masks(logits, size, threshold, combine, negative_logits, soft=soft)
+        count = int(rendered.scores.shape[0])
+        return Segmentation(
+            packed_masks=rendered.packed.cpu().numpy(),
+            size=(int(size[0]), int(size[1])),
+            scores=rendered.scores.cpu().numpy(),
+            areas=rendered.areas.cpu().numpy(),
+            boxes=rendered.boxes.cpu().numpy(),
+            labels=tuple(labels) if labels is not None else tuple(str(i) for i in range(count)),
+            threshold=threshold,
+            soft=None if rendered.soft is None else rendered.soft.cpu().numpy(),
+        )
+
+    # ------------------------------------------------------------------- batches
+    def execute(
+        self, plan: BatchPlan, keep: Callable[[int], bool] | None = None
+    ) -> list[Segmentation | None]:
+        """Run a plan: text and support encoders once each, the backbone once per distinct
+        image, the decoder over every row, then each request's masks.
+
+        ``keep(i)`` is asked just before request ``i``'s masks are rendered; False skips
+        them (its client left) and yields None in its place. Raises if any part fails.
+        """
+        conditionals = self._row_conditionals(plan)
+        index = torch.tensor(plan.row_image, dtype=torch.long)
+        logits = self.logits(torch.stack(plan.images), conditionals, index)
+        results: list[Segmentation | None] = []
+        for i, span in enumerate(plan.spans):
+            if keep is not None and not keep(i):
+                results.append(None)
+                continue
+            results.append(self._render_span(logits, span))
+        return results
+
+    def segment_batch(
+        self, requests: Sequence[SegmentRequest], keep: Callable[[int], bool] | None = None
+    ) -> list[Segmentation | None]:
+        """``execute(plan_batch(requests), keep)``."""
+        return self.execute(plan_batch(requests), keep)
+
+    def _row_conditionals(self, plan: BatchPlan) -> torch.Tensor:
+        """[rows, D] on the device, one conditioning vector per planned row."""
+        text = {
+            (template, phrase): vector
+            for template, phrases in plan.phrases.items()
+            for phrase, vector in zip(phrases, self.text_embeddings(phrases, template), strict=True)
+        }
+        visual: list[torch.Tensor] = []
+        if plan.supports:
+            embedded = self.support_embeddings(torch.cat(plan.supports))
+            sizes = [int(s.shape[0]) for s in plan.supports]
+            visual = [chunk.mean(0) for chunk in embedded.split(sizes)]
+        rows = []
+        for row in plan.rows:
+            if isinstance(row, TextRow):
+                rows.append(text[row.template, row.phrase])
+            elif isinstance(row, VisualRow):
+                vector = visual[row.support]
+                if row.phrase is not None:
+                    vector = self.hybrid(text[row.template, row.phrase], vector, row.weight)
+                rows.append(vector)
+            else:
+                given = plan.conditionals[row.request][row.index]
+                rows.append(given.to(self.device, torch.float32))
+        return torch.stack(rows)
+
+    def _render_span(self, logits: torch.Tensor, span: RequestSpan) -> Segmentation:
+        rows = logits[span.start : span.stop]
+        return self.render(
+            rows[: span.positives],
+            span.size,
+            threshold=span.threshold,
+            combine=span.combine,
+            negative_logits=rows[span.positives :] if span.negatives else None,
+            soft=span.soft,
+            labels=span.labels,
+        )
 
     # ----------------------------------------------------------------- end to end
     def segment(
@@ -217,26 +314,54 @@ class Predictor:
         template: Template | str = Template.NONE,
         threshold: float | None = None,
         combine: Combine | str = Combine.NONE,
+        soft: bool = False,
     ) -> Segmentation:
         """Segment one image for text ``prompts`` and/or given ``conditionals`` [N, D].
 
-        Returns masks at the image's original size (see ``Segmentation``); the same code
-        path as the service's batches (``model.batch.segment_batch``).
+        Returns masks at the image's original size (see ``Segmentation``; ``soft`` adds
+        8-bit probability maps) through the same code path as the service's batches.
         """
-        prepared = self.prepare_image(image)
         if not prompts and conditionals is None:
             raise InvalidPromptError("give at least one prompt or conditioning vector")
+        prepared = self.prepare_image(image)
         request = SegmentRequest(
             pixels=prepared.pixels,
             size=prepared.size,
             image_key="image",
-            prompts=list(prompts),
-            negative_prompts=list(negative_prompts),
+            prompts=tuple(prompts),
+            negative_prompts=tuple(negative_prompts),
             template=parse_template(template),
             conditionals=None if conditionals is None else conditionals.reshape(
                 -1, conditionals.shape[-1]
             ),
             threshold=threshold,
             combine=Combine(combine),
+            soft=soft,
         )  # fmt: skip
-        return segment_batch(self, [request])[0]
+        result = self.segment_batch([request])[0]
+        assert result is not None  # nothing was skipped
+        return result
+
+    # ------------------------------------------------------------------ reporting
+    def stats(self) -> dict[str, int]:
+        """Text-cache counters: hits, misses, entries, capacity."""
+        return self.text_cache.stats()
+
+    def clear_text_cache(self) -> None:
+        self.text_cache.clear()
+
+    def describe(self) -> dict[str, Any]:
+        """What is loaded where: variant, threshold, input size, weights, device, dtype."""
+        loaded = self.loaded
+        return {
+            "variant": self.config.variant,
+            "threshold": self.config.threshold,
+            "input_size": self.config.input_size,
+            "weights": {
+                "source": loaded.source if loaded else "custom",
+                "kind": loaded.kind if loaded else "custom",
+                "files": [str(f) for f in loaded.files] if loaded else [],
+            },
+            "device": str(self.device),
+            "dtype": str(self.dtype).removeprefix("torch."),
+        }

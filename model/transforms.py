@@ -418,3 +418,25 @@ def _mask_from_image(image: Image.Image) -> np.ndarray:
         raise
     except _DECODE_ERRORS as exc:
         raise ImageDecodeError(f"cannot decode mask image: {exc}") from exc
+
+
+# --------------------------------------------------------------------------------------
+# Header probe (provisional; superseded by the format allow-list work)
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What an image's header says: PIL format id, size and mode."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+
+
+def probe_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
+    """Format, size and mode of ``source`` from its header, with the pixel-limit guard."""
+    image = _open_lazily(source, max_pixels=max_pixels)
+    width, height = image.size
+    return ImageInfo(str(image.format), width, height, image.mode)

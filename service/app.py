@@ -16,7 +16,14 @@ from .config import Settings
 from .errors import error_body, error_response, install_error_handlers
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .routes import router
-from .state import PredictorFactory, ServiceState, default_predictor_factory, get_state
+from .state import (
+    FatalHandler,
+    PredictorFactory,
+    ServiceState,
+    default_predictor_factory,
+    get_state,
+    redact_paths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -95,25 +102,37 @@ class RequestMetricsMiddleware:
             # The router stores the matched route in the shared scope; raw paths would
             # give unbounded label values.
             route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.inc(route=route, status=str(status))
+            self.metrics.requests.labels(route=route, status=str(status)).inc()
 
 
 def create_app(
-    settings: Settings | None = None, predictor_factory: PredictorFactory | None = None
+    settings: Settings | None = None,
+    predictor_factory: PredictorFactory | None = None,
+    on_fatal: FatalHandler | None = None,
 ) -> FastAPI:
-    """Build the app. Weights load in the background after start-up (``/readyz``)."""
+    """Build the app. Weights load in the background after start-up (``/readyz``).
+
+    ``on_fatal(reason)`` is called once if the service can no longer serve (the weights
+    failed to load, the model worker died or is stuck); ``clipseg-serve`` then exits so
+    Docker or Kubernetes restart it. Without it the process stays up with /healthz 503.
+    """
     settings = settings or Settings()
-    state = ServiceState(settings, ServiceMetrics(), predictor_factory or default_predictor_factory)
+    factory = predictor_factory or default_predictor_factory
+    state = ServiceState(settings, ServiceMetrics(), factory, on_fatal=on_fatal)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loading = asyncio.create_task(state.load(), name="load-model")
+        tasks = [
+            asyncio.create_task(state.load(), name="load-model"),
+            asyncio.create_task(state.watch(), name="watchdog"),
+        ]
         try:
             yield
         finally:
-            loading.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await loading
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             await state.close()
 
     app = FastAPI(
@@ -141,18 +160,23 @@ def create_app(
 
 
 def _add_operational_routes(app: FastAPI) -> None:
-    @app.get("/healthz", summary="The process is alive")
-    async def healthz() -> dict:
-        return {"status": "ok"}
+    @app.get("/healthz", summary="The process can serve: 503 once the weights failed to load "
+             "or the model worker died or is stuck")  # fmt: skip
+    async def healthz(request: Request) -> JSONResponse:
+        problem = get_state(request).public_health()
+        if problem:
+            return JSONResponse(error_body("unhealthy", problem), status_code=503)
+        return JSONResponse({"status": "ok"})
 
-    @app.get("/readyz", summary="200 once the weights are loaded and a warm-up batch ran")
+    @app.get("/readyz", summary="200 once the weights are loaded and the warm-up ran")
     async def readyz(request: Request) -> JSONResponse:
         state = get_state(request)
+        problem = state.public_health()
+        if problem:
+            return JSONResponse(error_body("unhealthy", problem), status_code=503)
         if state.ready:
             return JSONResponse({"status": "ready"})
-        message = state.load_error or "loading weights / warming up"
-        code = "load_failed" if state.load_error else "not_ready"
-        return JSONResponse(error_body(code, message), status_code=503)
+        return JSONResponse(error_body("not_ready", "loading weights / warming up"), 503)
 
     @app.get("/metrics", summary="Prometheus metrics")
     async def metrics(request: Request) -> Response:
@@ -170,22 +194,20 @@ def _add_operational_routes(app: FastAPI) -> None:
                 "max_batch_prompts": s.max_batch_prompts,
                 "max_wait_ms": s.max_wait_ms,
                 "queue_size": s.queue_size,
+                "max_queue_wait_s": s.max_queue_wait_s,
                 "request_timeout_s": s.request_timeout_s,
             },
         }
-        predictor = state.predictor
-        if predictor is not None:
-            loaded = predictor.loaded
-            data.update(
-                variant=predictor.config.variant,
-                threshold=predictor.config.threshold,
-                input_size=predictor.config.input_size,
-                weights={
-                    "source": loaded.source if loaded else s.weights,
-                    "kind": loaded.kind if loaded else "custom",
-                    "sha256": state.weights_sha256,
-                },
-                device=str(predictor.device),
-                dtype=str(predictor.dtype).removeprefix("torch."),
-            )
+        if state.predictor is not None:
+            described = state.predictor.describe()
+            weights = described.pop("weights")
+            data.update(described)
+            # The source may be a server path: name the kind and the file's digest only.
+            data["weights"] = {
+                "source": redact_paths(weights["source"]),
+                "kind": weights["kind"],
+                "sha256": state.weights_sha256,
+            }
+        if state.batcher is not None:
+            data["cost_model"] = state.batcher.scheduler.cost.coefficients
         return data

@@ -1,10 +1,13 @@
-"""Dynamic batching: an asyncio queue feeding one dedicated model thread.
+"""The model worker: the scheduler's batches run on one dedicated model thread.
 
-A batch starts with the first waiting job and grows until ``max_batch_images`` images or
-``max_batch_prompts`` decoder rows are reached, or ``max_wait_ms`` has passed since that
-first job arrived. Jobs that queued up while the previous batch ran are therefore taken
-at once. Expired or abandoned jobs are dropped before compute. A failing batch is split
-in halves and retried, so a bad job (or a CUDA out-of-memory) fails only itself.
+The event loop admits jobs through the ``Scheduler`` (cost-based, EDF) and this loop takes
+its batches: it waits up to ``max_wait_ms`` after the first job for more to join (only
+while a batch could still grow), drops jobs that can no longer make their deadline, runs
+the batch on the model thread, feeds the measured time back into the cost model, and
+resolves each job's future. Jobs whose request gave up are skipped at render time. A
+failing batch is split in halves and retried, so a bad job (or a CUDA out-of-memory)
+fails only itself. ``failure`` says why the worker is dead or stuck (the watchdog reads
+it for /healthz and /readyz).
 """
 
 from __future__ import annotations
@@ -14,187 +17,265 @@ import contextlib
 import logging
 import math
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 import torch
 
-from model.batch import Segmentation, segment_batch
+from model.batch import Segmentation
 from model.predictor import Predictor
 
 from .config import Settings
+from .cost import CostModel, Work
 from .errors import ApiError
 from .jobs import SegmentJob
 from .metrics import ServiceMetrics
+from .scheduler import Limits, Rejected, Scheduler, Ticket
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+Outcome = Segmentation | BaseException | None
 
-class QueueFullError(ApiError):
-    def __init__(self, retry_after: int) -> None:
-        super().__init__(
-            429,
-            "queue_full",
-            f"the server is at capacity; retry in {retry_after} s",
-            headers={"Retry-After": str(retry_after)},
-        )
+
+def rejection_error(rejected: Rejected) -> ApiError:
+    """The HTTP answer to a refused admission (429 with an integer Retry-After, or 504)."""
+    if rejected.status != 429:
+        return ApiError(rejected.status, rejected.reason, rejected.message)
+    seconds = max(1, math.ceil(rejected.retry_after))
+    return ApiError(
+        429,
+        rejected.reason,
+        rejected.message,
+        headers={"Retry-After": str(seconds)},
+        retry_after=rejected.retry_after,
+    )
 
 
 class Batcher:
-    """Owns the model thread; ``submit`` jobs from the event loop, await their futures."""
+    """Owns the model thread; ``submit`` jobs from the event loop and await their futures."""
 
-    def __init__(self, predictor: Predictor, settings: Settings, metrics: ServiceMetrics) -> None:
+    def __init__(
+        self,
+        predictor: Predictor,
+        settings: Settings,
+        metrics: ServiceMetrics,
+        cost: CostModel,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.predictor = predictor
         self.settings = settings
         self.metrics = metrics
-        self.queue: asyncio.Queue[SegmentJob] = asyncio.Queue(maxsize=settings.queue_size)
+        limits = Limits(
+            max_batch_images=settings.max_batch_images,
+            max_batch_rows=settings.max_batch_prompts,
+            queue_size=settings.queue_size,
+            max_queue_wait_s=settings.max_queue_wait_s,
+        )
+        self.scheduler = Scheduler(cost, limits, clock)
         self.accepting = False
-        self._carry: SegmentJob | None = None
+        self._clock = clock
+        self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg-model")
         self._task: asyncio.Task | None = None
-        self._busy = False
-        self._batch_seconds = 0.05  # moving averages for Retry-After
-        self._jobs_per_batch = 1.0
-        metrics.queue_depth.set_function(lambda: float(self.queue.qsize()))
+        self._stopping = False
+        self._busy_since: float | None = None
+        self._died: str | None = None
+        self._publish_costs()
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> None:
         self.accepting = True
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="batcher")
+        self._task.add_done_callback(self._on_loop_exit)
+
+    def _on_loop_exit(self, task: asyncio.Task) -> None:
+        if self._stopping:
+            return
+        exc = None if task.cancelled() else task.exception()
+        self._died = (
+            f"the batcher stopped unexpectedly ({type(exc).__name__ if exc else 'cancelled'})"
+        )
+        log.error("%s; the service is unhealthy", self._died, exc_info=exc)
+        self._fail_queued(ApiError(503, "worker_failed", "the model worker stopped"))
+
+    @property
+    def failure(self) -> str | None:
+        """Why the worker cannot serve (dead loop, batch stuck far past its estimate)."""
+        if self._died:
+            return self._died
+        busy = self._busy_since
+        if busy is not None and self._clock() - busy > self.settings.stuck_batch_s:
+            return f"a model batch has been running for more than {self.settings.stuck_batch_s} s"
+        return None
 
     async def stop(self) -> None:
         """Stop accepting, finish the queued jobs, then stop the model thread."""
         self.accepting = False
-        while self._carry is not None or not self.queue.empty() or self._busy:
+        while self._task is not None and not self._task.done():
+            if self.scheduler.depth == 0 and self._busy_since is None:
+                break
             await asyncio.sleep(0.01)
+        self._stopping = True
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
+        self._fail_queued(ApiError(503, "shutting_down", "the server is shutting down"))
         self._executor.shutdown(wait=True)
 
-    async def run_on_model_thread(self, fn, *args):
+    def _fail_queued(self, error: ApiError) -> None:
+        """Answer every job still queued (nothing is left waiting forever)."""
+        while True:
+            batch, dropped = self.scheduler.next_batch()
+            self.scheduler.finish(batch, None)
+            if not batch and not dropped:
+                return
+            for ticket in (*batch, *dropped):
+                _settle(ticket.payload, error)
+
+    def use_cost_model(self, cost: CostModel) -> None:
+        """Replace the cost model (e.g. with the warm-up calibration's)."""
+        self.scheduler.cost = cost
+        self._publish_costs()
+
+    async def run_on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the model thread (warm-up, maintenance) and await it."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # ------------------------------------------------------------------ submitting
-    def submit(self, job: SegmentJob) -> asyncio.Future:
-        """Queue ``job``; its future resolves to a Segmentation. 429 when the queue is full."""
-        if not self.accepting:
-            raise ApiError(503, "shutting_down", "the server is shutting down")
-        job.future = asyncio.get_running_loop().create_future()
+    def check(self, work: Work, deadline: float) -> None:
+        """Refuse now (ApiError 429/503/504) what ``submit`` would refuse; queues nothing."""
+        self._require_accepting()
         try:
-            self.queue.put_nowait(job)
-        except asyncio.QueueFull:
-            self.metrics.rejected.inc(reason="queue_full")
-            raise QueueFullError(self.retry_after()) from None
+            self.scheduler.check(work, deadline)
+        except Rejected as rejected:
+            raise self._refused(rejected) from None
+
+    def submit(self, job: SegmentJob) -> asyncio.Future[Segmentation]:
+        """Admit ``job``; its future resolves to a Segmentation (or an ApiError)."""
+        self._require_accepting()
+        try:
+            job.ticket = self.scheduler.admit(job, job.work, job.deadline, job.request.image_key)
+        except Rejected as rejected:
+            raise self._refused(rejected) from None
+        job.future = asyncio.get_running_loop().create_future()
+        self._wake.set()
         return job.future
 
-    def retry_after(self) -> int:
-        """Seconds until the queue should have room, from recent batch timings."""
-        batches = self.queue.qsize() / max(1.0, self._jobs_per_batch)
-        return max(1, math.ceil(batches * self._batch_seconds))
+    def abandon(self, job: SegmentJob) -> None:
+        """The request gave up: never compute it, and stop counting it as queued work."""
+        job.abandoned = True
+        if job.ticket is not None and job.ticket.queued:
+            self.metrics.dropped.labels(reason="abandoned").inc()
+            self.scheduler.cancel(job.ticket)
+
+    def _require_accepting(self) -> None:
+        if not self.accepting:
+            raise ApiError(503, "shutting_down", "the server is shutting down")
+        if self.failure:
+            raise ApiError(503, "worker_failed", "the model worker is not running")
+
+    def _refused(self, rejected: Rejected) -> ApiError:
+        self.metrics.rejected.labels(reason=rejected.reason).inc()
+        return rejection_error(rejected)
 
     # ------------------------------------------------------------------ the loop
     async def _loop(self) -> None:
         while True:
-            jobs = await self._collect()
-            live = self._drop_abandoned(jobs)
-            if live:
-                self._busy = True
-                try:
-                    await self._run(live)
-                finally:
-                    self._busy = False
-
-    async def _next_job(self, timeout: float | None) -> SegmentJob | None:
-        if self._carry is not None:
-            job, self._carry = self._carry, None
-            return job
-        if timeout is None:
-            return await self.queue.get()
-        if timeout <= 0:
-            try:
-                return self.queue.get_nowait()
-            except asyncio.QueueEmpty:
-                return None
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except asyncio.TimeoutError:
-            return None
-
-    async def _collect(self) -> list[SegmentJob]:
-        first = await self._next_job(None)
-        assert first is not None
-        jobs, images, rows = [first], {first.image_key}, first.rows
-        until = first.enqueued_at + self.settings.max_wait_ms / 1000.0
-        limits = self.settings
-        while len(images) < limits.max_batch_images and rows < limits.max_batch_prompts:
-            job = await self._next_job(until - time.monotonic())
-            if job is None:
-                break
-            if rows + job.rows > limits.max_batch_prompts:
-                self._carry = job  # it starts the next batch
-                break
-            jobs.append(job)
-            images.add(job.image_key)
-            rows += job.rows
-        return jobs
-
-    def _drop_abandoned(self, jobs: list[SegmentJob]) -> list[SegmentJob]:
-        now, live = time.monotonic(), []
-        for job in jobs:
-            if job.future is not None and job.future.done():
-                # Its request gave up (deadline or client gone) and already answered.
-                self.metrics.dropped.inc(reason="abandoned")
-            elif now >= job.deadline:
-                self.metrics.dropped.inc(reason="expired")
-                job.future.set_exception(  # type: ignore[union-attr]
-                    ApiError(504, "deadline_exceeded", "the request waited past its deadline")
+            await self._until_work()
+            await self._batching_window()
+            batch, dropped = self.scheduler.next_batch()
+            for ticket in dropped:
+                self.metrics.dropped.labels(reason="hopeless").inc()
+                _settle(
+                    ticket.payload,
+                    ApiError(504, "deadline_exceeded", "the request cannot finish in time"),
                 )
-            else:
-                live.append(job)
-        return live
+            if batch:
+                await self._run(batch)
 
-    async def _run(self, jobs: list[SegmentJob]) -> None:
-        now = time.monotonic()
-        for job in jobs:
-            self.metrics.stage_seconds.observe(now - job.enqueued_at, stage="queue_wait")
-        start = time.perf_counter()
-        outcomes = await self.run_on_model_thread(self._execute, jobs)
-        elapsed = time.perf_counter() - start
-        self._record_batch(jobs, elapsed)
-        for job, outcome in zip(jobs, outcomes, strict=True):
-            if job.future is None or job.future.done():
-                continue
-            if isinstance(outcome, BaseException):
-                job.future.set_exception(outcome)
-            else:
-                job.future.set_result(outcome)
+    async def _until_work(self) -> None:
+        while self.scheduler.depth == 0:
+            self._wake.clear()
+            await self._wake.wait()
 
-    def _record_batch(self, jobs: list[SegmentJob], elapsed: float) -> None:
-        self.metrics.batches.inc()
-        self.metrics.batch_images.observe(len({job.image_key for job in jobs}))
-        self.metrics.batch_rows.observe(sum(job.rows for job in jobs))
-        self.metrics.stage_seconds.observe(elapsed, stage="model")
-        self._batch_seconds = 0.8 * self._batch_seconds + 0.2 * elapsed
-        self._jobs_per_batch = 0.8 * self._jobs_per_batch + 0.2 * len(jobs)
-        cache = self.predictor.text_cache
-        lookups = cache.hits + cache.misses
-        if lookups:
-            self.metrics.text_cache_hit_ratio.set(cache.hits / lookups)
+    async def _batching_window(self) -> None:
+        """Give a batch that could still grow ``max_wait_ms`` (from its first job) to fill."""
+        window = self.settings.max_wait_ms / 1000.0
+        while self.scheduler.depth < self.settings.max_batch_images:
+            first = self.scheduler.first_admitted_at()
+            left = (first + window - self._clock()) if first is not None else 0.0
+            if left <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), left)
 
-    def _execute(self, jobs: list[SegmentJob]) -> list[Segmentation | BaseException]:
-        """On the model thread: run the batch; on failure split it and retry the halves."""
+    async def _run(self, batch: list[Ticket]) -> None:
+        jobs: list[SegmentJob] = [ticket.payload for ticket in batch]
+        now = self._clock()
+        for ticket in batch:
+            self.metrics.stage_seconds.labels(stage="queue_wait").observe(now - ticket.admitted_at)
+        self._busy_since = now
         try:
-            return list(segment_batch(self.predictor, [job.request for job in jobs]))
+            outcomes, seconds = await self.run_on_model_thread(self._execute, jobs)
+        finally:
+            self._busy_since = None
+        self.scheduler.finish(batch, seconds)
+        self._record(batch, seconds)
+        for job, outcome in zip(jobs, outcomes, strict=True):
+            job.model_seconds = seconds or 0.0
+            if outcome is None:  # its request gave up while the batch ran: not rendered
+                self.metrics.dropped.labels(reason="abandoned_in_batch").inc()
+            else:
+                _settle(job, outcome)
+
+    def _record(self, batch: list[Ticket], seconds: float | None) -> None:
+        work = Scheduler.batch_work(batch)
+        self.metrics.batches.inc()
+        self.metrics.batch_images.observe(work.images)
+        self.metrics.batch_rows.observe(work.rows)
+        if seconds is not None:
+            self.metrics.stage_seconds.labels(stage="model").observe(seconds)
+        self._publish_costs()
+
+    def _publish_costs(self) -> None:
+        for term, value in self.scheduler.cost.coefficients.items():
+            self.metrics.batch_cost.labels(term=term).set(value)
+
+    def _execute(self, jobs: list[SegmentJob]) -> tuple[list[Outcome], float | None]:
+        """On the model thread: (an outcome per job, seconds if the batch ran in one go)."""
+        start = time.perf_counter()
+        try:
+            results = self.predictor.segment_batch(
+                [job.request for job in jobs], keep=lambda i: not jobs[i].abandoned
+            )
+            return list(results), time.perf_counter() - start
         except Exception as exc:
-            oom = isinstance(exc, torch.cuda.OutOfMemoryError)
-            self.metrics.batch_failures.inc(reason="oom" if oom else "error")
-            if oom and torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            if len(jobs) == 1:
-                log.exception("job failed", exc_info=exc)
-                return [exc]
-            half = len(jobs) // 2
-            log.warning("batch of %d failed (%s); retrying in halves", len(jobs), exc)
-            return self._execute(jobs[:half]) + self._execute(jobs[half:])
+            return self._split(jobs, exc), None
+
+    def _split(self, jobs: list[SegmentJob], exc: Exception) -> list[Outcome]:
+        """A failed batch: retry its halves, so only the culprit fails."""
+        oom = isinstance(exc, torch.cuda.OutOfMemoryError)
+        self.metrics.batch_failures.labels(reason="oom" if oom else "error").inc()
+        if oom and torch.cuda.is_available():
+            torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            log.error("job failed", exc_info=exc)
+            return [exc]
+        half = len(jobs) // 2
+        log.warning("batch of %d failed (%s); retrying in halves", len(jobs), exc)
+        return self._execute(jobs[:half])[0] + self._execute(jobs[half:])[0]
+
+
+def _settle(job: SegmentJob, outcome: Segmentation | BaseException) -> None:
+    """Resolve the job's future unless its request already gave up."""
+    future = job.future
+    if future is None or future.done():
+        return
+    if isinstance(outcome, BaseException):
+        future.set_exception(outcome)
+    else:
+        future.set_result(outcome)

@@ -1,4 +1,4 @@
-"""Bytes in, ready tensors out (before the queue); masks in, response bodies out (after).
+"""Bytes in, headers and ready tensors out (before the queue); masks in, bodies out (after).
 
 Everything here is CPU work that runs in the threadpool, never on the event loop.
 """
@@ -8,13 +8,13 @@ from __future__ import annotations
 import base64
 import hashlib
 
-import numpy as np
 import torch
 
 from model.batch import Segmentation
-from model.masks import encode_png_mask, encode_png_probabilities, encode_rle, mask_bbox
+from model.masks import encode_png_gray, encode_png_packed, encode_rle
 from model.predictor import Predictor, PreparedImage
 
+from .budget import ImageHeader
 from .errors import ApiError
 
 #: Declared part types we refuse outright (415); anything else is sniffed by the decoder.
@@ -33,10 +33,21 @@ def check_content_type(content_type: str | None, field: str) -> None:
         )
 
 
+def _require_bytes(data: bytes, field: str) -> None:
+    if not data:
+        raise ApiError(400, "undecodable_image", f"{field} is empty (0 bytes)")
+
+
+def probe(predictor: Predictor, data: bytes, field: str) -> ImageHeader:
+    """The image's format, size and mode from its header; no pixel is decoded."""
+    _require_bytes(data, field)
+    info = predictor.probe_image(data)
+    return ImageHeader(info.format, info.width, info.height, info.mode)
+
+
 def prepare_query(predictor: Predictor, data: bytes) -> tuple[PreparedImage, str]:
     """Decode the query image; also return a content key for in-batch de-duplication."""
-    if not data:
-        raise ApiError(400, "undecodable_image", "image is empty (0 bytes)")
+    _require_bytes(data, "image")
     return predictor.prepare_image(data), hashlib.blake2b(data, digest_size=16).hexdigest()
 
 
@@ -44,9 +55,8 @@ def prepare_supports(predictor: Predictor, pairs: list[tuple[bytes, bytes]]) -> 
     """Engineer every (support image, mask) pair: float32 [K, 3, S, S]."""
     engineered = []
     for i, (image, mask) in enumerate(pairs):
-        if not image or not mask:
-            which = "support_image" if not image else "support_mask"
-            raise ApiError(400, "undecodable_image", f"{which} #{i + 1} is empty (0 bytes)")
+        _require_bytes(image, f"support_image #{i + 1}")
+        _require_bytes(mask, f"support_mask #{i + 1}")
         try:
             engineered.append(predictor.prepare_support(image, mask))
         except ApiError:
@@ -61,29 +71,29 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def mask_entries(result: Segmentation, fmt: str, soft: bool) -> list[dict]:
-    """One JSON entry per output mask (see the README's response schema)."""
+def mask_entries(result: Segmentation, fmt: str) -> list[dict]:
+    """One JSON entry per output mask (see the README's response schema), encoded one mask
+    at a time so only one unpacked mask exists at once."""
     entries = []
-    for label, mask, probs, score in zip(
-        result.labels, result.masks, result.probabilities, result.scores, strict=True
-    ):
+    width = result.size[1]
+    for i, label in enumerate(result.labels):
         entry: dict = {
             "prompt": label,
-            "score": round(float(score), 6),
-            "area": int(np.count_nonzero(mask)),
-            "bbox": mask_bbox(mask),
+            "score": round(float(result.scores[i]), 6),
+            "area": int(result.areas[i]),
+            "bbox": [int(v) for v in result.boxes[i]],
             "threshold": result.threshold,
         }
         if fmt == "rle":
-            entry["rle"] = encode_rle(mask)
+            entry["rle"] = encode_rle(result.mask(i))
         else:
-            entry["png"] = _b64(encode_png_mask(mask))
-        if soft:
-            entry["soft_png"] = _b64(encode_png_probabilities(probs))
+            entry["png"] = _b64(encode_png_packed(result.packed_masks[i], width))
+        if result.soft is not None:
+            entry["soft_png"] = _b64(encode_png_gray(result.soft[i]))
         entries.append(entry)
     return entries
 
 
 def single_png(result: Segmentation) -> bytes:
     """The body of a single-mask PNG response: mode L, 0/255, the query's size."""
-    return encode_png_mask(result.masks[0])
+    return encode_png_packed(result.packed_masks[0], result.size[1])

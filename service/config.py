@@ -35,7 +35,15 @@ class Settings(BaseSettings):
     max_batch_prompts: int = Field(256, ge=1, description="decoder rows per batch")
     max_wait_ms: float = Field(5.0, ge=0, description="wait for more jobs after the first")
     queue_size: int = Field(256, ge=1, description="queued requests before 429")
-    request_timeout_s: float = Field(30.0, gt=0, description="deadline per request (504)")
+    request_timeout_s: float = Field(
+        30.0, gt=0, description="deadline per request (504); X-Request-Timeout may ask for less"
+    )
+    max_queue_wait_s: float = Field(
+        2.0, gt=0, description="admit only what starts within this estimated queueing time"
+    )
+    stuck_batch_s: float = Field(
+        120.0, gt=0, description="a batch running longer makes /healthz and /readyz 503"
+    )
     text_cache_size: int = Field(4096, ge=0, description="cached text embeddings")
 
     # Input limits
@@ -44,6 +52,21 @@ class Settings(BaseSettings):
     max_prompts: int = Field(16, ge=1, description="prompts (+ negatives) per request")
     max_prompt_chars: int = Field(1000, ge=1, description="characters per prompt")
     max_supports: int = Field(8, ge=1, description="support images per visual request")
+    max_output_pixels: int = Field(
+        1_000_000_000, ge=1, description="per request: image pixels x prompt rows"
+    )
+    max_soft_pixels: int = Field(
+        100_000_000, ge=1, description="per request with soft=true: image pixels x masks"
+    )
+    max_support_pixels: int = Field(
+        100_000_000, ge=1, description="per request: pixels of all support images"
+    )
+    memory_budget_mb: int = Field(
+        2048, ge=64, description="host memory all requests in flight may reserve (429 beyond)"
+    )
+    exit_on_fatal: bool = Field(
+        True, description="exit (status 3) when the weights fail to load or the worker dies"
+    )
 
     # HTTP
     host: str = Field("0.0.0.0", description="bind address")

@@ -28,20 +28,36 @@ class ApiError(Exception):
     """An error answered as ``status`` with a stable machine-readable ``code``."""
 
     def __init__(
-        self, status: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers
+        self.retry_after = retry_after
 
 
-def error_body(code: str, message: str) -> dict:
-    return {"error": {"code": code, "message": message}}
+def error_body(code: str, message: str, retry_after: float | None = None) -> dict:
+    """The one error shape. ``retry_after_s`` (429 only): the unrounded estimate behind
+    the integer ``Retry-After`` header, for clients that can wait less than a second."""
+    error: dict = {"code": code, "message": message}
+    if retry_after is not None:
+        error["retry_after_s"] = round(retry_after, 3)
+    return {"error": error}
 
 
 def error_response(
-    status: int, code: str, message: str, headers: Mapping[str, str] | None = None
+    status: int,
+    code: str,
+    message: str,
+    headers: Mapping[str, str] | None = None,
+    retry_after: float | None = None,
 ) -> JSONResponse:
-    return JSONResponse(error_body(code, message), status_code=status, headers=headers)
+    body = error_body(code, message, retry_after)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 def from_domain(exc: ClipSegError) -> ApiError:
@@ -70,7 +86,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers)
+        return error_response(exc.status, exc.code, exc.message, exc.headers, exc.retry_after)
 
     @app.exception_handler(ClipSegError)
     async def _domain_error(_: Request, exc: ClipSegError) -> JSONResponse:

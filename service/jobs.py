@@ -1,29 +1,45 @@
-"""What travels through the batching queue: a ready model request plus queue bookkeeping."""
+"""What travels through the scheduler: a ready model request plus its bookkeeping."""
 
 from __future__ import annotations
 
 import asyncio
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
-from model.batch import SegmentRequest
+from model.batch import Segmentation, SegmentRequest
+
+from .cost import Work
+from .scheduler import Ticket
 
 
-@dataclass
+def work_for(pixels: int, rows: int, masks: int, soft: bool, supports: int) -> Work:
+    """The cost model's view of a request: one image, its decoder rows, the full-size maps
+    it renders (each row, plus each mask again when soft maps are returned), supports."""
+    maps = rows + (masks if soft else 0)
+    return Work(images=1.0, rows=float(rows), megapixels=pixels * maps / 1e6, supports=supports)
+
+
+def request_work(request: SegmentRequest) -> Work:
+    """``work_for`` a decoded request (the same figures the headers gave before)."""
+    supports = 0 if request.supports is None else int(request.supports.shape[0])
+    return work_for(request.output_pixels, request.rows, request.mask_count, request.soft, supports)
+
+
+@dataclass(eq=False)
 class SegmentJob:
-    """One HTTP request's work: ``request`` (tensors, prompts, options) for the model
-    thread, its deadline (a ``time.monotonic()`` value) and the future it resolves."""
+    """One HTTP request's work for the model thread.
+
+    deadline: a ``time.monotonic()`` value. abandoned: set on the event loop when the
+    request gave up (client gone, deadline passed); the model thread reads it before
+    rendering the job's masks and skips them.
+    """
 
     request: SegmentRequest
-    deadline: float = float("inf")
-    enqueued_at: float = field(default_factory=time.monotonic)
-    future: asyncio.Future | None = None
+    deadline: float
+    future: asyncio.Future[Segmentation] | None = None
+    ticket: Ticket | None = None
+    abandoned: bool = False
+    model_seconds: float = 0.0
 
     @property
-    def rows(self) -> int:
-        """Decoder rows this job adds to a batch."""
-        return self.request.rows
-
-    @property
-    def image_key(self) -> str:
-        return self.request.image_key
+    def work(self) -> Work:
+        return request_work(self.request)

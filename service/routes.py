@@ -1,27 +1,41 @@
-"""The segmentation endpoints: validate, decode (threadpool), queue, encode (threadpool)."""
+"""The segmentation endpoints.
+
+Each request: validate the form; read the image headers (threadpool) and check the
+request's cost against the per-request limits (413), the scheduler (429 before any pixel
+is decoded) and the memory budget; decode (threadpool) into one frozen
+``SegmentRequest``; admit it (429/504 from the scheduler's estimate); wait for the batch
+(504 past the deadline, 499 if the client left); encode (threadpool).
+"""
 
 from __future__ import annotations
 
 import asyncio
+import math
 import time
+from collections.abc import Callable
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+import torch
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.batch import Segmentation, SegmentRequest
 from model.postprocess import Combine
-from model.predictor import Predictor
+from model.predictor import PreparedImage
 from model.text import Template
 
 from . import codec
+from .budget import ImageHeader, RequestShape, check_limits, shape_of
 from .errors import ApiError
-from .jobs import SegmentJob
+from .jobs import SegmentJob, work_for
 from .schemas import ERROR_RESPONSES, SegmentResponse
-from .state import ServiceState, get_state, require_api_key
+from .state import ServiceState, get_state
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
+
+#: Request header asking for a shorter deadline than the server's, in seconds.
+DEADLINE_HEADER = "X-Request-Timeout"
 
 Threshold = Annotated[
     float | None,
@@ -40,9 +54,30 @@ PNG_OR_JSON = {
     },
     **ERROR_RESPONSES,
 }
+#: Builds the frozen request once the images are decoded.
+MakeRequest = Callable[[PreparedImage, str, torch.Tensor | None], SegmentRequest]
 
 
-def _check_prompts(state: ServiceState, prompts: list[str], negatives: list[str]) -> None:
+def request_deadline(request: Request, state: ServiceState, start: float) -> float:
+    """The request's deadline (monotonic): the server's timeout, or less if asked."""
+    timeout = state.settings.request_timeout_s
+    raw = request.headers.get(DEADLINE_HEADER)
+    if raw is not None:
+        try:
+            asked = float(raw)
+        except ValueError:
+            asked = math.nan
+        if not math.isfinite(asked) or asked <= 0:
+            raise ApiError(
+                422,
+                "invalid_header",
+                f"{DEADLINE_HEADER} must be a positive number of seconds, got {raw[:40]!r}",
+            )
+        timeout = min(timeout, asked)
+    return start + timeout
+
+
+def _check_prompts(state: ServiceState, prompts: tuple[str, ...], negatives: tuple[str, ...]):
     limits = state.settings
     if len(prompts) + len(negatives) > limits.max_prompts:
         raise ApiError(
@@ -66,18 +101,11 @@ async def _read(upload: UploadFile, field: str) -> bytes:
     return await upload.read()
 
 
-async def _query_job(
-    predictor: Predictor, image: UploadFile, threshold: float | None
-) -> SegmentJob:
-    """Read and decode the query image (threadpool) into a job without prompts yet."""
-    data = await _read(image, "image")
-    prepared, key = await run_in_threadpool(codec.prepare_query, predictor, data)
-    request = SegmentRequest(prepared.pixels, prepared.size, key, threshold=threshold)
-    return SegmentJob(request)
-
-
-async def _wait(request: Request, job: SegmentJob, future: asyncio.Future) -> Segmentation:
-    """The job's result; 504 past its deadline. A client that hangs up cancels the job."""
+async def _wait(request: Request, state: ServiceState, job: SegmentJob) -> Segmentation:
+    """Admit the job and await its result; 504 past its deadline, 499 if the client left.
+    Either way the job is abandoned, so it is never computed."""
+    _, batcher = state.require_ready()
+    future = batcher.submit(job)
 
     async def client_gone() -> None:
         while not await request.is_disconnected():
@@ -94,45 +122,81 @@ async def _wait(request: Request, job: SegmentJob, future: asyncio.Future) -> Se
         watcher.cancel()
     if future in done:
         return future.result()
-    future.cancel()  # the batcher drops cancelled jobs before compute
+    batcher.abandon(job)
+    future.cancel()
     if watcher in done:
-        get_state(request).metrics.rejected.inc(reason="disconnected")
+        state.metrics.rejected.labels(reason="disconnected").inc()
         raise ApiError(499, "client_closed_request", "the client closed the connection")
-    get_state(request).metrics.rejected.inc(reason="deadline")
+    state.metrics.rejected.labels(reason="deadline").inc()
     raise ApiError(504, "deadline_exceeded", "the request did not finish before its deadline")
 
 
-async def _segment(request: Request, job: SegmentJob, fmt: str, soft: bool, t0: float) -> Response:
+async def _serve(
+    request: Request,
+    shape: RequestShape,
+    query: bytes,
+    pairs: list[tuple[bytes, bytes]],
+    make: MakeRequest,
+    fmt: str,
+    started: tuple[float, float],
+) -> Response:
+    """Budget, decode, queue, encode: the path shared by both endpoints."""
+    t0, deadline = started
     state = get_state(request)
-    _, batcher = state.require_ready()
-    decoded = time.perf_counter()
-    job.deadline = time.monotonic() + state.settings.request_timeout_s - (decoded - t0)
-    result = await _wait(request, job, batcher.submit(job))
-    done = time.perf_counter()
-    single_png = len(result.labels) == 1 and fmt == "png" and not soft and _accepts_png(request)
+    predictor, batcher = state.require_ready()
+    nbytes = check_limits(state.settings, shape, predictor.config.input_size)
+    batcher.check(_shape_work(shape), deadline)  # refuse before decoding anything
+    reservation = state.memory.reserve(nbytes)
+    try:
+        prepared, key = await run_in_threadpool(codec.prepare_query, predictor, query)
+        supports = None
+        if pairs:
+            supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
+        job = SegmentJob(make(prepared, key, supports), deadline)
+        decoded = time.perf_counter()
+        result = await _wait(request, state, job)
+        done = time.perf_counter()
+        return await _respond(request, state, result, fmt, (t0, decoded, done, job.model_seconds))
+    finally:
+        reservation.release()
+
+
+def _shape_work(shape: RequestShape):
+    return work_for(shape.query.pixels, shape.rows, shape.masks, shape.soft, len(shape.supports))
+
+
+async def _respond(
+    request: Request,
+    state: ServiceState,
+    result: Segmentation,
+    fmt: str,
+    marks: tuple[float, float, float, float],
+) -> Response:
+    t0, decoded, done, model_seconds = marks
+    single_png = (
+        len(result.labels) == 1 and fmt == "png" and result.soft is None and _accepts_png(request)
+    )
     if single_png:
         body = await run_in_threadpool(codec.single_png, result)
     else:
-        entries = await run_in_threadpool(codec.mask_entries, result, fmt, soft)
+        entries = await run_in_threadpool(codec.mask_entries, result, fmt)
     encoded = time.perf_counter()
     timings = {
         "decode": decoded - t0,
         "queue_and_model": done - decoded,
-        "model": result.model_seconds,
+        "model": model_seconds,
         "encode": encoded - done,
         "total": encoded - t0,
     }
-    metrics = state.metrics
-    metrics.stage_seconds.observe(timings["decode"], stage="decode")
-    metrics.stage_seconds.observe(timings["encode"], stage="encode")
-    metrics.stage_seconds.observe(timings["total"], stage="total")
+    for stage in ("decode", "encode", "total"):
+        state.metrics.stage_seconds.labels(stage=stage).observe(timings[stage])
     server_timing = ", ".join(f"{k};dur={v * 1000:.2f}" for k, v in timings.items())
     headers = {"Server-Timing": server_timing}
     if single_png:
         headers["X-Mask-Score"] = f"{float(result.scores[0]):.6f}"
         headers["X-Mask-Threshold"] = str(result.threshold)
         return Response(body, media_type="image/png", headers=headers)
-    height, width = job.request.size
+    height, width = result.size
     payload = {
         "width": width,
         "height": height,
@@ -146,6 +210,19 @@ def _accepts_png(request: Request) -> bool:
     """Raw PNG unless the client asked for JSON and not PNG."""
     accept = request.headers.get("accept", "*/*").lower()
     return "image/png" in accept or "application/json" not in accept
+
+
+async def _probe(state: ServiceState, data: bytes, field: str) -> ImageHeader:
+    predictor, _ = state.require_ready()
+    return await run_in_threadpool(codec.probe, predictor, data, field)
+
+
+def _start(request: Request) -> tuple[ServiceState, tuple[float, float]]:
+    """The state, and (perf_counter at the start, the deadline); 503 unless ready."""
+    t0, now = time.perf_counter(), time.monotonic()
+    state = get_state(request)
+    state.require_ready()
+    return state, (t0, request_deadline(request, state, now))
 
 
 @router.post(
@@ -173,16 +250,35 @@ async def segment_text(
     format: Format = "png",
     soft: Soft = False,
 ) -> Response:
-    t0 = time.perf_counter()
-    state = get_state(request)
-    predictor, _ = state.require_ready()
-    negatives = list(negative_prompt or [])
-    _check_prompts(state, prompt, negatives)
-    job = await _query_job(predictor, image, threshold)
-    query = job.request
-    query.prompts, query.negative_prompts = list(prompt), negatives
-    query.template, query.combine = Template(template), Combine(combine)
-    return await _segment(request, job, format, soft, t0)
+    state, started = _start(request)
+    prompts, negatives = tuple(prompt), tuple(negative_prompt or ())
+    _check_prompts(state, prompts, negatives)
+    mode = Combine(combine)
+    data = await _read(image, "image")
+    header = await _probe(state, data, "image")
+    shape = shape_of(
+        header,
+        prompts=len(prompts),
+        negatives=len(negatives),
+        visual=False,
+        combine_one=mode in (Combine.UNION, Combine.INTERSECTION),
+        soft=soft,
+    )
+
+    def make(prepared: PreparedImage, key: str, _: torch.Tensor | None) -> SegmentRequest:
+        return SegmentRequest(
+            prepared.pixels,
+            prepared.size,
+            key,
+            prompts=prompts,
+            negative_prompts=negatives,
+            template=Template(template),
+            threshold=threshold,
+            combine=mode,
+            soft=soft,
+        )
+
+    return await _serve(request, shape, data, [], make, format, started)
 
 
 @router.post(
@@ -209,9 +305,7 @@ async def segment_visual(
     format: Format = "png",
     soft: Soft = False,
 ) -> Response:
-    t0 = time.perf_counter()
-    state = get_state(request)
-    predictor, _ = state.require_ready()
+    state, started = _start(request)
     if len(support_image) != len(support_mask):
         raise ApiError(
             422,
@@ -224,13 +318,37 @@ async def segment_visual(
         )
     if text_weight is not None and prompt is None:
         raise ApiError(422, "invalid_field", "text_weight needs a prompt")
-    prompts = [prompt] if prompt is not None else []
-    _check_prompts(state, prompts, [])
-    job = await _query_job(predictor, image, threshold)
+    prompts = (prompt,) if prompt is not None else ()
+    _check_prompts(state, prompts, ())
+    data = await _read(image, "image")
     pairs = [
         (await _read(img, "support_image"), await _read(mask, "support_mask"))
         for img, mask in zip(support_image, support_mask, strict=True)
     ]
-    job.request.supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
-    job.request.prompts, job.request.text_weight = prompts, text_weight
-    return await _segment(request, job, format, soft, t0)
+    header = await _probe(state, data, "image")
+    support_headers = [await _support_header(state, img, mask) for img, mask in pairs]
+    shape = shape_of(
+        header, prompts=1, negatives=0, visual=True, combine_one=True, soft=soft,
+        supports=support_headers,
+    )  # fmt: skip
+
+    def make(prepared: PreparedImage, key: str, supports: torch.Tensor | None) -> SegmentRequest:
+        return SegmentRequest(
+            prepared.pixels,
+            prepared.size,
+            key,
+            prompts=prompts,
+            supports=supports,
+            text_weight=text_weight,
+            threshold=threshold,
+            soft=soft,
+        )
+
+    return await _serve(request, shape, data, pairs, make, format, started)
+
+
+async def _support_header(state: ServiceState, image: bytes, mask: bytes) -> ImageHeader:
+    """The support image's header, sized by the larger of it and its mask (both decode)."""
+    picture = await _probe(state, image, "support_image")
+    outline = await _probe(state, mask, "support_mask")
+    return picture if picture.pixels >= outline.pixels else outline

@@ -1,31 +1,41 @@
-"""What the running app holds: settings, metrics, and (once loaded) the model and batcher."""
+"""What the running app holds: settings, metrics, the memory budget, and (once loaded) the
+predictor and its batcher — plus the health verdict the probes report."""
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import numpy as np
 from fastapi import Request
-from PIL import Image
 
-from model.batch import SegmentRequest
 from model.predictor import Predictor
 from model.weights.files import sha256_of
 
 from .batcher import Batcher
+from .budget import MemoryBudget
+from .calibrate import GENERIC_PRIOR, calibrate
 from .config import Settings
+from .cost import CostModel
 from .errors import ApiError
-from .jobs import SegmentJob
 from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
 PredictorFactory = Callable[[Settings], Predictor]
+#: Called once when the service can no longer serve (weights failed, worker died).
+FatalHandler = Callable[[str], None]
+
+# Absolute POSIX or Windows paths inside exception messages: they go to the log, not to
+# clients (they reveal the server's layout).
+_PATH = re.compile(r"(?:[A-Za-z]:\\|/)[^\s'\"]*[/\\][^\s'\"]*")
+
+
+def redact_paths(text: str) -> str:
+    return _PATH.sub("<path>", text)
 
 
 def default_predictor_factory(settings: Settings) -> Predictor:
@@ -46,38 +56,81 @@ class ServiceState:
     settings: Settings
     metrics: ServiceMetrics
     factory: PredictorFactory
+    on_fatal: FatalHandler | None = None
     predictor: Predictor | None = None
     batcher: Batcher | None = None
     ready: bool = False
     load_error: str | None = None
     weights_sha256: str | None = None
     started_at: float = field(default_factory=time.time)
+    memory: MemoryBudget = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.memory = MemoryBudget(self.settings.memory_budget_mb << 20)
+        self.metrics.bind(
+            ready=lambda: self.ready,
+            healthy=lambda: self.health() is None,
+            memory_reserved_bytes=lambda: float(self.memory.reserved),
+        )
 
     async def load(self) -> None:
-        """Load weights (off the event loop), start the batcher, run a warm-up batch."""
+        """Load weights (off the event loop), start the batcher, calibrate its costs."""
         try:
             self.predictor = await asyncio.to_thread(self.factory, self.settings)
-            loaded = self.predictor.loaded
-            if loaded is not None and loaded.files:
-                self.weights_sha256 = await asyncio.to_thread(sha256_of, loaded.files)
-            self.batcher = Batcher(self.predictor, self.settings, self.metrics)
+            files = self.predictor.describe()["weights"]["files"]
+            if files:
+                self.weights_sha256 = await asyncio.to_thread(sha256_of, files)
+            self.batcher = Batcher(
+                self.predictor, self.settings, self.metrics, CostModel(GENERIC_PRIOR)
+            )
+            self._bind_worker_metrics(self.batcher)
             self.batcher.start()
             if self.settings.warmup:
-                await self._warm_up()
+                cost = await self.batcher.run_on_model_thread(calibrate, self.predictor)
+                self.batcher.use_cost_model(cost)
             self.ready = True
             log.info("model ready on %s (%s)", self.predictor.device, self.predictor.dtype)
-        except Exception as exc:  # reported by /readyz; the process stays up for inspection
-            self.load_error = f"{type(exc).__name__}: {exc}"
+        except Exception as exc:
+            self.load_error = f"loading the weights failed: {type(exc).__name__}: {exc}"
             log.exception("loading the model failed")
+            self._fatal(self.load_error)
 
-    async def _warm_up(self) -> None:
-        """One real batch through the whole path (compiles kernels, fills allocators)."""
-        assert self.predictor is not None and self.batcher is not None
-        blank = Image.fromarray(np.full((64, 64, 3), 127, dtype=np.uint8))
-        prepared = await asyncio.to_thread(self.predictor.prepare_image, blank)
-        request = SegmentRequest(prepared.pixels, prepared.size, "warm-up", prompts=["warm-up"])
-        await self.batcher.submit(SegmentJob(request))
-        self.predictor.text_cache.clear()
+    def _bind_worker_metrics(self, batcher: Batcher) -> None:
+        assert self.predictor is not None
+        predictor = self.predictor
+        self.metrics.bind(
+            queue_depth=lambda: float(batcher.scheduler.depth),
+            backlog_seconds=batcher.scheduler.backlog_seconds,
+            text_cache=predictor.stats,
+        )
+
+    def _fatal(self, reason: str) -> None:
+        if self.on_fatal is not None:
+            self.on_fatal(reason)
+
+    def health(self) -> str | None:
+        """None when the process can serve (or is still loading); else the reason why not."""
+        if self.load_error:
+            return self.load_error
+        if self.batcher is not None:
+            return self.batcher.failure
+        return None
+
+    def public_health(self) -> str | None:
+        """``health()`` without server file paths (for client-facing bodies)."""
+        reason = self.health()
+        return None if reason is None else redact_paths(reason)
+
+    async def watch(self, interval: float = 1.0) -> None:
+        """Watchdog: log and report (once) when the worker stops being able to serve."""
+        reported = False
+        while True:
+            await asyncio.sleep(interval)
+            reason = self.batcher.failure if self.batcher is not None else None
+            if reason and not reported:
+                reported = True
+                log.error("the model worker failed: %s", reason)
+                self._fatal(reason)
 
     async def close(self) -> None:
         self.ready = False
@@ -85,31 +138,13 @@ class ServiceState:
             await self.batcher.stop()
 
     def require_ready(self) -> tuple[Predictor, Batcher]:
+        problem = self.public_health()
+        if problem:
+            raise ApiError(503, "unhealthy", f"the service cannot serve: {problem}")
         if not self.ready or self.predictor is None or self.batcher is None:
-            detail = f" ({self.load_error})" if self.load_error else ""
-            raise ApiError(503, "not_ready", f"the model is not ready yet{detail}")
+            raise ApiError(503, "not_ready", "the model is not ready yet (loading / warming up)")
         return self.predictor, self.batcher
 
 
 def get_state(request: Request) -> ServiceState:
     return request.app.state.service
-
-
-def require_api_key(request: Request) -> None:
-    """When API keys are configured, demand ``Authorization: Bearer <key>`` (401 otherwise)."""
-    keys = get_state(request).settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    # compare_digest against every key: no early exit that leaks which prefix matched.
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), key.encode()) for key in keys
-    )
-    if not valid:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "missing or invalid API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )

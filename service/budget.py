@@ -1,0 +1,198 @@
+"""What a request may cost, checked from the image headers before any pixel is decoded.
+
+Two kinds of limit:
+
+* per request, in pixels a client can reason about (413 naming the setting): output
+  pixels x decoder rows (``CLIPSEG_MAX_OUTPUT_PIXELS``), soft-map pixels
+  (``CLIPSEG_MAX_SOFT_PIXELS``), support pixels (``CLIPSEG_MAX_SUPPORT_PIXELS``);
+* for the whole server, in bytes an operator can reason about: every request in flight
+  reserves its estimated peak host memory (decode, packed masks, soft maps, encoding,
+  the response body) from ``CLIPSEG_MEMORY_BUDGET_MB`` before it is decoded, and gives it
+  back once its response is sent. A request that does not fit now is refused with 429
+  (never queued into an out-of-memory).
+
+The estimates follow the code paths: JPEGs decode drafted toward the model size (1/2..1/8
+per side), other formats at full size and are reduced after; masks leave the device
+bit-packed (1 bit per pixel), soft maps as 8 bits per pixel; encoding unpacks one mask at
+a time.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from .config import Settings
+from .errors import ApiError
+
+#: Decoded bytes per pixel of PIL modes (what the decoder allocates before conversion).
+_MODE_BYTES = {"1": 0.125, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "RGB": 3}
+_DRAFTED = frozenset({"JPEG", "MPO"})
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an image's header says: format id, size and mode (no pixels decoded)."""
+
+    format: str
+    width: int
+    height: int
+    mode: str
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def decode_bytes(header: ImageHeader, model_size: int) -> int:
+    """Peak bytes to decode ``header``'s image for the model (decoded + 8-bit RGB copy)."""
+    if header.format in _DRAFTED:
+        scale = 1
+        while scale < 8 and min(header.width, header.height) // (scale * 2) >= model_size:
+            scale *= 2
+        return 2 * 3 * header.pixels // (scale * scale)
+    per_pixel = _MODE_BYTES.get(header.mode, 4)
+    return math.ceil(header.pixels * (per_pixel + 1 + 3 / 4))
+
+
+@dataclass(frozen=True)
+class RequestShape:
+    """What a request asks for, known before decoding."""
+
+    query: ImageHeader
+    rows: int  # decoder rows (prompts, negatives, the visual row)
+    masks: int  # masks in the answer
+    soft: bool
+    supports: tuple[ImageHeader, ...] = ()
+
+
+def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> int:
+    """Raise 413 for a request over a per-request limit; else its estimated peak bytes.
+
+    ``model_size``: the model's input side (images decode toward it).
+    """
+    query = shape.query
+    output = query.pixels * shape.rows
+    if output > settings.max_output_pixels:
+        raise _too_costly(
+            f"{query.width}x{query.height} pixels x {shape.rows} prompt rows = {output} "
+            "output pixels",
+            "max_output_pixels",
+            settings.max_output_pixels,
+        )
+    soft = query.pixels * shape.masks if shape.soft else 0
+    if soft > settings.max_soft_pixels:
+        raise _too_costly(
+            f"soft=true returns {shape.masks} full-size 8-bit maps of {query.width}x"
+            f"{query.height} = {soft} pixels",
+            "max_soft_pixels",
+            settings.max_soft_pixels,
+        )
+    support = sum(h.pixels for h in shape.supports)
+    if support > settings.max_support_pixels:
+        raise _too_costly(
+            f"the support images have {support} pixels in all",
+            "max_support_pixels",
+            settings.max_support_pixels,
+        )
+    return estimated_bytes(shape, model_size)
+
+
+def estimated_bytes(shape: RequestShape, model_size: int) -> int:
+    """Peak host memory of a request from upload to response (an upper estimate)."""
+    size = model_size
+    query = shape.query
+    decode = decode_bytes(query, size)
+    for header in shape.supports:  # decoded one after the other, mask at full size
+        decode = max(decode, decode_bytes(header, size) + 3 * header.pixels)
+    packed = shape.masks * query.height * math.ceil(query.width / 8)
+    soft = shape.masks * query.pixels if shape.soft else 0
+    encode = 2 * query.pixels  # one unpacked mask + its 8-bit image / column-major copy
+    body = 2 * (packed + soft)  # PNG/RLE bytes, base64 in JSON (generous)
+    return decode + packed + soft + encode + body
+
+
+def _too_costly(what: str, setting: str, limit: int) -> ApiError:
+    name = f"CLIPSEG_{setting.upper()}"
+    return ApiError(
+        413,
+        "request_too_costly",
+        f"{what}, more than {name}={limit}; send a smaller image, fewer prompts"
+        + (" or soft=false" if setting == "max_soft_pixels" else "")
+        + f", or raise {name} on the server",
+    )
+
+
+class MemoryBudget:
+    """Bytes reserved by requests in flight, against a limit. Thread-safe."""
+
+    def __init__(self, limit_bytes: int) -> None:
+        self.limit = limit_bytes
+        self._reserved = 0
+        self._lock = threading.Lock()
+
+    @property
+    def reserved(self) -> int:
+        return self._reserved
+
+    def reserve(self, nbytes: int) -> Reservation:
+        """A reservation of ``nbytes``, or 429 when the budget cannot hold it now (413 when
+        it never could)."""
+        if nbytes > self.limit:
+            raise ApiError(
+                413,
+                "request_too_costly",
+                f"this request needs about {nbytes >> 20} MB of server memory, more than "
+                f"CLIPSEG_MEMORY_BUDGET_MB={self.limit >> 20}",
+            )
+        with self._lock:
+            if self._reserved + nbytes > self.limit:
+                raise ApiError(
+                    429,
+                    "memory_budget",
+                    "the server's memory budget is taken by requests in flight; retry in 1 s",
+                    headers={"Retry-After": "1"},
+                    retry_after=1.0,
+                )
+            self._reserved += nbytes
+        return Reservation(self, nbytes)
+
+    def _release(self, nbytes: int) -> None:
+        with self._lock:
+            self._reserved -= nbytes
+
+
+class Reservation:
+    """Held memory; ``release`` is idempotent (call it from a finally and a callback)."""
+
+    def __init__(self, budget: MemoryBudget, nbytes: int) -> None:
+        self.budget, self.nbytes = budget, nbytes
+        self._held = True
+
+    def release(self) -> None:
+        if self._held:
+            self._held = False
+            self.budget._release(self.nbytes)
+
+
+def shape_of(
+    query: ImageHeader,
+    *,
+    prompts: int,
+    negatives: int,
+    visual: bool,
+    combine_one: bool,
+    soft: bool,
+    supports: Sequence[ImageHeader] = (),
+) -> RequestShape:
+    """The shape of a text (``visual=False``) or visual request."""
+    positives = 1 if visual else prompts
+    return RequestShape(
+        query=query,
+        rows=positives + negatives,
+        masks=1 if combine_one else positives,
+        soft=soft,
+        supports=tuple(supports),
+    )
