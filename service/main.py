@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import sys
 from collections.abc import Sequence
 
 from .config import Settings
+
+#: Exit status when the server could not start (uvicorn.run's own).
+STARTUP_FAILURE = 3
 
 
 def build_parser(settings: Settings) -> argparse.ArgumentParser:
@@ -24,9 +29,8 @@ def build_parser(settings: Settings) -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    import uvicorn
-
     from .app import create_app
+    from .server import build_server
 
     settings = Settings()
     args = build_parser(settings).parse_args(argv)
@@ -34,14 +38,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     settings = settings.model_copy(update=overrides)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     # One worker per process: each worker holds its own model and batch queue.
-    uvicorn.run(
+    server = build_server(
         create_app(settings),
         host=args.host,
         port=args.port,
         log_level=args.log_level,
-        workers=1,
-        timeout_graceful_shutdown=int(settings.request_timeout_s) + 5,
+        settings=settings,
     )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+    if not server.started:
+        sys.exit(STARTUP_FAILURE)
 
 
 if __name__ == "__main__":

@@ -6,7 +6,7 @@ import asyncio
 import time
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi import APIRouter, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
@@ -19,9 +19,9 @@ from . import codec
 from .errors import ApiError
 from .jobs import SegmentJob
 from .schemas import ERROR_RESPONSES, SegmentResponse
-from .state import ServiceState, get_state, require_api_key
+from .state import ServiceState, get_state
 
-router = APIRouter(dependencies=[Depends(require_api_key)])
+router = APIRouter()
 
 Threshold = Annotated[
     float | None,

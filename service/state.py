@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import time
 from collections.abc import Callable
@@ -93,23 +92,3 @@ class ServiceState:
 
 def get_state(request: Request) -> ServiceState:
     return request.app.state.service
-
-
-def require_api_key(request: Request) -> None:
-    """When API keys are configured, demand ``Authorization: Bearer <key>`` (401 otherwise)."""
-    keys = get_state(request).settings.api_keys
-    if not keys:
-        return
-    scheme, _, token = request.headers.get("authorization", "").partition(" ")
-    token = token.strip()
-    # compare_digest against every key: no early exit that leaks which prefix matched.
-    valid = scheme.lower() == "bearer" and any(
-        hmac.compare_digest(token.encode(), key.encode()) for key in keys
-    )
-    if not valid:
-        raise ApiError(
-            401,
-            "unauthorized",
-            "missing or invalid API key: send 'Authorization: Bearer <key>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
