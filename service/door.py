@@ -47,8 +47,6 @@ OPEN_PATHS: tuple[str, ...] = ("/healthz", "/readyz")
 #: The name of the bearer scheme in the OpenAPI document.
 SECURITY_SCHEME = "bearerAuth"
 
-_DISCONNECT: Message = {"type": "http.disconnect"}
-
 
 def encode_error(code: str, message: str) -> bytes:
     """The JSON error body, ``{"error": {"code", "message"}}``, as bytes."""
@@ -201,7 +199,7 @@ class _BodyGuard:
 
     async def receive(self) -> Message:
         if self.cut:
-            return _DISCONNECT
+            return {"type": "http.disconnect"}
         if self.complete:
             return await self._receive()
         remaining = max(self.deadline - self.loop.time(), 0.0)
@@ -239,7 +237,7 @@ class _BodyGuard:
         if not self.started:
             self.started = True
             await send_error(self._send, status, code, text)
-        return _DISCONNECT
+        return {"type": "http.disconnect"}
 
 
 class JsonCORSMiddleware(CORSMiddleware):

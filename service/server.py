@@ -12,9 +12,10 @@ a subclass of uvicorn's h11 protocol that closes the gaps the ASGI middlewares i
   has arrived; on expiry it answers 408 JSON ``header_timeout`` and closes
   (``CLIPSEG_HEADER_TIMEOUT_S``).
 - **JSON for uvicorn's own answers**: 400 for an unparsable request (``invalid_http``), 500
-  when the app fails before it responds (``internal_error``), 503 over the connection
-  limit (``over_capacity``, ``CLIPSEG_MAX_CONNECTIONS``), in our error shape instead of
-  plain text.
+  when the app fails (or returns) before it responds (``internal_error``), 503 over the
+  connection limit (``over_capacity``), in our error shape instead of plain text. The
+  limit (``CLIPSEG_MAX_CONNECTIONS``): a request is refused when more than that many
+  connections are open, or requests in flight, counting its own.
 
 The h11 protocol is used whatever is installed: with ``http="auto"`` uvicorn would switch
 to httptools as soon as someone installs ``uvicorn[standard]``, silently dropping both of
@@ -26,9 +27,11 @@ uvicorn internals overridden (read in 0.30.0 and 0.54.0, the same in both; hence
 ``connection_lost`` / ``handle_events`` / ``handle_websocket_upgrade`` /
 ``on_response_complete`` (extended, each calls the original), ``send_400_response``
 (replaced), and the attributes ``app`` (wrapped), ``limit_concurrency`` (taken over:
-uvicorn's own check picks a plain-text app from a module global, so the protocol sets it to
-``None`` and checks the same limit itself), ``connections``, ``tasks``, ``cycle``
-(``.scope``, ``.disconnected``), ``conn``, ``transport``, ``server_state.default_headers``.
+uvicorn's own check answers with a plain-text app named by a module global, so the protocol
+sets it to ``None`` and applies the limit in its app wrapper), ``connections``, ``tasks``,
+``cycle`` (``.scope``, ``.disconnected``), ``conn``, ``transport``, ``loop``, ``logger``,
+``server_state.default_headers``, and the module's ``STATUS_PHRASES``. Nothing is
+monkeypatched: the class is passed as ``http=``.
 """
 
 from __future__ import annotations
@@ -48,6 +51,9 @@ from .door import encode_error, error_headers, send_error
 
 #: Seconds an idle keep-alive connection stays open (uvicorn's default, as before).
 KEEP_ALIVE_S = 5
+
+#: The request-head timeout when the config does not say (the setting's default).
+HEADER_TIMEOUT_S: float = Settings.model_fields["header_timeout_s"].default
 
 
 class DoorConfig(uvicorn.Config):
@@ -69,9 +75,9 @@ class DoorH11Protocol(H11Protocol):
         _loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
-        self.header_timeout_s: float = getattr(config, "header_timeout_s", 10.0)
-        # uvicorn's own concurrency check would answer with its plain-text app; ours runs
-        # the same limit inside _guarded_app and answers JSON.
+        self.header_timeout_s: float = getattr(config, "header_timeout_s", HEADER_TIMEOUT_S)
+        # uvicorn's own concurrency check answers with a plain-text app taken from a module
+        # global; _guarded_app checks the limit instead and answers JSON.
         self.max_connections: int | None = self.limit_concurrency
         self.limit_concurrency = None
         self.inner_app = self.app
