@@ -151,11 +151,12 @@ def test_no_key_is_answered_from_the_head_before_the_body_is_read(serve):
     # 19 MB is under the upload limit and the body timeout is 30 s: an answer within a
     # second to a body that never comes means the body was never waited for.
     declared = {"Content-Type": MULTIPART, "Content-Length": "19000000"}
-    with serve(api_keys=[KEY], body_timeout_s=30.0) as server, connect(server) as sock:
-        started = time.monotonic()
-        sock.sendall(head("POST", "/segment/text", **declared) + b"x" * 4096)
-        replies = until_closed(sock, timeout=2.0)
-        assert time.monotonic() - started < 1.0
+    with serve(api_keys=[KEY], body_timeout_s=30.0) as server:
+        with connect(server) as sock:
+            started = time.monotonic()
+            sock.sendall(head("POST", "/segment/text", **declared) + b"x" * 4096)
+            replies = until_closed(sock, timeout=2.0)
+            assert time.monotonic() - started < 1.0
         (reply,) = replies
         assert reply.status == 401 and reply.error()["code"] == "unauthorized"
         assert reply.headers["www-authenticate"] == "Bearer"
