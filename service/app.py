@@ -9,11 +9,11 @@ import logging
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI, Request
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, Response
 
 from .config import Settings
-from .errors import error_body, error_response, install_error_handlers
+from .door import ApiKeyMiddleware, BodyLimitMiddleware, JsonCORSMiddleware, document_bearer_auth
+from .errors import error_body, install_error_handlers
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .routes import router
 from .state import (
@@ -33,45 +33,6 @@ def version() -> str:
         return importlib.metadata.version("clipseg-serve")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-class UploadLimitMiddleware:
-    """413 for request bodies over ``limit`` bytes, checked while streaming (pure ASGI)."""
-
-    def __init__(self, app, limit: int) -> None:
-        self.app, self.limit = app, limit
-
-    async def __call__(self, scope, receive, send) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        headers = dict(scope.get("headers") or [])
-        declared = headers.get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await self._reject(scope, receive, send)
-        seen = 0
-
-        async def limited_receive():
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _BodyTooLarge
-            return message
-
-        try:
-            await self.app(scope, limited_receive, send)
-        except _BodyTooLarge:
-            await self._reject(scope, receive, send)
-
-    async def _reject(self, scope, receive, send) -> None:
-        message = f"request body exceeds {self.limit} bytes"
-        response = error_response(413, "upload_too_large", message, {"Connection": "close"})
-        await response(scope, receive, send)
-
-
-class _BodyTooLarge(Exception):
-    pass
 
 
 class RequestMetricsMiddleware:
@@ -147,14 +108,23 @@ def create_app(
     app.include_router(router)
     _add_operational_routes(app)
 
+    # add_middleware wraps what is there, so the last added is the outermost:
+    # request metrics -> CORS -> API key -> body limit/timeout -> the app (service/door.py).
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit=settings.max_upload_bytes,
+        body_timeout_s=settings.body_timeout_s,
+    )
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+        document_bearer_auth(app)
     if settings.cors_origins:
         app.add_middleware(
-            CORSMiddleware,
+            JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "Accept"],
         )
-    app.add_middleware(UploadLimitMiddleware, limit=settings.max_upload_bytes)
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app
 

@@ -86,3 +86,9 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    # The door
+    header_timeout_s: float = Field(10.0, gt=0, description="request head must arrive within (408)")
+    # 60 s: a 20 MB upload at about 3 Mbit/s.
+    body_timeout_s: float = Field(60.0, gt=0, description="whole body must arrive within (408)")
+    max_connections: int = Field(1024, ge=1, description="connections or requests in flight (503)")

@@ -1,4 +1,5 @@
-"""Run the app under a real uvicorn server on 127.0.0.1 (ephemeral port) in a thread."""
+"""Run the app under the production uvicorn server (``service.server``) on 127.0.0.1
+(ephemeral port) in a thread."""
 
 from __future__ import annotations
 
@@ -6,15 +7,24 @@ import threading
 import time
 
 import httpx
-import uvicorn
+
+from service.config import Settings
+from service.server import build_server
 
 
 class LiveServer:
     """``with LiveServer(app) as server: httpx.get(server.url + "/healthz")``."""
 
-    def __init__(self, app, *, ready: bool = True, timeout: float = 60.0) -> None:
-        config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
-        self.server = uvicorn.Server(config)
+    def __init__(
+        self, app, *, ready: bool = True, timeout: float = 60.0, settings: Settings | None = None
+    ) -> None:
+        # The server-level settings (timeouts, connection limit) are the app's own unless
+        # given: the app built by create_app keeps them in its state.
+        service = getattr(getattr(app, "state", None), "service", None)
+        settings = settings or getattr(service, "settings", None) or Settings(_env_file=None)
+        self.server = build_server(
+            app, host="127.0.0.1", port=0, log_level="warning", settings=settings
+        )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.wait_ready, self.timeout = ready, timeout
         self.url = ""
