@@ -16,6 +16,15 @@ class ImageDecodeError(ClipSegError, ValueError):
     """Bytes or a file that are not a readable image (truncated, wrong type, empty)."""
 
 
+class UnsupportedImageFormatError(ClipSegError, ValueError):
+    """An image in a format PIL recognises but the caller does not accept (ICO, EPS, PSD...).
+
+    Raised from the leading bytes alone, before any format plugin parses the file, so a
+    refused format never runs its decoder (EPS would start Ghostscript, ICO decodes its
+    embedded PNG while opening).
+    """
+
+
 class ImageTooLargeError(ClipSegError, ValueError):
     """An image whose pixel count exceeds the configured limit (decompression bomb guard)."""
 

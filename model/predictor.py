@@ -36,21 +36,17 @@ from .device import autocast, resolve_device, resolve_dtype
 from .errors import InvalidMaskError, InvalidPromptError
 from .postprocess import Combine
 from .render import render_masks
+from .support import prepare_support_input
 from .text import Template, parse_template
 from .text_cache import TextEmbeddingCache
 from .transforms import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     decode_image,
-    load_mask,
     probe_image,
     to_model_input,
 )
-from .visual_prompt import engineer_support_image
 from .weights.loader import LoadedModel, load_model
-
-#: Longest/shortest side ratio accepted for support images (see ``prepare_support``).
-MAX_SUPPORT_ASPECT = 16
 
 
 @dataclass(frozen=True)
@@ -127,26 +123,10 @@ class Predictor:
     def prepare_support(self, image, mask) -> torch.Tensor:
         """Engineer one visual prompt: support image + mask -> float32 [3, S, S] (CPU).
 
-        The mask (nonzero = object) must have the support image's size.
+        The mask (nonzero = object) must have the support image's size; the image is
+        decoded reduced toward the model size, like a query (``model.support``).
         """
-        decoded = decode_image(image, max_pixels=self.max_pixels)
-        mask_array = load_mask(mask, max_pixels=self.max_pixels)
-        width, height = decoded.original_size
-        if mask_array.shape != (height, width):
-            raise InvalidMaskError(
-                f"support mask is {mask_array.shape[1]}x{mask_array.shape[0]} but its image is "
-                f"{width}x{height}; they must have the same size"
-            )
-        if not mask_array.any():
-            raise InvalidMaskError("support mask is empty: mark the object with nonzero pixels")
-        if max(width, height) > MAX_SUPPORT_ASPECT * min(width, height):
-            # The shorter side is scaled to the input size before engineering, so an extreme
-            # strip would become a huge tensor; crop it to the region of interest instead.
-            raise InvalidMaskError(
-                f"support image {width}x{height} is more than {MAX_SUPPORT_ASPECT}:1; "
-                "crop it closer to the object"
-            )
-        return engineer_support_image(decoded.image, mask_array, self.config)
+        return prepare_support_input(image, mask, self.config, max_pixels=self.max_pixels)
 
     # --------------------------------------------------------------- device side
     def _inference(self):

@@ -3,9 +3,13 @@
 The pipeline is split in two so the server can guard untrusted input cheaply:
 
 1. ``decode_image`` turns bytes, a path or a PIL image into a plain 8-bit RGB PIL image.
-   It checks the pixel count from the header *before* decoding (decompression-bomb guard),
-   applies the EXIF orientation, maps every PIL mode to RGB without clipping surprises,
-   and turns every decoder failure into ``ImageDecodeError``.
+   It identifies the format from the leading bytes and refuses formats outside an
+   allow-list before any plugin parses the file (``model.image_formats``), checks the pixel
+   count from the header *before* decoding (decompression-bomb guard), applies the EXIF
+   orientation, maps every PIL mode to RGB without clipping surprises or big temporaries
+   (``model.image_modes``), optionally reduces toward the model's input size, and turns
+   every decoder failure into ``ImageDecodeError``. ``probe_image`` runs the same checks
+   and reads the header only.
 2. ``to_model_input`` squashes that image to the model's square input and normalises it,
    exactly like the reference CLIPSeg / HuggingFace processor.
 
@@ -18,30 +22,50 @@ This module imports PIL, numpy and torch only; it never touches the web stack.
 
 from __future__ import annotations
 
-import io
-import os
-import struct
-import warnings
-import zlib
+from collections.abc import Collection
 from dataclasses import dataclass
-from typing import TypeAlias
+from typing import TypeAlias, cast
 
 import numpy as np
 import torch
-from PIL import ExifTags, Image, ImageOps, JpegImagePlugin, UnidentifiedImageError
+from PIL import Image, JpegImagePlugin
 
-from model.errors import ClipSegError, ImageDecodeError, ImageTooLargeError, InvalidMaskError
-from model.image_modes import has_alpha, to_rgb, to_rgba
+from model.errors import ClipSegError, ImageDecodeError, InvalidMaskError
+from model.image_formats import (
+    ALLOWED_FORMATS,
+    DECODE_ERRORS,
+    ImageInfo,
+    ImageSource,
+    check_pixels,
+    open_image,
+    probe_image,
+    read_bytes,
+)
+from model.image_modes import (
+    SWAPPING_ORIENTATIONS,
+    exif_orientation,
+    has_alpha,
+    map_row_bands,
+    reducible_8bit,
+    to_rgb,
+    to_rgba,
+    upright,
+    upright_array,
+)
 
 __all__ = [
+    "ALLOWED_FORMATS",
     "DEFAULT_MAX_PIXELS",
     "DecodedImage",
+    "ImageInfo",
     "ImageSource",
     "MaskSource",
     "decode_image",
     "denormalize_tensor",
     "load_mask",
     "normalize_tensor",
+    "probe_image",
+    "reduction_factor",
     "to_model_input",
 ]
 
@@ -51,31 +75,8 @@ __all__ = [
 #: (``Image.MAX_IMAGE_PIXELS``, ~89 MP), so our clear error fires first.
 DEFAULT_MAX_PIXELS = 50_000_000
 
-#: What ``decode_image`` accepts: encoded bytes, a file path, or an already-open PIL image.
-ImageSource: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike | Image.Image
 #: What ``load_mask`` accepts: any ``ImageSource`` or a numpy array.
 MaskSource: TypeAlias = ImageSource | np.ndarray
-
-# Errors PIL and its plugins raise on corrupt or foreign data. PIL is not consistent (a bad
-# PNG chunk can give SyntaxError, a short TIFF struct.error, a broken GIF IndexError), so a
-# server that must answer 4xx instead of 500 has to catch the whole family.
-_DECODE_ERRORS: tuple[type[BaseException], ...] = (
-    OSError,  # includes UnidentifiedImageError and "image file is truncated"
-    SyntaxError,
-    ValueError,
-    EOFError,
-    IndexError,
-    KeyError,
-    TypeError,
-    struct.error,
-    zlib.error,
-)
-
-_ORIENTATION_TAG = ExifTags.Base.Orientation
-# EXIF orientations 5..8 include a 90-degree turn, so the displayed image has width and
-# height swapped relative to the stored pixels.
-_SWAPPING_ORIENTATIONS = frozenset({5, 6, 7, 8})
-_VALID_ORIENTATIONS = frozenset(range(2, 9))  # 1 is "as stored": nothing to do
 
 
 @dataclass(frozen=True)
@@ -85,7 +86,8 @@ class DecodedImage:
     Attributes:
         image: mode ``"RGB"``, 8 bits per channel, EXIF orientation already applied. When
             ``decode_image`` was called with ``draft_size`` it may be smaller than
-            ``original_size`` (JPEG DCT-domain reduction), never smaller than the draft size.
+            ``original_size`` (JPEG DCT-domain draft, or an integer box reduction for the
+            other formats), never smaller than the draft size on either side.
         original_size: ``(width, height)`` of the full-resolution image after EXIF
             orientation, i.e. the size masks must be returned at.
     """
@@ -104,6 +106,7 @@ def decode_image(
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     draft_size: int | None = None,
+    formats: Collection[str] | None = ALLOWED_FORMATS,
 ) -> DecodedImage:
     """Decode ``source`` into an upright 8-bit RGB image.
 
@@ -113,141 +116,93 @@ def decode_image(
         max_pixels: largest accepted ``width * height``, checked from the header before any
             pixel is decoded; ``None`` disables this check (PIL's own global bomb limit,
             ``Image.MAX_IMAGE_PIXELS``, still applies and is reported the same way).
-        draft_size: when set and the image is a JPEG (or MPO), libjpeg decodes at a reduced scale
-            (1/2, 1/4 or 1/8) that keeps both sides >= ``draft_size``. Pass the model's
-            input size: the image is squashed to that size anyway, and a 12 MP photo then
-            decodes several times faster. Ignored for other formats.
+        draft_size: the model's input size ``N``, when the image will be squashed to
+            ``N x N`` anyway. A JPEG (or MPO) is then decoded by libjpeg at a reduced scale
+            (1/2, 1/4 or 1/8) that keeps both sides >= ``N``; any other image is decoded in
+            full (as is a PIL image) and box-reduced by ``reduction_factor(size, N)`` (both
+            sides stay >= ``N``; an image under ``2N`` on either side is untouched). A 12 MP
+            photo then decodes several times faster; later steps touch far fewer pixels.
+        formats: accepted PIL format ids (default ``ALLOWED_FORMATS``), identified from the
+            leading bytes before any plugin parses the file. ``None`` accepts any format PIL
+            can open: unsafe for untrusted input (ICO decodes while opening, before the size
+            check; EPS runs Ghostscript). Ignored for PIL images (the caller opened them).
 
     Returns:
         ``DecodedImage`` with ``image`` in mode RGB and ``original_size`` the full
         ``(width, height)`` after EXIF orientation (independent of ``draft_size``).
 
     Raises:
+        UnsupportedImageFormatError: a recognised format that is not in ``formats``.
         ImageTooLargeError: the pixel count exceeds ``max_pixels`` or PIL's bomb limit.
         ImageDecodeError: empty, truncated, corrupt or non-image input, or a missing file.
     """
     if draft_size is not None and draft_size < 1:
         raise ValueError(f"draft_size must be a positive integer, got {draft_size}")
     if isinstance(source, Image.Image):
-        return _decode_pil(source, max_pixels=max_pixels)
-    im = _open_lazily(source, max_pixels=max_pixels)
+        check_pixels(source.size, max_pixels)
+        im = source
+    else:
+        im = open_image(read_bytes(source), max_pixels=max_pixels, formats=formats)
     # Read the full size before ``draft`` rewrites ``im.size`` to the reduced one.
     full_width, full_height = im.size
+    reduce_to = draft_size
     try:
         # isinstance, not format == "JPEG": phone photos are often MPO (multi-picture
-        # JPEG), a JpegImageFile subclass that libjpeg can draft just the same.
-        if draft_size is not None and isinstance(im, JpegImagePlugin.JpegImageFile):
+        # JPEG), a JpegImageFile subclass that libjpeg can draft just the same. Never on a
+        # caller's PIL image: draft would change their object (and does nothing once loaded).
+        if (
+            draft_size is not None
+            and im is not source
+            and isinstance(im, JpegImagePlugin.JpegImageFile)
+        ):
             # Must come before load(): it reconfigures libjpeg's DCT scaling, so the
             # reduction costs nothing instead of decoding full size and shrinking.
             im.draft("RGB", (draft_size, draft_size))
+            reduce_to = None  # a JPEG keeps the scale libjpeg gives, as before
         # load() decodes here, inside the try, so a truncated file surfaces as our error
         # rather than on first pixel access somewhere in the caller.
         im.load()
-        orientation = _orientation(im)
-        rgb = to_rgb(_apply_orientation(im, orientation))
+        orientation = exif_orientation(im)
+        rgb = upright(_reduced_rgb(im, reduce_to), orientation)
     except ClipSegError:
         raise
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ImageDecodeError(f"cannot decode image: {exc}") from exc
-    if orientation in _SWAPPING_ORIENTATIONS:
+    if rgb is source:
+        # Hand back our own object so later edits by either side cannot alias.
+        rgb = source.copy()
+    if orientation in SWAPPING_ORIENTATIONS:
         original = (full_height, full_width)
     else:
         original = (full_width, full_height)
     return DecodedImage(image=rgb, original_size=original)
 
 
-def _decode_pil(image: Image.Image, *, max_pixels: int | None) -> DecodedImage:
-    """``decode_image`` for a caller-supplied PIL image (loaded if lazy, never closed)."""
-    _check_pixels(image.size, max_pixels)
-    try:
-        image.load()
-        rgb = to_rgb(_apply_orientation(image, _orientation(image)))
-    except ClipSegError:
-        raise
-    except _DECODE_ERRORS as exc:
-        raise ImageDecodeError(f"cannot decode image: {exc}") from exc
-    if rgb is image:
-        # Hand back our own object so later edits by either side cannot alias.
-        rgb = image.copy()
-    return DecodedImage(image=rgb, original_size=rgb.size)
+def reduction_factor(size: tuple[int, int], target: int | None) -> int:
+    """The integer box-reduction ``k`` that keeps both sides of ``size`` >= ``target``.
 
-
-def _open_lazily(source: ImageSource, *, max_pixels: int | None) -> Image.Image:
-    """Open ``source`` (bytes or path) with the size guards applied, decoding no pixels.
-
-    ``Image.open`` parses only the header, so the pixel-count check happens before any
-    pixel buffer is allocated. Files are read into memory first so the returned image
-    never holds an OS file handle that could leak (multi-frame images keep their file
-    open after ``load()``).
+    ``min(w // target, h // target)`` when that is >= 2, else 1 (no reduction), so only
+    images at least ``2 * target`` on both sides are reduced. ``None`` target: 1.
     """
-    data = _read_bytes(source)
-    try:
-        with warnings.catch_warnings():
-            # PIL *warns* (not raises) between 1x and 2x its bomb limit; as an error it
-            # becomes catchable. catch_warnings is process-global before Python 3.14; a race
-            # with another thread can at worst let the warning through, and our own header
-            # check right below still applies.
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-        limit = f"the limit of {max_pixels} pixels" if max_pixels else "PIL's bomb limit"
-        raise ImageTooLargeError(f"image too large: more than {limit} ({exc})") from exc
-    except UnidentifiedImageError as exc:
-        # PIL's message names a BytesIO object; say what the client needs to know.
-        raise ImageDecodeError(
-            f"not a recognised image format ({len(data)} bytes starting {data[:8]!r})"
-        ) from exc
-    except _DECODE_ERRORS as exc:
-        raise ImageDecodeError(f"not a readable image: {exc}") from exc
-    _check_pixels(image.size, max_pixels)
-    return image
-
-
-def _read_bytes(source: ImageSource) -> bytes:
-    """The encoded bytes of ``source`` (bytes-like or path), with clear errors."""
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-    elif isinstance(source, (str, os.PathLike)):
-        try:
-            with open(source, "rb") as f:
-                data = f.read()
-        except OSError as exc:
-            raise ImageDecodeError(f"cannot read image file {os.fspath(source)!r}: {exc}") from exc
-    else:
-        raise TypeError(f"expected image bytes, a path or a PIL image, got {type(source).__name__}")
-    if not data:
-        raise ImageDecodeError("image data is empty (0 bytes)")
-    return data
-
-
-def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
-    width, height = size
-    if width < 1 or height < 1:
-        raise ImageDecodeError(f"image has an empty size {width}x{height}")
-    if max_pixels is not None and width * height > max_pixels:
-        raise ImageTooLargeError(
-            f"image is {width}x{height} = {width * height} pixels, "
-            f"more than the limit of {max_pixels} pixels"
-        )
-
-
-def _orientation(image: Image.Image) -> int:
-    """EXIF orientation (1..8) of ``image``; 1 when absent or malformed."""
-    try:
-        value = image.getexif().get(_ORIENTATION_TAG, 1)
-    except _DECODE_ERRORS:
-        # A corrupt EXIF block must not make an otherwise fine image undecodable.
+    if target is None:
         return 1
-    return value if isinstance(value, int) and value in _VALID_ORIENTATIONS else 1
+    width, height = size
+    factor = min(width // target, height // target)
+    return factor if factor >= 2 else 1
 
 
-def _apply_orientation(image: Image.Image, orientation: int) -> Image.Image:
-    """Turn ``image`` upright. Returns ``image`` itself when nothing needs doing."""
-    if orientation == 1:
-        # exif_transpose would return a full copy here; skip it for big photos.
-        return image
-    upright = ImageOps.exif_transpose(image)
-    return image if upright is None else upright
+def _reduced_rgb(image: Image.Image, reduce_to: int | None) -> Image.Image:
+    """``to_rgb(image)``, box-reduced first by ``reduction_factor`` when that is >= 2."""
+    factor = reduction_factor(image.size, reduce_to)
+    if factor == 1:
+        return to_rgb(image)
+    # The model squashes to N x N anyway, so averaging k x k blocks in C first (as JPEG's
+    # DCT draft does, and as Pillow's own ``resize(reducing_gap=...)`` does) costs little
+    # and makes every later step touch k^2 fewer pixels. The 8-bit conversion comes first
+    # where ``reduce`` cannot average the mode (palette, 16-bit, float...), see
+    # ``reducible_8bit``; alpha is composited over white after averaging (equivalent,
+    # since reduce averages premultiplied colour).
+    return to_rgb(reducible_8bit(image).reduce(factor))
 
 
 # --------------------------------------------------------------------------------------
@@ -348,6 +303,7 @@ def load_mask(
     source: MaskSource,
     *,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    formats: Collection[str] | None = ALLOWED_FORMATS,
 ) -> np.ndarray:
     """Read a binary support mask: nonzero means object.
 
@@ -358,18 +314,21 @@ def load_mask(
               any channel is nonzero (the max over the last axis, for non-negative masks).
               NaN counts as background.
             * images: EXIF orientation is applied. Single-channel modes (1, L, I, I;16, F)
-              are object where nonzero. Colour modes are converted to RGB and are object
-              where any channel is nonzero (so black = background in any colour space).
-              Alpha: if it is constant (e.g. all opaque) it is ignored; if it varies and the
-              colour is all black, the mask is ``alpha > 0`` (a shape painted on a
-              transparent canvas); if it varies and the colour is not all black, the mask is
-              colour nonzero AND ``alpha > 0`` (transparent pixels are never object).
+              are object where nonzero (NaN is background). Colour modes are converted to
+              RGB and are object where any channel is nonzero (so black = background in any
+              colour space). Alpha: if it is constant (e.g. all opaque) it is ignored; if it
+              varies and the colour is all black, the mask is ``alpha > 0`` (a shape painted
+              on a transparent canvas); if it varies and the colour is not all black, the
+              mask is colour nonzero AND ``alpha > 0`` (transparent pixels are never object).
         max_pixels: pixel limit for encoded images, as in ``decode_image``.
+        formats: accepted formats for encoded images, as in ``decode_image``.
 
     Returns:
-        bool array ``(h, w)``, C-contiguous.
+        bool array ``(h, w)``, C-contiguous. Built band by band: beyond PIL's decoded image
+        it costs about two bools per pixel, never a full-size integer or float copy.
 
     Raises:
+        UnsupportedImageFormatError: a recognised format that is not in ``formats``.
         ImageDecodeError: unreadable bytes or file.
         ImageTooLargeError: too many pixels.
         InvalidMaskError: an array that is not 2-D or 3-D, or has no pixels.
@@ -377,9 +336,10 @@ def load_mask(
     if isinstance(source, np.ndarray):
         return _mask_from_array(source)
     if isinstance(source, Image.Image):
-        _check_pixels(source.size, max_pixels)
+        check_pixels(source.size, max_pixels)
         return _mask_from_image(source)
-    return _mask_from_image(_open_lazily(source, max_pixels=max_pixels))
+    image = open_image(read_bytes(source), max_pixels=max_pixels, formats=formats)
+    return _mask_from_image(image)
 
 
 def _mask_from_array(array: np.ndarray) -> np.ndarray:
@@ -389,54 +349,44 @@ def _mask_from_array(array: np.ndarray) -> np.ndarray:
         )
     if array.size == 0:
         raise InvalidMaskError(f"mask array has no pixels (shape {array.shape})")
-    if array.dtype.kind == "f":
-        array = np.nan_to_num(array, nan=0.0)
-    nonzero = array != 0
-    if nonzero.ndim == 3:
-        nonzero = nonzero.any(axis=-1)
-    return np.ascontiguousarray(nonzero, dtype=bool)
+    return np.ascontiguousarray(_nonzero(array), dtype=bool)
+
+
+def _nonzero(values: np.ndarray) -> np.ndarray:
+    """(h, w) or (h, w, c) -> bool (h, w): any channel nonzero, NaN counting as zero."""
+    nonzero = values != 0
+    if values.dtype.kind == "f":
+        nonzero &= ~np.isnan(values)
+    return nonzero.any(axis=-1) if nonzero.ndim == 3 else nonzero
 
 
 def _mask_from_image(image: Image.Image) -> np.ndarray:
     try:
         image.load()
-        image = _apply_orientation(image, _orientation(image))
-        mode = image.mode
-        if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
-            return _mask_from_array(np.asarray(image))
-        if has_alpha(image):
-            pixels = np.asarray(to_rgba(image))
-            colour = (pixels[..., :3] != 0).any(axis=-1)
-            alpha = pixels[..., 3]
-            if alpha.min() == alpha.max():
-                return np.ascontiguousarray(colour)
-            if not colour.any():
-                return np.ascontiguousarray(alpha > 0)
-            return np.ascontiguousarray(colour & (alpha > 0))
-        return _mask_from_array(np.asarray(image.convert("RGB")))
+        orientation = exif_orientation(image)
+        mask = _stored_mask(image)
     except ClipSegError:
         raise
-    except _DECODE_ERRORS as exc:
+    except DECODE_ERRORS as exc:
         raise ImageDecodeError(f"cannot decode mask image: {exc}") from exc
+    return upright_array(mask, orientation)
 
 
-# --------------------------------------------------------------------------------------
-# Header probe (provisional; superseded by the format allow-list work)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ImageInfo:
-    """What an image's header says: PIL format id, size and mode."""
-
-    format: str
-    width: int
-    height: int
-    mode: str
-
-
-def probe_image(source: ImageSource, *, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> ImageInfo:
-    """Format, size and mode of ``source`` from its header, with the pixel-limit guard."""
-    image = _open_lazily(source, max_pixels=max_pixels)
-    width, height = image.size
-    return ImageInfo(str(image.format), width, height, image.mode)
+def _stored_mask(image: Image.Image) -> np.ndarray:
+    """The bool mask of a loaded image in its stored orientation (see ``load_mask``)."""
+    mode = image.mode
+    if mode in ("1", "L", "I", "F") or mode.startswith("I;16"):
+        return map_row_bands(image, _nonzero, bool)
+    if not has_alpha(image):
+        return map_row_bands(image if mode == "RGB" else image.convert("RGB"), _nonzero, bool)
+    rgba = to_rgba(image)
+    bands = cast(tuple[tuple[int, int], ...], rgba.getextrema())
+    alpha_lo, alpha_hi = bands[3]
+    colour = map_row_bands(rgba, lambda band: _nonzero(band[..., :3]), bool)
+    if alpha_lo == alpha_hi:
+        return colour
+    opaque = map_row_bands(rgba, lambda band: band[..., 3] > 0, bool)
+    if not colour.any():
+        return opaque
+    colour &= opaque
+    return colour

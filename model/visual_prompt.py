@@ -46,6 +46,7 @@ __all__ = [
     "BLUR_SIGMA",
     "CONTEXT",
     "PROMPT_SIZE",
+    "engineer_rescaled_support",
     "engineer_support_image",
     "engineer_visual_prompt",
     "engineer_visual_prompts",
@@ -53,6 +54,10 @@ __all__ = [
     "gaussian_kernel1d",
     "mask_box_with_context",
     "rescale_support",
+    "rescale_support_image",
+    "rescale_support_mask",
+    "support_pixels",
+    "support_shape",
 ]
 
 #: Side of the engineered support image (the training resolution of the support images).
@@ -199,11 +204,53 @@ def mask_box_with_context(
 # --------------------------------------------------------------------------- rescale
 
 
-def _short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
-    """``(h, w)`` with the shorter side ``size`` and the longer side rounded (halves up)."""
+def support_shape(height: int, width: int, size: int = PROMPT_SIZE) -> tuple[int, int]:
+    """``(h, w)`` with the shorter side ``size``, the longer ``L * size / S`` rounded (halves
+    up, exact integer arithmetic): the shape a ``height x width`` support is rescaled to."""
     if height <= width:
         return size, max(1, (2 * width * size + height) // (2 * height))
     return max(1, (2 * height * size + width) // (2 * width)), size
+
+
+def rescale_support_image(image: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Resize ``image`` [C, H, W] float to ``shape`` (h', w'): bilinear, antialiased when
+    shrinking (step 1 of the module doc). Returns [C, h', w'] of the same dtype, ``image``
+    itself when already that size. It may be smaller than its mask (a drafted or reduced
+    decode): both halves map the full extent onto the same grid, so they stay aligned."""
+    height, width = image.shape[-2:]
+    if tuple(shape) == (height, width):
+        return image
+    return F.interpolate(
+        image.unsqueeze(0),
+        size=tuple(shape),
+        mode="bilinear",
+        align_corners=False,
+        antialias=shape[0] < height or shape[1] < width,
+    ).squeeze(0)
+
+
+def rescale_support_mask(mask: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Resize ``mask`` [H, W] bool (or numeric, nonzero = object) to ``shape`` (h', w').
+
+    ``nearest-exact``; if that erases a non-empty mask, each original mask pixel ``(y, x)``
+    marks the rescaled pixel containing its centre, ``(floor((y + 0.5) * h' / H),
+    floor((x + 0.5) * w' / W))``, so the result is non-empty whenever the input is. Returns
+    bool [h', w'] (``mask`` itself when already at that size).
+    """
+    binary = mask if mask.dtype == torch.bool else mask != 0
+    height, width = binary.shape
+    new_h, new_w = shape
+    if (new_h, new_w) == (height, width):
+        return mask if mask.dtype == torch.bool else binary
+    # view, not .to(): same bytes, no full-size uint8 copy of a large mask.
+    as_bytes = binary[None, None].view(torch.uint8)
+    scaled = F.interpolate(as_bytes, size=(new_h, new_w), mode="nearest-exact")[0, 0].bool()
+    if not bool(scaled.any()) and bool(binary.any()):
+        ys, xs = torch.nonzero(binary, as_tuple=True)
+        ys = torch.clamp(((2 * ys + 1) * new_h) // (2 * height), max=new_h - 1)
+        xs = torch.clamp(((2 * xs + 1) * new_w) // (2 * width), max=new_w - 1)
+        scaled[ys, xs] = True
+    return scaled
 
 
 def rescale_support(
@@ -211,39 +258,13 @@ def rescale_support(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale ``image`` [C,H,W] float and ``mask`` [H,W] bool so the shorter side is ``size``.
 
-    The new longer side is ``L * size / S`` rounded to the nearest integer (halves up),
-    computed exactly in integers. The image is resized bilinearly (``align_corners=False``;
-    ``antialias=True`` when shrinking), the mask with ``nearest-exact``. If the mask was
-    non-empty but the nearest rescale erased it (a tiny mask under strong shrinking), every
-    original mask pixel ``(y, x)`` is mapped to the rescaled pixel containing its centre,
-    ``(floor((y + 0.5) * h' / H), floor((x + 0.5) * w' / W))``, so the result is non-empty
-    whenever the input is. Returns ``(image [C,h',w'] same dtype, mask [h',w'] bool)``; the
-    inputs are returned unchanged when already at that size.
+    Both go to ``support_shape(H, W, size)`` through :func:`rescale_support_image` and
+    :func:`rescale_support_mask`. Returns ``(image [C,h',w'] same dtype, mask [h',w'] bool)``,
+    the inputs themselves when already at that size.
     """
     height, width = mask.shape
-    new_h, new_w = _short_side_shape(height, width, size)
-    if (new_h, new_w) == (height, width):
-        return image, mask
-    shrinking = new_h < height
-    scaled_image = F.interpolate(
-        image.unsqueeze(0),
-        size=(new_h, new_w),
-        mode="bilinear",
-        align_corners=False,
-        antialias=shrinking,
-    ).squeeze(0)
-    scaled_mask = (
-        F.interpolate(mask[None, None].to(torch.uint8), size=(new_h, new_w), mode="nearest-exact")
-        .squeeze(0)
-        .squeeze(0)
-        .bool()
-    )
-    if not bool(scaled_mask.any()) and bool(mask.any()):
-        ys, xs = torch.nonzero(mask, as_tuple=True)
-        ys = torch.clamp(((2 * ys + 1) * new_h) // (2 * height), max=new_h - 1)
-        xs = torch.clamp(((2 * xs + 1) * new_w) // (2 * width), max=new_w - 1)
-        scaled_mask[ys, xs] = True
-    return scaled_image, scaled_mask
+    shape = support_shape(height, width, size)
+    return rescale_support_image(image, shape), rescale_support_mask(mask, shape)
 
 
 # --------------------------------------------------------------------------- prompt
@@ -300,9 +321,26 @@ def engineer_visual_prompt(
     if not image.is_floating_point():
         raise ValueError(f"support image must be a floating tensor, got {image.dtype}")
     mask = _validate(image, mask)
-    image = image.to(torch.float32)
+    image, mask = rescale_support(image.to(torch.float32), mask, size)
+    return engineer_rescaled_support(image, mask, size, blur_sigma, background_factor, context)
 
-    image, mask = rescale_support(image, mask, size)
+
+def engineer_rescaled_support(
+    image: torch.Tensor,
+    mask: torch.Tensor,
+    size: int = PROMPT_SIZE,
+    blur_sigma: float = BLUR_SIGMA,
+    background_factor: float = BACKGROUND_FACTOR,
+    context: float = CONTEXT,
+) -> torch.Tensor:
+    """Steps 2-6 of :func:`engineer_visual_prompt` on an already rescaled support.
+
+    ``image``: float32 ``[3, h, w]`` normalised, ``mask``: bool ``[h, w]`` on the same
+    device, non-empty, both at ``support_shape(H, W, size)`` of the original support.
+    Blur + highlight, crop to the grown mask box, pad to a square, nearest resize to
+    ``size``: returns float32 ``[3, size, size]``. Raises ``InvalidMaskError`` for an empty
+    mask.
+    """
     x0, y0, x1, y1 = mask_box_with_context(mask, context)
 
     kernel = gaussian_kernel1d(BLUR_KERNEL_SIZE, blur_sigma, device=image.device)
@@ -367,11 +405,16 @@ def engineer_support_image(
 
     ``image``: PIL image (converted to RGB); ``mask``: bool/numeric [H, W] of the same
     size (nonzero = object). Normalised with the config's mean/std, then engineered at
-    ``config.input_size``: float32 [3, S, S]. The one path for the predictor and training.
+    ``config.input_size``: float32 [3, S, S]. Training's path for decoded supports;
+    ``model.support.prepare_support_input`` gives the same result from encoded input.
     """
+    return engineer_visual_prompt(
+        support_pixels(image, config), torch.from_numpy(np.asarray(mask)), size=config.input_size
+    )
+
+
+def support_pixels(image: Image.Image, config: ClipSegConfig) -> torch.Tensor:
+    """PIL image (converted to RGB) -> float32 [3, H, W] normalised with the config's stats."""
     rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
     pixels = torch.from_numpy(rgb.copy()).permute(2, 0, 1).float() / 255.0
-    pixels = normalize_tensor(pixels, config.mean, config.std)
-    return engineer_visual_prompt(
-        pixels, torch.from_numpy(np.asarray(mask)), size=config.input_size
-    )
+    return normalize_tensor(pixels, config.mean, config.std)

@@ -19,6 +19,7 @@ from model.errors import (
     ImageTooLargeError,
     InvalidMaskError,
     InvalidPromptError,
+    UnsupportedImageFormatError,
 )
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,9 @@ def error_response(
 
 def from_domain(exc: ClipSegError) -> ApiError:
     """The HTTP meaning of a library error."""
+    if isinstance(exc, UnsupportedImageFormatError):
+        # A readable file in a format we refuse (ICO, EPS...): "send another type", not 400.
+        return ApiError(415, "unsupported_media_type", str(exc))
     if isinstance(exc, ImageTooLargeError):
         return ApiError(413, "image_too_large", str(exc))
     if isinstance(exc, ImageDecodeError):

@@ -111,7 +111,7 @@ async def _wait(request: Request, state: ServiceState, job: SegmentJob) -> Segme
         while not await request.is_disconnected():
             await asyncio.sleep(0.05)
 
-    watcher = asyncio.ensure_future(client_gone())
+    watcher: asyncio.Future = asyncio.ensure_future(client_gone())
     try:
         done, _ = await asyncio.wait(
             {future, watcher},

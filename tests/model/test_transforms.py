@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from model.config import IMAGENET_MEAN, IMAGENET_STD
 from model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
@@ -21,6 +21,7 @@ from model.transforms import (
     denormalize_tensor,
     load_mask,
     normalize_tensor,
+    reduction_factor,
     to_model_input,
 )
 
@@ -300,9 +301,100 @@ def test_draft_size_applies_to_mpo_phone_photos() -> None:
     assert drafted.image.size == (500, 400)  # 1/4 scale keeps both sides >= 352
 
 
-def test_draft_size_ignored_for_png() -> None:
-    decoded = decode_image(encode(Image.new("RGB", (800, 600), RED), "PNG"), draft_size=100)
-    assert decoded.image.size == (800, 600)
+def smooth_rgb(width: int, height: int, seed: int = 0) -> Image.Image:
+    """Low-frequency random colours (like a photo): box reduction barely changes them."""
+    coarse = np.random.default_rng(seed).integers(0, 256, (6, 8, 3), dtype=np.uint8)
+    return Image.fromarray(coarse).resize((width, height), Image.Resampling.BICUBIC)
+
+
+def model_input(image: Image.Image) -> torch.Tensor:
+    return to_model_input(image, 352, IMAGENET_MEAN, IMAGENET_STD)
+
+
+def test_draft_size_reduces_other_formats_by_an_integer_factor() -> None:
+    image = smooth_rgb(2000, 1500)
+    data = encode(image, "PNG")
+    reduced = decode_image(data, draft_size=352)
+    # k = min(2000 // 352, 1500 // 352) = 4, a box filter: exactly PIL's reduce(4).
+    assert reduced.image.size == (500, 375)
+    assert reduced.original_size == (2000, 1500)
+    assert reduced.image.mode == "RGB"
+    assert np.array_equal(np.asarray(reduced.image), np.asarray(image.reduce(4)))
+    # The model sees nearly what it saw from the full-size decode.
+    full = decode_image(data)
+    assert full.image.size == (2000, 1500)
+    diff = (model_input(reduced.image) - model_input(full.image)).abs()
+    assert float(diff.mean()) < 0.02 and float(diff.max()) < 0.3
+
+
+@pytest.mark.parametrize("size", [(703, 2000), (2000, 703), (704, 704), (3000, 500)])
+def test_reduction_keeps_both_sides_at_least_the_draft_size(size: tuple[int, int]) -> None:
+    decoded = decode_image(encode(Image.new("RGB", size, RED), "PNG"), draft_size=352)
+    assert decoded.original_size == size
+    width, height = decoded.image.size
+    assert width >= 352 and height >= 352
+    factor = reduction_factor(size, 352)
+    assert factor == (2 if size == (704, 704) else 1)
+    assert decoded.image.size == (-(-size[0] // factor), -(-size[1] // factor))
+
+
+@pytest.mark.parametrize("size", [(703, 703), (400, 1500), (2000, 703)])
+def test_images_under_twice_the_draft_size_decode_exactly_as_without_it(
+    size: tuple[int, int],
+) -> None:
+    data = encode(smooth_rgb(*size), "PNG")
+    drafted, plain = decode_image(data, draft_size=352), decode_image(data)
+    assert drafted.image.size == plain.image.size == size
+    assert np.array_equal(np.asarray(drafted.image), np.asarray(plain.image))
+
+
+def test_reduction_factor() -> None:
+    assert reduction_factor((2000, 1500), 352) == 4
+    assert reduction_factor((703, 5000), 352) == 1
+    assert reduction_factor((704, 5000), 352) == 2
+    assert reduction_factor((9000, 9000), None) == 1
+
+
+def test_reduction_converts_float_tiffs_before_averaging() -> None:
+    values = np.linspace(-1.0, 3.0, 800 * 600, dtype=np.float32).reshape(600, 800)
+    values[10, 10] = np.nan  # a NaN must become 0, not poison its block's average
+    data = encode(Image.fromarray(values, "F"), "TIFF")
+    reduced = decode_image(data, draft_size=100)
+    assert reduced.original_size == (800, 600) and reduced.image.size == (134, 100)
+    expected = decode_image(data).image.reduce(6)  # convert at full size, then reduce
+    assert np.array_equal(np.asarray(reduced.image), np.asarray(expected))
+
+
+def test_reduction_keeps_alpha_over_white() -> None:
+    image = Image.new("RGBA", (800, 400), (0, 0, 0, 0))  # transparent black -> white
+    image.paste((255, 0, 0, 255), (400, 0, 800, 400))  # opaque red right half
+    palette = image.convert("P", palette=Image.Palette.ADAPTIVE, colors=4)
+    palette.info["transparency"] = palette.getpixel((0, 0))
+    for data in (encode(image, "PNG"), encode(palette, "PNG"), encode(palette, "GIF")):
+        reduced = decode_image(data, draft_size=100)
+        assert reduced.image.size == (200, 100)
+        assert pixel(reduced.image, (20, 50)) == WHITE
+        assert pixel(reduced.image, (180, 50)) == RED
+
+
+def test_reduction_applies_exif_orientation() -> None:
+    stored = corner_image(1600, 800)  # red block at the stored top-left
+    stored.paste(RED, (0, 0, 200, 200))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    reduced = decode_image(encode(stored, "PNG", exif=exif), draft_size=200)
+    assert reduced.original_size == (800, 1600)
+    assert reduced.image.size == (200, 400)  # k = 4, then turned upright
+    # Orientation 6: the stored top-left ends up at the top-right.
+    assert pixel(reduced.image, (190, 10)) == RED
+    assert pixel(reduced.image, (10, 10)) == BLUE
+
+
+def test_reduction_applies_to_pil_images_too() -> None:
+    image = smooth_rgb(900, 800)
+    decoded = decode_image(image, draft_size=250)
+    assert decoded.image.size == (300, 267) and decoded.original_size == (900, 800)
+    assert np.array_equal(np.asarray(decoded.image), np.asarray(image.reduce(3)))
 
 
 # --------------------------------------------------------------------------------------
@@ -495,3 +587,33 @@ def test_load_mask_unreadable_bytes() -> None:
         load_mask(b"not a mask")
     with pytest.raises(ImageTooLargeError):
         load_mask(png_claiming(5000, 5000), max_pixels=1_000)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("mode", ["L", "F", "RGB", "RGBA"])
+def test_load_mask_orientations_match_pil_exif_transpose(orientation: int, mode: str) -> None:
+    rng = np.random.default_rng(orientation)
+    stored = Image.fromarray(rng.integers(0, 2, (9, 14), dtype=np.uint8) * 255).convert(mode)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    data = encode(stored, "TIFF" if mode == "F" else "PNG", exif=exif)
+    upright = ImageOps.exif_transpose(Image.open(io.BytesIO(data)))
+    expected = np.asarray(upright.convert("L")) > 0
+    mask = load_mask(data)
+    assert mask.flags.c_contiguous and mask.dtype == bool
+    np.testing.assert_array_equal(mask, expected)
+
+
+def test_load_mask_bands_give_the_whole_image_answer(monkeypatch: pytest.MonkeyPatch) -> None:
+    from model import image_modes
+
+    monkeypatch.setattr(image_modes, "_BAND_PIXELS", 3)  # one row per band
+    image = Image.new("RGBA", (3, 4), (0, 0, 0, 0))
+    image.putpixel((1, 3), (0, 0, 0, 255))  # black shape on transparent, in the last row
+    expected = np.zeros((4, 3), dtype=bool)
+    expected[3, 1] = True
+    np.testing.assert_array_equal(load_mask(encode(image, "PNG")), expected)
+    floats = np.array([[np.nan, 0.0], [np.inf, -2.0]], dtype=np.float32)
+    np.testing.assert_array_equal(
+        load_mask(Image.fromarray(floats)), [[False, False], [True, True]]
+    )

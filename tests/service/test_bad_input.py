@@ -22,6 +22,9 @@ JPEG = encode(random_image(64, 64), "JPEG")
 MASK = encode(Image.fromarray(np.pad(np.full((8, 8), 255, np.uint8), 4)))  # 16x16, object
 EMPTY_MASK = encode(Image.fromarray(np.zeros((16, 16), np.uint8)))
 SUPPORT = encode(random_image(16, 16, seed=9))
+# Formats PIL reads but we refuse from their first bytes (415), sent under accepted types.
+ICO = encode(random_image(16, 16, seed=3), "ICO")
+EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
 MAX_UPLOAD = 64 * 1024
 
 
@@ -60,6 +63,8 @@ TEXT_CASES = {
     "text/plain upload": (text_form(b"hello", "text/plain"), 415),
     "pdf upload": (text_form(b"%PDF-1.4 ...", "application/pdf"), 415),
     "zero bytes": (text_form(b""), 400),
+    "ICO upload": (text_form(ICO, "image/x-icon"), 415),
+    "EPS upload": (text_form(EPS, "application/octet-stream"), 415),
     "no image": (text_form(None), 422),
     "no prompt": (text_form(prompt=None), 422),
     "empty prompt": (text_form(prompt=""), 422),
@@ -84,6 +89,7 @@ VISUAL_CASES = {
     "more masks than images": (visual_form([(SUPPORT, MASK), (None, MASK)]), 422),
     "undecodable mask": (visual_form([(SUPPORT, b"not a png")]), 400),
     "undecodable support": (visual_form([(b"junk", MASK)]), 400),
+    "ICO support": (visual_form([(ICO, MASK)]), 415),
     "text_weight without prompt": (visual_form(text_weight="0.3"), 422),
     "text_weight 2": (visual_form(prompt="a cat", text_weight="2"), 422),
     "9 supports": (visual_form([(SUPPORT, MASK)] * 9), 422),
