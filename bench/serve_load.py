@@ -17,51 +17,28 @@ import io
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
-import sys
 import time
 
 import httpx
 import numpy as np
 from PIL import Image
+from server import start_server
 
 PROMPTS = ["a cat", "a dog", "the red mug", "something to sit on", "the sky", "a person"]
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(args: argparse.Namespace, max_batch_images: int) -> tuple[subprocess.Popen, str]:
-    port = free_port()
-    env = {
-        **os.environ,
-        "CLIPSEG_WEIGHTS": f"random:{args.variant}",
-        "CLIPSEG_DEVICE": args.device,
-        "CLIPSEG_MAX_BATCH_IMAGES": str(max_batch_images),
-        "CLIPSEG_MAX_WAIT_MS": str(args.max_wait_ms),
-        "CLIPSEG_QUEUE_SIZE": str(max(256, args.clients * 2)),
-        "PYTHONWARNINGS": "ignore",
-    }
-    command = [sys.executable, "-m", "service.main", "--port", str(port), "--log-level", "warning"]
-    process = subprocess.Popen(command, env=env)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        if process.poll() is not None:
-            raise RuntimeError("server exited during start-up")
-        time.sleep(0.2)
-    process.kill()
-    raise RuntimeError("server did not become ready")
+def start(args: argparse.Namespace, max_batch_images: int) -> tuple[subprocess.Popen, str]:
+    return start_server(
+        {
+            "CLIPSEG_WEIGHTS": f"random:{args.variant}",
+            "CLIPSEG_DEVICE": args.device,
+            "CLIPSEG_MAX_BATCH_IMAGES": str(max_batch_images),
+            "CLIPSEG_MAX_WAIT_MS": str(args.max_wait_ms),
+            "CLIPSEG_QUEUE_SIZE": str(max(256, args.clients * 2)),
+        }
+    )
 
 
 def make_images(count: int, size: tuple[int, int]) -> list[bytes]:
@@ -111,7 +88,7 @@ async def drive(url: str, images: list[bytes], clients: int, seconds: float) -> 
 
 
 def run_mode(args: argparse.Namespace, images: list[bytes], max_batch_images: int) -> dict:
-    process, url = start_server(args, max_batch_images)
+    process, url = start(args, max_batch_images)
     try:
         asyncio.run(drive(url, images, args.clients, min(3.0, args.seconds)))  # warm up
         result = asyncio.run(drive(url, images, args.clients, args.seconds))

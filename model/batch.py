@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from .errors import InvalidPromptError
-from .postprocess import Combine
+from .postprocess import Combine, check_size
 from .text import Template, parse_template
 
 __all__ = [
@@ -69,7 +69,7 @@ class SegmentRequest:
         object.__setattr__(self, "negative_prompts", tuple(self.negative_prompts))
         object.__setattr__(self, "template", parse_template(self.template))
         object.__setattr__(self, "combine", Combine(self.combine))
-        object.__setattr__(self, "size", _check_size(self.size))
+        object.__setattr__(self, "size", check_size(self.size))
         _check_request(self)
 
     @property
@@ -113,16 +113,6 @@ class SegmentRequest:
         if self.conditionals is not None:
             names += [f"visual_{i}" for i in range(int(self.conditionals.shape[0]))]
         return tuple(names)
-
-
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in size)
-    except (TypeError, ValueError):
-        raise ValueError(f"size must be (height, width), got {size!r}") from None
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive (height, width), got {size!r}")
-    return height, width
 
 
 def _check_request(request: SegmentRequest) -> None:

@@ -19,7 +19,7 @@ import enum
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Combine", "combine_masks", "mask_scores", "probabilities_at_size"]
+__all__ = ["Combine", "check_size", "combine_masks", "mask_scores", "probabilities_at_size"]
 
 
 def probabilities_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -45,7 +45,7 @@ def probabilities_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.
         raise ValueError(f"logits must be [P, S, S], got shape {tuple(logits.shape)}")
     if not torch.is_floating_point(logits):
         raise ValueError(f"logits must be a floating-point tensor, got {logits.dtype}")
-    height, width = _check_size(size)
+    height, width = check_size(size)
     prompts = logits.shape[0]
     if prompts == 0:
         return torch.empty((0, height, width), dtype=torch.float32, device=logits.device)
@@ -65,7 +65,8 @@ def probabilities_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.
     return probs.clamp_(0.0, 1.0)
 
 
-def _check_size(size: tuple[int, int]) -> tuple[int, int]:
+def check_size(size: tuple[int, int]) -> tuple[int, int]:
+    """``size`` as two positive ints (height, width); ValueError otherwise."""
     try:
         height, width = (int(v) for v in size)
     except (TypeError, ValueError):

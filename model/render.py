@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from .postprocess import Combine, combine_masks
+from .postprocess import Combine, check_size, combine_masks
 
 __all__ = ["BAND_ELEMENTS", "RenderedMasks", "render_masks"]
 
@@ -101,10 +101,7 @@ def render_masks(
 def _check(logits: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
     if logits.ndim != 3 or logits.shape[0] < 1 or not torch.is_floating_point(logits):
         raise ValueError(f"logits must be float [P >= 1, S, S], got {tuple(logits.shape)}")
-    height, width = (int(v) for v in size)
-    if height < 1 or width < 1:
-        raise ValueError(f"size must be positive (height, width), got {size!r}")
-    return height, width
+    return check_size(size)
 
 
 def _bands(probs: torch.Tensor, height: int, width: int, band_elements: int):

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
         100_000_000, ge=1, description="per request: pixels of all support images"
     )
     memory_budget_mb: int = Field(
-        2048, ge=64, description="host memory all requests in flight may reserve (429 beyond)"
+        2048, ge=1, description="host memory all requests in flight may reserve (429 beyond)"
     )
     exit_on_fatal: bool = Field(
         True, description="exit (status 3) when the weights fail to load or the worker dies"

@@ -7,6 +7,13 @@ a backlog that takes longer to drain than clients wait; otherwise it is refused 
 with an honest retry delay from the same estimate. Admitting a job with an earlier
 deadline than queued ones must not push any of them past theirs.
 
+Shedding has hysteresis: once the estimated queueing passes ``max_queue_wait_s`` the
+scheduler refuses until it has drained to half of that, then admits again. Without it,
+under sustained overload the gate would reopen for one job at a time, every few hundred
+milliseconds, and a Retry-After could only ever say "a moment" (HTTP's is whole
+seconds); with it, a refusal's delay is the real time until the gate reopens, and the
+clients that come back then are admitted together.
+
 Batches take the most urgent live jobs first (EDF), grow only while the estimated batch
 time fits the most urgent job's remaining time (and the image/row limits), and jobs that
 can no longer make their deadline even alone are dropped before they cost anything.
@@ -31,6 +38,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import CostModel, Work, batch_work
+
+#: While shedding, admission reopens once the estimated queueing is down to this fraction
+#: of ``max_queue_wait_s``.
+REOPEN_FRACTION = 0.5
 
 
 @dataclass(frozen=True)
@@ -92,6 +103,7 @@ class Scheduler:
         self._queued_work = Work()
         self._latest_deadline = -math.inf
         self._running: _Running | None = None
+        self._shedding = False
 
     # ------------------------------------------------------------------ state
     @property
@@ -151,8 +163,13 @@ class Scheduler:
             )
         ahead, later = self._split(deadline)
         wait = self._running_left(now) + self._drain_seconds(ahead)
+        reopen = self.limits.max_queue_wait_s * REOPEN_FRACTION
+        if self._shedding and wait <= reopen:
+            self._shedding = False
+        elif not self._shedding and wait > self.limits.max_queue_wait_s:
+            self._shedding = True
         retry = max(
-            wait - self.limits.max_queue_wait_s,
+            wait - reopen if self._shedding else 0.0,
             (wait + own) * grow - (deadline - now),
             0.0,
         )

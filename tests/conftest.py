@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import io
+import struct
 import warnings
+import zlib
 
 import numpy as np
 import pytest
@@ -38,3 +40,19 @@ def encode(image: Image.Image, fmt: str = "PNG", **kwargs) -> bytes:
     buffer = io.BytesIO()
     image.save(buffer, format=fmt, **kwargs)
     return buffer.getvalue()
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A valid PNG header declaring ``width x height`` RGB with almost no data behind it.
+
+    PIL opens it lazily from the header; decoding it would fail as truncated, so a size
+    error (rather than a decode error) proves the check ran before decoding.
+    """
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        body = kind + data
+        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    idat = zlib.compress(b"\0" * 64)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import struct
-import zlib
 
 import numpy as np
 import pytest
@@ -14,24 +13,13 @@ from model import image_formats
 from model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageFormatError
 from model.image_formats import ALLOWED_FORMATS, ImageInfo, identify_format, probe_image
 from model.transforms import decode_image, load_mask
+from tests.conftest import png_claiming
 
 
 def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kwargs)
     return buf.getvalue()
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG header declaring ``width x height`` RGB with almost no pixel data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\0" * 10)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def ico_wrapping_png(width: int, height: int) -> bytes:

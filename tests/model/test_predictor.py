@@ -261,3 +261,73 @@ def test_union_probabilities_are_the_max_over_prompts(predictor):
     union = predictor.segment(image, ["x", "y"], combine="union", soft=True)
     assert np.array_equal(union.soft[0], each.soft.max(0))
     assert union.scores[0] == each.scores.max()
+
+
+def test_execute_skips_the_requests_it_is_told_to_drop(predictor, monkeypatch):
+    """``keep`` is asked per request just before rendering; dropped ones are never rendered
+    and come back as None, the others are unaffected."""
+    from model.batch import SegmentRequest, plan_batch
+
+    prepared = predictor.prepare_image(random_image(30, 20, seed=4))
+    requests = [
+        SegmentRequest(prepared.pixels, prepared.size, "x", prompts=(p,)) for p in PROMPTS[:3]
+    ]
+    rendered: list[tuple[int, int]] = []
+    original = predictor.render
+
+    def spy(logits, size, **kwargs):
+        rendered.append(size)
+        return original(logits, size, **kwargs)
+
+    monkeypatch.setattr(predictor, "render", spy)
+    results = predictor.execute(plan_batch(requests), keep=lambda i: i != 1)
+    assert results[1] is None and len(rendered) == 2
+    alone = predictor.segment_batch([requests[2]])[0]
+    assert np.array_equal(results[2].masks, alone.masks)
+
+
+def test_requests_are_frozen_and_validated_when_built(predictor):
+    from model.batch import SegmentRequest
+
+    prepared = predictor.prepare_image(random_image(8, 8))
+    request = SegmentRequest(prepared.pixels, prepared.size, "k", prompts=["a"])
+    assert request.prompts == ("a",)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        request.prompts = ("b",)  # type: ignore[misc]
+    with pytest.raises(InvalidPromptError):
+        SegmentRequest(prepared.pixels, prepared.size, "k")  # nothing to segment
+    with pytest.raises(InvalidPromptError):
+        SegmentRequest(prepared.pixels, prepared.size, "k", prompts=["a"], text_weight=0.3)
+    with pytest.raises(ValueError):
+        SegmentRequest(prepared.pixels, prepared.size, "k", prompts=["a"], threshold=1.5)
+
+
+def test_plan_deduplicates_images_and_phrases():
+    from model.batch import SegmentRequest as R
+    from model.batch import TextRow, VisualRow, plan_batch
+    from model.text import Template
+
+    pixels = torch.zeros(3, 8, 8)
+    supports = torch.zeros(2, 3, 8, 8)
+    plan = plan_batch(
+        [
+            R(pixels, (4, 4), "a", prompts=("cat", "dog"), negative_prompts=("sky",)),
+            R(pixels, (4, 4), "a", prompts=("cat",)),
+            R(pixels, (6, 6), "b", prompts=("mug",), supports=supports, text_weight=0.2),
+        ]
+    )
+    assert len(plan.images) == 2 and plan.row_image == (0, 0, 0, 0, 1)
+    assert plan.phrases == {Template.NONE: ("cat", "dog", "sky", "mug")}
+    none = Template.NONE
+    assert plan.rows == (
+        TextRow(none, "cat"),
+        TextRow(none, "dog"),
+        TextRow(none, "sky"),  # negatives come after the request's positives
+        TextRow(none, "cat"),
+        VisualRow(0, "mug", none, 0.2),  # a hybrid: one row, mixed with its phrase
+    )
+    assert [(s.start, s.positives, s.negatives) for s in plan.spans] == [
+        (0, 2, 1),
+        (3, 1, 0),
+        (4, 1, 0),
+    ]

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import io
-import struct
-import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +22,7 @@ from model.transforms import (
     reduction_factor,
     to_model_input,
 )
+from tests.conftest import png_claiming
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)
@@ -34,25 +33,6 @@ def encode(image: Image.Image, fmt: str, **kwargs: object) -> bytes:
     buf = io.BytesIO()
     image.save(buf, fmt, **kwargs)
     return buf.getvalue()
-
-
-def png_chunk(kind: bytes, data: bytes) -> bytes:
-    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-
-def png_claiming(width: int, height: int) -> bytes:
-    """A PNG whose IHDR declares ``width x height`` RGB but whose IDAT holds 10 bytes.
-
-    PIL opens it lazily from the header; decoding it would fail as truncated, so a size
-    error (rather than a decode error) proves the check ran before decoding.
-    """
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + png_chunk(b"IHDR", ihdr)
-        + png_chunk(b"IDAT", zlib.compress(b"\0" * 10))
-        + png_chunk(b"IEND", b"")
-    )
 
 
 def corner_image(width: int = 60, height: int = 40) -> Image.Image:

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import struct
 import warnings
-import zlib
 
 import httpx
 import numpy as np
@@ -13,7 +11,7 @@ from PIL import Image
 
 from model.predictor import Predictor
 from service.app import create_app
-from tests.conftest import encode, random_image
+from tests.conftest import encode, png_claiming, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 
@@ -26,18 +24,6 @@ SUPPORT = encode(random_image(16, 16, seed=9))
 ICO = encode(random_image(16, 16, seed=3), "ICO")
 EPS = b"%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 16 16\n%%EndComments\n"
 MAX_UPLOAD = 64 * 1024
-
-
-def bomb_png(width: int = 100_000, height: int = 100_000) -> bytes:
-    """A valid PNG header declaring a huge image, with almost no data behind it."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    idat = zlib.compress(b"\x00" * 64)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b"")
 
 
 def text_form(image=PNG, image_type="image/png", **fields):
@@ -78,7 +64,7 @@ TEXT_CASES = {
     "unknown combine": (text_form(combine="xor"), 422),
     "unknown template": (text_form(template="poem"), 422),
     "soft not a bool": (text_form(soft="perhaps"), 422),
-    "decompression bomb": (text_form(bomb_png()), 413),
+    "decompression bomb": (text_form(png_claiming(100_000, 100_000)), 413),
     "body over the upload limit": (text_form(b"\x00" * (MAX_UPLOAD + 1)), 413),
 }
 VISUAL_CASES = {

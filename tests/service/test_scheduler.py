@@ -47,12 +47,16 @@ def test_admits_while_the_backlog_fits_then_refuses_with_an_honest_retry_after()
     error = refused.value
     assert error.status == 429 and error.reason == "overloaded"
     assert s.backlog_seconds() == pytest.approx(3.1)
-    assert error.retry_after == pytest.approx(0.1)
+    # Shedding reopens once the queue is down to half of 3 s: in 1.6 s.
+    assert error.retry_after == pytest.approx(1.6)
     s.next_batch()  # the 3 jobs start; the model is busy for their predicted 3.1 s
-    with pytest.raises(Rejected):
+    clock.now += 1.0  # 2.1 s left: under 3 s, but still above the reopening point
+    with pytest.raises(Rejected) as still:
         admit(s, clock, "too soon")
-    clock.now += error.retry_after + 0.01  # that much work has drained: room again
+    assert still.value.retry_after == pytest.approx(0.6)
+    clock.now += still.value.retry_after + 0.01  # drained to 1.5 s: admitted again
     admit(s, clock, "later")
+    admit(s, clock, "and the next one too")  # 2.6 s <= 3 s: the gate stays open
 
 
 def test_a_deadline_the_backlog_cannot_meet_is_429_and_one_nothing_can_meet_is_504():

@@ -1,0 +1,50 @@
+"""Start ``clipseg-serve`` as a subprocess for the benchmarks and wait until it is ready."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(
+    settings: Mapping[str, str], source: Path = ROOT, timeout: float = 900.0
+) -> tuple[subprocess.Popen, str]:
+    """Run ``python -m service.main`` from ``source`` (a checkout: compare versions) with
+    the ``CLIPSEG_*`` ``settings``; return the process and its URL once /readyz is 200."""
+    port = free_port()
+    env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(source), **settings}
+    command = [sys.executable, "-m", "service.main", "--port", str(port), "--log-level", "warning"]
+    process = subprocess.Popen(command, env=env, cwd=source)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url + "/readyz", timeout=2).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        if process.poll() is not None:
+            raise RuntimeError("server exited during start-up")
+        time.sleep(0.2)
+    process.kill()
+    raise RuntimeError("server did not become ready")
+
+
+def parse_env(items: list[str]) -> dict[str, str]:
+    """``["KEY=VALUE", ...]`` (the benchmarks' ``--env`` flags) -> a dict."""
+    return dict(item.partition("=")[::2] for item in items)
