@@ -9,6 +9,9 @@ RSS after a warm-up request, then for each case resets the kernel's peak-RSS cou
 * a 7000x7000 JPEG support + a 7000x7000 PNG mask (one-shot), RLE;
 * 8 of those at once (two of each), concurrently.
 
+Each case runs on a fresh server (the allocator keeps freed memory, which would count
+against the next case).
+
     python bench/memory.py
     python bench/memory.py --env CLIPSEG_MAX_SOFT_PIXELS=1000000000   # allow the soft case
 """
@@ -58,8 +61,10 @@ def encoded(image: Image.Image, fmt: str, **kwargs) -> bytes:
 
 
 def make_inputs() -> dict[str, bytes]:
-    ramp = np.linspace(0.0, 1.0, SIDE, dtype=np.float32)
-    tiff = encoded(Image.fromarray(np.outer(ramp, ramp)), "TIFF", compression="tiff_adobe_deflate")
+    # Float values in 1000x1000 constant tiles: a 196 MB image that deflates to ~0.3 MB.
+    tiles = np.random.default_rng(0).random((SIDE // 1000, SIDE // 1000)).astype(np.float32)
+    floats = np.kron(tiles, np.ones((1000, 1000), dtype=np.float32))
+    tiff = encoded(Image.fromarray(floats), "TIFF", compression="tiff_adobe_deflate")
     jpeg = encoded(Image.fromarray(smooth(SIDE, 1)), "JPEG", quality=90)
     support = encoded(Image.fromarray(smooth(SIDE, 2)), "JPEG", quality=90)
     mask = np.zeros((SIDE, SIDE), np.uint8)
@@ -103,6 +108,40 @@ def start(args: argparse.Namespace) -> tuple[subprocess.Popen, str]:
     return start_server({**settings, **parse_env(args.env)}, args.source)
 
 
+def idle_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str, float]:
+    """A fresh server after three small warm-up requests, and its idle RSS in MB."""
+    process, url = start(args)
+    small = encoded(Image.fromarray(smooth(640, 3)), "JPEG")
+    for _ in range(3):
+        httpx.post(url + "/segment/text", files={"image": ("w.jpg", small, "image/jpeg")},
+                   data={"prompt": "warm"}, timeout=120)  # fmt: skip
+    time.sleep(1.0)
+    return process, url, rss_mb(process.pid, "VmRSS")
+
+
+def measure(args: argparse.Namespace, inputs: dict[str, bytes], cases: list[str]) -> None:
+    """Send ``cases`` at once to a fresh server; print each answer and the peak RSS growth."""
+    process, url, idle = idle_server(args)
+    try:
+        reset_peak(process.pid)
+        start_time = time.monotonic()
+        with ThreadPoolExecutor(len(cases)) as pool:
+            answers = list(pool.map(lambda c: request(url, inputs, c), cases))
+        seconds = time.monotonic() - start_time
+        peak = rss_mb(process.pid, "VmHWM") - idle
+        title = cases[0] if len(cases) == 1 else f"{len(cases)} at once"
+        print(
+            f"{title}: peak +{peak:.0f} MB above the idle server ({idle:.0f} MB), {seconds:.1f} s"
+        )
+        for case, answer in zip(cases, answers, strict=True):
+            error = "" if answer.status_code == 200 else answer.json()["error"]
+            print(f"    {case:>22}: {answer.status_code} {error}")
+        print(f"    server alive afterwards: {process.poll() is None}")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(timeout=120)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", default="rd64-refined")
@@ -112,42 +151,9 @@ def main() -> None:
     inputs = make_inputs()
     sizes = ", ".join(f"{k} {len(v) / 1e6:.2f} MB" for k, v in inputs.items())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.variant}; inputs {sizes}")
-    process, url = start(args)
-    try:
-        small = encoded(Image.fromarray(smooth(640, 3)), "JPEG")
-        for _ in range(3):
-            httpx.post(url + "/segment/text", files={"image": ("w.jpg", small, "image/jpeg")},
-                       data={"prompt": "warm"}, timeout=120)  # fmt: skip
-        time.sleep(1.0)
-        idle = rss_mb(process.pid, "VmRSS")
-        print(f"idle RSS {idle:.0f} MB")
-        for case in CASES:
-            reset_peak(process.pid)
-            start_time = time.monotonic()
-            response = request(url, inputs, case)
-            seconds = time.monotonic() - start_time
-            peak = rss_mb(process.pid, "VmHWM")
-            detail = "" if response.status_code == 200 else f" {response.json()['error']}"
-            print(
-                f"{case:>22}: {response.status_code} in {seconds:5.1f} s, peak +{peak - idle:6.0f}"
-                f" MB above idle{detail}"
-            )
-            idle = min(idle, rss_mb(process.pid, "VmRSS"))
-        reset_peak(process.pid)
-        concurrent = [CASES[i % len(CASES)] for i in range(8)]
-        with ThreadPoolExecutor(8) as pool:
-            start_time = time.monotonic()
-            answers = list(pool.map(lambda c: request(url, inputs, c), concurrent))
-        peak = rss_mb(process.pid, "VmHWM")
-        statuses = [(c, a.status_code, a.json()["error"]["code"] if a.status_code != 200 else "")
-                    for c, a in zip(concurrent, answers, strict=True)]  # fmt: skip
-        print(f"8 at once in {time.monotonic() - start_time:.1f} s: peak +{peak - idle:.0f} MB")
-        for case, status, code in statuses:
-            print(f"    {case:>22}: {status} {code}")
-        print(f"server alive afterwards: {process.poll() is None}")
-    finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+    for case in CASES:  # each on a fresh server: freed memory kept by the allocator of one
+        measure(args, inputs, [case])  # case must not count against the next
+    measure(args, inputs, [CASES[i % len(CASES)] for i in range(8)])
 
 
 if __name__ == "__main__":

@@ -54,11 +54,11 @@ def make_images(count: int, size: tuple[int, int]) -> list[bytes]:
 
 async def drive(url: str, images: list[bytes], clients: int, seconds: float) -> dict:
     latencies: list[float] = []
-    errors = 0
+    errors = refused = 0
     stop_at = time.monotonic() + seconds
 
     async def client(worker: int, http: httpx.AsyncClient) -> None:
-        nonlocal errors
+        nonlocal errors, refused
         i = worker
         while time.monotonic() < stop_at:
             files = {"image": ("q.jpg", images[i % len(images)], "image/jpeg")}
@@ -67,6 +67,9 @@ async def drive(url: str, images: list[bytes], clients: int, seconds: float) -> 
             response = await http.post(url + "/segment/text", files=files, data=data)
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - start)
+            elif response.status_code == 429:  # a well-behaved client waits as told
+                refused += 1
+                await asyncio.sleep(response.json()["error"].get("retry_after_s", 1.0))
             else:
                 errors += 1
             i += clients
@@ -80,6 +83,7 @@ async def drive(url: str, images: list[bytes], clients: int, seconds: float) -> 
     return {
         "requests": len(latencies),
         "errors": errors,
+        "refused": refused,
         "throughput": len(latencies) / elapsed,
         "p50": quantiles[49],
         "p95": quantiles[94],
@@ -130,7 +134,7 @@ def main() -> None:
             f"{name:>13} (max_batch_images={batch:>3}): {r['throughput']:7.1f} req/s, "
             f"p50 {r['p50'] * 1000:7.1f} ms, p95 {r['p95'] * 1000:7.1f} ms, "
             f"p99 {r['p99'] * 1000:7.1f} ms, mean batch {r['mean_batch']:.1f} images, "
-            f"{r['errors']} errors"
+            f"{r['refused']} refused (429), {r['errors']} errors"
         )
     ratio = results["batching on"]["throughput"] / results["batching off"]["throughput"]
     print(f"throughput ratio on/off: {ratio:.2f}x")

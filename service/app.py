@@ -123,7 +123,9 @@ def create_app(
             JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Accept"],
+            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Timeout"],
+            # Readable by browser code: when to retry, and what the server measured.
+            expose_headers=["Retry-After", "Server-Timing", "X-Mask-Score", "X-Mask-Threshold"],
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     return app

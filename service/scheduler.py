@@ -161,28 +161,38 @@ class Scheduler:
                 f"than its deadline allows ({max(0.0, deadline - now):.2f} s)",
                 retry_after=0.0,
             )
+        shedding = self._shedding_delay(now)
         ahead, later = self._split(deadline)
         wait = self._running_left(now) + self._drain_seconds(ahead)
-        reopen = self.limits.max_queue_wait_s * REOPEN_FRACTION
-        if self._shedding and wait <= reopen:
-            self._shedding = False
-        elif not self._shedding and wait > self.limits.max_queue_wait_s:
-            self._shedding = True
-        retry = max(
-            wait - reopen if self._shedding else 0.0,
-            (wait + own) * grow - (deadline - now),
-            0.0,
-        )
+        late = (wait + own) * grow - (deadline - now)
         if self._queued >= self.limits.queue_size:
-            retry = max(retry, self._running_left(now) or own)
+            retry = max(shedding, late, self._running_left(now) or own)
             raise self._busy("queue_full", f"{self._queued} requests are queued", retry)
-        if retry > 0.0:
-            raise self._busy(
-                "overloaded", f"about {wait:.2f} s of work is queued ahead of it", retry
+        if shedding > 0.0 and shedding >= late:
+            why = f"shedding load until the queued work is below {self._reopen_at():.2f} s"
+            raise self._busy("overloaded", why, shedding)
+        if late > 0.0:
+            why = (
+                f"about {wait:.2f} s of work is ahead of it, {deadline - now:.2f} s to its deadline"
             )
+            raise self._busy("overloaded", why, late)
         if later and not self._later_jobs_keep_their_deadlines(work, deadline, now):
             delay = self.cost.marginal(work) * grow
             raise self._busy("overloaded", "it would delay admitted requests", delay)
+
+    def _shedding_delay(self, now: float) -> float:
+        """Seconds until the gate reopens (0 when it is open), updating the shedding state
+        from the whole backlog: it closes past ``max_queue_wait_s`` and reopens at half."""
+        backlog = self._running_left(now) + self._drain_seconds(self._queued_work)
+        reopen = self._reopen_at()
+        if self._shedding and backlog <= reopen:
+            self._shedding = False
+        elif not self._shedding and backlog > self.limits.max_queue_wait_s:
+            self._shedding = True
+        return backlog - reopen if self._shedding else 0.0
+
+    def _reopen_at(self) -> float:
+        return self.limits.max_queue_wait_s * REOPEN_FRACTION
 
     @staticmethod
     def _busy(reason: str, why: str, retry: float) -> Rejected:

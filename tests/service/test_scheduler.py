@@ -232,3 +232,19 @@ def test_bad_priors_are_refused():
         CostModel((1, 2, 3))
     with pytest.raises(ValueError):
         CostModel((0.1, -1, 0, 0, 0))
+
+
+def test_shedding_is_a_property_of_the_whole_queue():
+    """While shedding, every job is refused until the backlog is down to half of the
+    queueing limit — an early-deadline job with nothing ahead of it does not reopen it."""
+    s, clock = scheduler(max_queue_wait_s=3.0)
+    for name in ("a", "b", "c"):
+        admit(s, clock, name)
+    with pytest.raises(Rejected):
+        admit(s, clock, "trips the gate")  # backlog 3.1 s > 3 s
+    with pytest.raises(Rejected) as urgent:
+        admit(s, clock, "urgent", timeout=5.0)  # EDF would put it first: still refused
+    assert urgent.value.retry_after == pytest.approx(3.1 - 1.5)
+    with pytest.raises(Rejected):
+        admit(s, clock, "normal")
+    assert s.depth == 3
