@@ -147,13 +147,16 @@ def main() -> None:
     parser.add_argument("--variant", default="rd64-refined")
     parser.add_argument("--source", type=Path, default=ROOT)
     parser.add_argument("--env", action="append", default=[])
+    parser.add_argument("--case", action="append", choices=CASES, help="only these (repeat)")
+    parser.add_argument("--no-concurrent", action="store_true", help="skip the 8-at-once run")
     args = parser.parse_args()
     inputs = make_inputs()
     sizes = ", ".join(f"{k} {len(v) / 1e6:.2f} MB" for k, v in inputs.items())
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores; {args.variant}; inputs {sizes}")
-    for case in CASES:  # each on a fresh server: freed memory kept by the allocator of one
-        measure(args, inputs, [case])  # case must not count against the next
-    measure(args, inputs, [CASES[i % len(CASES)] for i in range(8)])
+    for case in args.case or CASES:  # each on a fresh server: memory the allocator kept
+        measure(args, inputs, [case])  # after one case must not count against the next
+    if not args.no_concurrent:
+        measure(args, inputs, [CASES[i % len(CASES)] for i in range(8)])
 
 
 if __name__ == "__main__":
