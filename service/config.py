@@ -28,7 +28,9 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 (fp16 on old GPUs) on CUDA, fp32 on CPU"
     )
-    warmup: bool = Field(True, description="run one warm-up batch before /readyz is 200")
+    warmup: bool = Field(
+        True, description="warm-up calibration batches before /readyz is 200 (cost model prior)"
+    )
 
     # Batching
     max_batch_images: int = Field(32, ge=1, description="images per batch")
