@@ -169,7 +169,6 @@ class _Outputs:
     """Accumulates packed masks, scores, areas, boxes and soft maps over the bands."""
 
     def __init__(self, count: int, height: int, width: int, soft: bool, device) -> None:
-        self.width = width
         self.packed = torch.zeros((count, height, -(-width // 8)), dtype=torch.uint8, device=device)
         self.scores = torch.zeros(count, dtype=torch.float32, device=device)
         self.areas = torch.zeros(count, dtype=torch.int64, device=device)

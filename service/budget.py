@@ -25,6 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from .config import Settings
+from .cost import Work, work_for
 from .errors import ApiError
 
 #: Decoded bytes per pixel of PIL modes (what the decoder allocates before conversion).
@@ -67,6 +68,10 @@ class RequestShape:
     soft: bool
     supports: tuple[ImageHeader, ...] = ()
 
+    def work(self) -> Work:
+        """What it asks of the model, for the scheduler (before anything is decoded)."""
+        return work_for(self.query.pixels, self.rows, self.masks, self.soft, len(self.supports))
+
 
 def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> int:
     """Raise 413 for a request over a per-request limit; else its estimated peak bytes.
@@ -102,11 +107,10 @@ def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> in
 
 def estimated_bytes(shape: RequestShape, model_size: int) -> int:
     """Peak host memory of a request from upload to response (an upper estimate)."""
-    size = model_size
     query = shape.query
-    decode = decode_bytes(query, size)
+    decode = decode_bytes(query, model_size)
     for header in shape.supports:  # decoded one after the other, mask at full size
-        decode = max(decode, decode_bytes(header, size) + 3 * header.pixels)
+        decode = max(decode, decode_bytes(header, model_size) + 3 * header.pixels)
     packed = shape.masks * query.height * math.ceil(query.width / 8)
     soft = shape.masks * query.pixels if shape.soft else 0
     encode = 2 * query.pixels  # one unpacked mask + its 8-bit image / column-major copy

@@ -38,11 +38,14 @@ def _require_bytes(data: bytes, field: str) -> None:
         raise ApiError(400, "undecodable_image", f"{field} is empty (0 bytes)")
 
 
-def probe(predictor: Predictor, data: bytes, field: str) -> ImageHeader:
-    """The image's format, size and mode from its header; no pixel is decoded."""
-    _require_bytes(data, field)
-    info = predictor.probe_image(data)
-    return ImageHeader(info.format, info.width, info.height, info.mode)
+def probe(predictor: Predictor, uploads: list[tuple[bytes, str]]) -> list[ImageHeader]:
+    """Each (data, field name)'s format, size and mode from its header; no pixel decoded."""
+    headers = []
+    for data, field in uploads:
+        _require_bytes(data, field)
+        info = predictor.probe_image(data)
+        headers.append(ImageHeader(info.format, info.width, info.height, info.mode))
+    return headers
 
 
 def prepare_query(predictor: Predictor, data: bytes) -> tuple[PreparedImage, str]:

@@ -68,6 +68,13 @@ class Work:
         return np.array([batches, self.images, self.rows, self.megapixels, self.supports])
 
 
+def work_for(pixels: int, rows: int, masks: int, soft: bool, supports: int) -> Work:
+    """The cost model's view of a request: one image, its decoder rows, the full-size maps
+    it renders (each row, plus each mask again when soft maps are returned), supports."""
+    maps = rows + (masks if soft else 0)
+    return Work(images=1.0, rows=float(rows), megapixels=pixels * maps / 1e6, supports=supports)
+
+
 def batch_work(parts: Iterable[tuple[Work, Hashable]]) -> Work:
     """The work of a batch from its jobs' (work, image key): shared images count once."""
     total, keys = Work(), set()

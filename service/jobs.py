@@ -7,15 +7,8 @@ from dataclasses import dataclass
 
 from model.batch import Segmentation, SegmentRequest
 
-from .cost import Work
+from .cost import Work, work_for
 from .scheduler import Ticket
-
-
-def work_for(pixels: int, rows: int, masks: int, soft: bool, supports: int) -> Work:
-    """The cost model's view of a request: one image, its decoder rows, the full-size maps
-    it renders (each row, plus each mask again when soft maps are returned), supports."""
-    maps = rows + (masks if soft else 0)
-    return Work(images=1.0, rows=float(rows), megapixels=pixels * maps / 1e6, supports=supports)
 
 
 def request_work(request: SegmentRequest) -> Work:

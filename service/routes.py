@@ -28,7 +28,7 @@ from model.text import Template
 from . import codec
 from .budget import ImageHeader, RequestShape, check_limits, shape_of
 from .errors import ApiError
-from .jobs import SegmentJob, work_for
+from .jobs import SegmentJob
 from .schemas import ERROR_RESPONSES, SegmentResponse
 from .state import ServiceState, get_state
 
@@ -77,7 +77,9 @@ def request_deadline(request: Request, state: ServiceState, start: float) -> flo
     return start + timeout
 
 
-def _check_prompts(state: ServiceState, prompts: tuple[str, ...], negatives: tuple[str, ...]):
+def _check_prompts(
+    state: ServiceState, prompts: tuple[str, ...], negatives: tuple[str, ...]
+) -> None:
     limits = state.settings
     if len(prompts) + len(negatives) > limits.max_prompts:
         raise ApiError(
@@ -145,7 +147,7 @@ async def _serve(
     state = get_state(request)
     predictor, batcher = state.require_ready()
     nbytes = check_limits(state.settings, shape, predictor.config.input_size)
-    batcher.check(_shape_work(shape), deadline)  # refuse before decoding anything
+    batcher.check(shape.work(), deadline)  # refuse before decoding anything
     reservation = state.memory.reserve(nbytes)
     try:
         prepared, key = await run_in_threadpool(codec.prepare_query, predictor, query)
@@ -159,10 +161,6 @@ async def _serve(
         return await _respond(request, state, result, fmt, (t0, decoded, done, job.model_seconds))
     finally:
         reservation.release()
-
-
-def _shape_work(shape: RequestShape):
-    return work_for(shape.query.pixels, shape.rows, shape.masks, shape.soft, len(shape.supports))
 
 
 async def _respond(
@@ -212,9 +210,10 @@ def _accepts_png(request: Request) -> bool:
     return "image/png" in accept or "application/json" not in accept
 
 
-async def _probe(state: ServiceState, data: bytes, field: str) -> ImageHeader:
+async def _probe(state: ServiceState, uploads: list[tuple[bytes, str]]) -> list[ImageHeader]:
+    """The headers of every upload, read in one threadpool call."""
     predictor, _ = state.require_ready()
-    return await run_in_threadpool(codec.probe, predictor, data, field)
+    return await run_in_threadpool(codec.probe, predictor, uploads)
 
 
 def _start(request: Request) -> tuple[ServiceState, tuple[float, float]]:
@@ -255,7 +254,7 @@ async def segment_text(
     _check_prompts(state, prompts, negatives)
     mode = Combine(combine)
     data = await _read(image, "image")
-    header = await _probe(state, data, "image")
+    (header,) = await _probe(state, [(data, "image")])
     shape = shape_of(
         header,
         prompts=len(prompts),
@@ -325,8 +324,14 @@ async def segment_visual(
         (await _read(img, "support_image"), await _read(mask, "support_mask"))
         for img, mask in zip(support_image, support_mask, strict=True)
     ]
-    header = await _probe(state, data, "image")
-    support_headers = [await _support_header(state, img, mask) for img, mask in pairs]
+    uploads = [(data, "image")]
+    for img, mask in pairs:
+        uploads += [(img, "support_image"), (mask, "support_mask")]
+    header, *rest = await _probe(state, uploads)
+    # Image and mask both decode: size each support by the larger of the two.
+    support_headers = [
+        max(rest[i], rest[i + 1], key=lambda h: h.pixels) for i in range(0, len(rest), 2)
+    ]
     shape = shape_of(
         header, prompts=1, negatives=0, visual=True, combine_one=True, soft=soft,
         supports=support_headers,
@@ -345,10 +350,3 @@ async def segment_visual(
         )
 
     return await _serve(request, shape, data, pairs, make, format, started)
-
-
-async def _support_header(state: ServiceState, image: bytes, mask: bytes) -> ImageHeader:
-    """The support image's header, sized by the larger of it and its mask (both decode)."""
-    picture = await _probe(state, image, "support_image")
-    outline = await _probe(state, mask, "support_mask")
-    return picture if picture.pixels >= outline.pixels else outline
