@@ -39,3 +39,32 @@ class InvalidPromptError(ClipSegError, ValueError):
 
 class WeightsError(ClipSegError):
     """A checkpoint that cannot be loaded: wrong format, variant, or missing/unexpected keys."""
+
+
+class WeightsUnavailableError(WeightsError):
+    """Weights that cannot be had on this machine: the HuggingFace hub is unreachable (or
+    ``HF_HUB_OFFLINE`` is set) and the HF cache lacks them, the hub has no such repository,
+    or a local path that does not exist.
+
+    ``str()`` is one line: the cause, then the fixes, worded for ``clipseg-serve``.
+    ``problem()`` and ``fixes(flag, env)`` let another CLI word its own (the trainer's
+    ``--init``). ``source``: what was asked for; ``cause``: why it is not here.
+    """
+
+    def __init__(self, source: str, cause: str) -> None:
+        self.source, self.cause = source, cause
+        super().__init__(f"{self.problem()}. {self.fixes()}")
+
+    def problem(self) -> str:
+        """The cause alone: ``cannot load the weights '<source>': <cause>``."""
+        return f"cannot load the weights {self.source!r}: {self.cause}"
+
+    def fixes(self, flag: str = "--weights", env: str | None = "CLIPSEG_WEIGHTS") -> str:
+        """What to do about it, for a CLI whose weights flag is ``flag`` (env var ``env``)."""
+        smoke = f"{flag} random:tiny" + (f" ({env}=random:tiny)" if env else "")
+        # No path with two slashes in here: clients see this text with paths redacted.
+        return (
+            f"Fixes: a smoke run with random weights, {smoke}; a local checkpoint "
+            f"directory, {flag} ./my-checkpoint; or fill the HF cache where the hub is "
+            f"reachable (hf download <repo id>, then copy HF_HOME here) and set HF_HUB_OFFLINE=1"
+        )

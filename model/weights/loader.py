@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,8 @@ import torch
 
 from ..clipseg import ClipSeg
 from ..config import DEFAULT_VARIANT, ClipSegConfig, get_variant
-from ..errors import WeightsError
-from . import hf, native, official
+from ..errors import WeightsError, WeightsUnavailableError
+from . import hf, hub, native, official
 from .files import read_state_dict
 from .strict import load_strict
 
@@ -73,7 +72,9 @@ def load_model(
     text = str(source)
     if text == "random" or text.startswith("random:"):
         name = text.partition(":")[2] or variant or DEFAULT_VARIANT
-        warnings.warn(RANDOM_WARNING, stacklevel=2)
+        # A log record, not also warnings.warn: the service routes warnings into the log,
+        # so both would print the same line twice. Without any logging set up, Python's
+        # last-resort handler still prints it to stderr.
         log.warning(RANDOM_WARNING)
         model = build_random(get_variant(name))
         return _finish(LoadedModel(model, "random", f"random:{name}", backbone_source="random:0"))
@@ -85,7 +86,9 @@ def load_model(
     if path.is_file():
         return _finish(_load_official(path, variant, backbone))
     if path.suffix or text.startswith((".", "/", "~")) or text.count("/") != 1:
-        raise WeightsError(f"weights source {text!r} is not a file, a directory or a hub id")
+        raise WeightsUnavailableError(
+            text, "no such file or directory, and not a hub id (owner/name) either"
+        )
     return _finish(_load_hf_dir(_download_hub(text), variant, text))
 
 
@@ -146,14 +149,7 @@ def _hf_weights_file(path: Path) -> Path:
 
 
 def _download_hub(repo_id: str) -> Path:
-    try:
-        from huggingface_hub import snapshot_download
-
-        return Path(snapshot_download(repo_id, allow_patterns=["config.json", *HF_WEIGHT_FILES]))
-    except Exception as exc:
-        raise WeightsError(
-            f"cannot fetch {repo_id!r} from the HuggingFace hub or its cache: {exc}"
-        ) from exc
+    return hub.download(repo_id, ["config.json", *HF_WEIGHT_FILES])
 
 
 def _load_official(path: Path, variant: str | None, backbone: str) -> LoadedModel:
@@ -189,5 +185,8 @@ def _openai_backbone(config: ClipSegConfig) -> dict[str, torch.Tensor]:
 
         clip = open_clip.create_model("ViT-B-16", pretrained="openai", force_quick_gelu=True)
     except Exception as exc:
+        cause = hub.unavailable_cause(exc, "OpenAI CLIP ViT-B/16 (through open_clip)")
+        if cause is not None:
+            raise WeightsUnavailableError("openai", cause) from exc
         raise WeightsError(f"cannot load OpenAI ViT-B/16 weights through open_clip: {exc}") from exc
     return clip.state_dict()

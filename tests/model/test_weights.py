@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import warnings
 
 import pytest
 import torch
@@ -19,11 +21,15 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
 
 
-def test_random_source_warns_loudly():
-    with pytest.warns(UserWarning, match="RANDOM WEIGHTS"):
+def test_random_source_warns_loudly_once(caplog):
+    with caplog.at_level(logging.WARNING, logger="model"), warnings.catch_warnings(record=True) as w:
+        warnings.simplefilter("always")
         loaded = load_model("random:tiny")
     assert loaded.kind == "random" and loaded.model.config.variant == "tiny"
     assert "meaningless" in RANDOM_WARNING
+    # One log record, and no warnings.warn beside it (a service prints both).
+    assert [r.getMessage() for r in caplog.records] == [RANDOM_WARNING]
+    assert not [x for x in w if "RANDOM" in str(x.message)]
 
 
 @pytest.mark.parametrize("include_backbone", [True, False])
