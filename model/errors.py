@@ -66,5 +66,6 @@ class WeightsUnavailableError(WeightsError):
         return (
             f"Fixes: a smoke run with random weights, {smoke}; a local checkpoint "
             f"directory, {flag} ./my-checkpoint; or fill the HF cache where the hub is "
-            f"reachable (hf download <repo id>, then copy HF_HOME here) and set HF_HUB_OFFLINE=1"
+            f"reachable (hf download <repo id>), copy it to this machine's HF_HOME and set "
+            "HF_HUB_OFFLINE=1"
         )

@@ -11,8 +11,15 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
+from . import docs, request_id
 from .config import Settings
-from .door import ApiKeyMiddleware, BodyLimitMiddleware, JsonCORSMiddleware, document_bearer_auth
+from .door import (
+    OPEN_PATHS,
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    JsonCORSMiddleware,
+    document_bearer_auth,
+)
 from .errors import error_body, install_error_handlers
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .routes import router
@@ -26,6 +33,8 @@ from .state import (
 )
 
 log = logging.getLogger(__name__)
+
+OPENAPI_PATH = "/openapi.json"
 
 
 def version() -> str:
@@ -100,34 +109,63 @@ def create_app(
         title="clipseg-serve",
         version=version(),
         description="CLIPSeg segmentation from text or visual prompts: binary masks as PNG "
-        "or COCO RLE at the image's own resolution.",
+        "or COCO RLE at the image's own resolution. The unversioned /segment/* paths are "
+        "deprecated aliases of /v1/segment/*.",
         lifespan=lifespan,
+        # Our own pages with packaged assets (service/docs.py), not FastAPI's CDN ones.
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=OPENAPI_PATH if settings.docs else None,
     )
     app.state.service = state
     install_error_handlers(app)
     app.include_router(router)
     _add_operational_routes(app)
+    open_paths, open_prefixes = OPEN_PATHS, ()
+    if settings.docs:
+        docs.add_docs(app)
+        open_paths = (*OPEN_PATHS, OPENAPI_PATH, *docs.PUBLIC_PATHS)
+        open_prefixes = docs.PUBLIC_PREFIXES
 
-    # add_middleware wraps what is there, so the last added is the outermost:
-    # request metrics -> CORS -> API key -> body limit/timeout -> the app (service/door.py).
+    # add_middleware wraps what is there, so the last added is the outermost: request ID
+    # -> request metrics -> CORS -> API key -> body limit/timeout -> the app (door.py).
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_upload_bytes,
         body_timeout_s=settings.body_timeout_s,
     )
     if settings.api_keys:
-        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+        app.add_middleware(
+            ApiKeyMiddleware,
+            keys=settings.api_keys,
+            open_paths=open_paths,
+            open_prefixes=open_prefixes,
+        )
         document_bearer_auth(app)
     if settings.cors_origins:
         app.add_middleware(
             JsonCORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["GET", "POST"],
-            allow_headers=["Authorization", "Content-Type", "Accept", "X-Request-Timeout"],
-            # Readable by browser code: when to retry, and what the server measured.
-            expose_headers=["Retry-After", "Server-Timing", "X-Mask-Score", "X-Mask-Threshold"],
+            allow_headers=[
+                "Authorization",
+                "Content-Type",
+                "Accept",
+                "X-Request-Timeout",
+                request_id.HEADER,
+            ],
+            # Readable by browser code: when to retry, what the server measured, and the
+            # ID to quote when reporting a problem.
+            expose_headers=[
+                "Retry-After",
+                "Server-Timing",
+                "X-Mask-Score",
+                "X-Mask-Threshold",
+                request_id.HEADER,
+            ],
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
+    app.add_middleware(request_id.RequestIdMiddleware)
     return app
 
 

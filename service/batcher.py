@@ -26,6 +26,7 @@ import torch
 from model.batch import Segmentation
 from model.predictor import Predictor
 
+from . import request_id
 from .config import Settings
 from .cost import CostModel, Work
 from .errors import ApiError
@@ -246,15 +247,21 @@ class Batcher:
             self.metrics.batch_cost.labels(term=term).set(value)
 
     def _execute(self, jobs: list[SegmentJob]) -> tuple[list[Outcome], float | None]:
-        """On the model thread: (an outcome per job, seconds if the batch ran in one go)."""
-        start = time.perf_counter()
-        try:
-            results = self.predictor.segment_batch(
-                [job.request for job in jobs], keep=lambda i: not jobs[i].abandoned
-            )
-            return list(results), time.perf_counter() - start
-        except Exception as exc:
-            return self._split(jobs, exc), None
+        """On the model thread: (an outcome per job, seconds if the batch ran in one go).
+
+        Log lines from here carry the IDs of the batch's requests, comma-separated: the
+        thread serves them all at once (a failing half names only its own).
+        """
+        ids = ",".join(job.request_id for job in jobs if job.request_id)
+        with request_id.bound(ids or None):
+            start = time.perf_counter()
+            try:
+                results = self.predictor.segment_batch(
+                    [job.request for job in jobs], keep=lambda i: not jobs[i].abandoned
+                )
+                return list(results), time.perf_counter() - start
+            except Exception as exc:
+                return self._split(jobs, exc), None
 
     def _split(self, jobs: list[SegmentJob], exc: Exception) -> list[Outcome]:
         """A failed batch: retry its halves, so only the culprit fails."""

@@ -11,6 +11,8 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 #: Default HTTP port; docker-compose.yml and the Dockerfile expose the same.
 DEFAULT_PORT = 8000
 
+LogLevel = Literal["critical", "error", "warning", "info", "debug"]
+
 
 class Settings(BaseSettings):
     """Every knob of the service. Each field is ``CLIPSEG_<NAME>`` in the environment.
@@ -79,6 +81,15 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Bearer keys; empty = open"
     )
+    docs: bool = Field(
+        True, description="serve /docs, /redoc and /openapi.json (open even with API keys)"
+    )
+
+    # Logs
+    log_level: LogLevel = Field("info", description="critical | error | warning | info | debug")
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text, or json: one object per line (time, level, logger, ...)"
+    )
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod
@@ -88,6 +99,12 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        # CLIPSEG_LOG_LEVEL=INFO is as good as info.
+        return value.strip().lower() if isinstance(value, str) else value
 
     # The door
     header_timeout_s: float = Field(10.0, gt=0, description="request head must arrive within (408)")

@@ -16,13 +16,16 @@ Pure ASGI rather than Starlette's ``BaseHTTPMiddleware``: that one wraps ``recei
 way that hides client disconnects from the endpoints, and they need them to drop
 abandoned jobs.
 
-Why the operational endpoints (``/metrics``, ``/info`` with the weights path and sha256,
-``/docs``, ``/redoc``, ``/openapi.json``) are *behind the key* rather than on a separate
-operations port: one port is what load balancers, Kubernetes probes and the compose
-healthcheck already know, and Prometheus scrapes with bearer auth
-(``authorization: {credentials: ...}`` in a scrape config). Only the two probes,
-``/healthz`` and ``/readyz``, stay open: an orchestrator must reach them without secrets,
-and they reveal nothing but "alive" / "ready".
+Why the operational endpoints (``/metrics``, ``/info`` with the weights path and sha256)
+are *behind the key* rather than on a separate operations port: one port is what load
+balancers, Kubernetes probes and the compose healthcheck already know, and Prometheus
+scrapes with bearer auth (``authorization: {credentials: ...}`` in a scrape config).
+Open without a key: the probes ``/healthz`` and ``/readyz`` (an orchestrator must reach
+them without secrets, and they reveal nothing but "alive" / "ready"), and the API's
+documentation — ``/docs``, ``/redoc``, their assets and ``/openapi.json`` — because a
+browser loads the page, its scripts and the spec before anyone can press "Authorize", and
+they describe only what the published code does. The calls made from the page send the
+key typed into "Authorize". ``CLIPSEG_DOCS=false`` removes the documentation instead.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .errors import error_body, error_response
 
-#: Paths that never need a key: the orchestrator's liveness and readiness probes.
+#: Paths that never need a key: the orchestrator's liveness and readiness probes (the
+#: app adds the documentation's, service/docs.py).
 OPEN_PATHS: tuple[str, ...] = ("/healthz", "/readyz")
 
 #: The name of the bearer scheme in the OpenAPI document.
@@ -94,18 +98,26 @@ def _header(scope: Scope, name: bytes) -> bytes | None:
 class ApiKeyMiddleware:
     """When ``keys`` are configured, every HTTP request needs ``Authorization: Bearer <key>``.
 
-    Exempt: ``open_paths`` (exact paths) and CORS preflights (``OPTIONS`` with ``Origin``
-    and ``Access-Control-Request-Method``; browsers send those without credentials). Any
+    Exempt: ``open_paths`` (exact paths), paths under ``open_prefixes``, and CORS preflights
+    (``OPTIONS`` with ``Origin`` and ``Access-Control-Request-Method``; browsers send those
+    without credentials). Any
     other request without a valid key gets 401 ``unauthorized`` with
     ``WWW-Authenticate: Bearer`` and ``Connection: close``, and its body is never read.
     """
 
     def __init__(
-        self, app: ASGIApp, keys: Sequence[str], open_paths: Sequence[str] = OPEN_PATHS
+        self,
+        app: ASGIApp,
+        keys: Sequence[str],
+        open_paths: Sequence[str] = OPEN_PATHS,
+        open_prefixes: Sequence[str] = (),
     ) -> None:
         self.app = app
         self.keys = tuple(key.encode() for key in keys)
         self.open_paths = frozenset(open_paths)
+        # Safe as prefixes: everything under one is routed to a static mount, which
+        # refuses ".." escapes, so no other endpoint is reachable through them.
+        self.open_prefixes = tuple(open_prefixes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and self.keys and not self._lets_in(scope):
@@ -129,7 +141,7 @@ class ApiKeyMiddleware:
         root = scope.get("root_path", "")
         if root and path.startswith(root):
             path = path[len(root) :]
-        if path in self.open_paths:
+        if path in self.open_paths or path.startswith(self.open_prefixes):
             return True
         return (
             scope["method"] == "OPTIONS"
@@ -262,11 +274,12 @@ class JsonCORSMiddleware(CORSMiddleware):
 
 def document_bearer_auth(app: FastAPI, open_paths: Sequence[str] = OPEN_PATHS) -> None:
     """Declare the bearer scheme in ``app``'s OpenAPI document (the Authorize button in
-    ``/docs``): required everywhere except ``open_paths``.
+    ``/docs``) and require it on every operation except those of ``open_paths``.
 
     Documentation only; ``ApiKeyMiddleware`` enforces the key.
     """
     build = app.openapi
+    open_set = frozenset(open_paths)
 
     def openapi() -> dict[str, Any]:
         if app.openapi_schema is not None:
@@ -276,12 +289,13 @@ def document_bearer_auth(app: FastAPI, open_paths: Sequence[str] = OPEN_PATHS) -
         schemes[SECURITY_SCHEME] = {
             "type": "http",
             "scheme": "bearer",
-            "description": "one of the keys in CLIPSEG_API_KEYS",
+            "description": "one of the keys in CLIPSEG_API_KEYS, sent as "
+            "'Authorization: Bearer <key>'",
         }
-        schema["security"] = [{SECURITY_SCHEME: []}]
-        for path in open_paths:
-            for operation in schema.get("paths", {}).get(path, {}).values():
-                operation["security"] = []
+        for path, operations in schema.get("paths", {}).items():
+            if path not in open_set:
+                for operation in operations.values():
+                    operation["security"] = [{SECURITY_SCHEME: []}]
         return schema
 
     app.openapi = openapi  # type: ignore[method-assign]

@@ -1,4 +1,5 @@
-"""HTTP errors: one JSON shape, ``{"error": {"code", "message"}}``, for every failure.
+"""HTTP errors: one JSON shape, ``{"error": {"code", "message"}}``, for every failure
+(plus ``request_id`` inside a request, ``retry_after_s`` on 429).
 
 Domain errors from ``model`` map to 4xx here, so bad input never becomes a 500.
 """
@@ -22,6 +23,8 @@ from model.errors import (
     UnsupportedImageFormatError,
 )
 
+from . import request_id
+
 log = logging.getLogger(__name__)
 
 
@@ -43,10 +46,14 @@ class ApiError(Exception):
 
 def error_body(code: str, message: str, retry_after: float | None = None) -> dict:
     """The one error shape. ``retry_after_s`` (429 only): the unrounded estimate behind
-    the integer ``Retry-After`` header, for clients that can wait less than a second."""
+    the integer ``Retry-After`` header, for clients that can wait less than a second.
+    ``request_id``: the request's ID (as in ``X-Request-ID``), when built inside one."""
     error: dict = {"code": code, "message": message}
     if retry_after is not None:
         error["retry_after_s"] = round(retry_after, 3)
+    rid = request_id.current()
+    if rid is not None:
+        error["request_id"] = rid
     return {"error": error}
 
 

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from model.batch import Segmentation, SegmentRequest
 
 from .cost import Work, work_for
+from .request_id import current as current_request_id
 from .scheduler import Ticket
 
 
@@ -23,7 +24,8 @@ class SegmentJob:
 
     deadline: a ``time.monotonic()`` value. abandoned: set on the event loop when the
     request gave up (client gone, deadline passed); the model thread reads it before
-    rendering the job's masks and skips them.
+    rendering the job's masks and skips them. request_id: the HTTP request's ID (taken
+    where the job is made), for the model thread's log lines.
     """
 
     request: SegmentRequest
@@ -32,6 +34,7 @@ class SegmentJob:
     ticket: Ticket | None = None
     abandoned: bool = False
     model_seconds: float = 0.0
+    request_id: str | None = field(default_factory=current_request_id)
 
     @property
     def work(self) -> Work:

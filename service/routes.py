@@ -34,6 +34,10 @@ from .state import ServiceState, get_state
 
 router = APIRouter()
 
+#: The versioned paths are the documented ones; the unversioned ones (the first release's)
+#: stay as deprecated aliases served by the same functions, so they answer identically.
+API_PREFIX = "/v1"
+
 #: Request header asking for a shorter deadline than the server's, in seconds.
 DEADLINE_HEADER = "X-Request-Timeout"
 
@@ -224,11 +228,24 @@ def _start(request: Request) -> tuple[ServiceState, tuple[float, float]]:
     return state, (t0, request_deadline(request, state, now))
 
 
+TEXT_SUMMARY = "Segment an image from text prompts"
+VISUAL_SUMMARY = "Segment an image from support image(s) with masks (one-shot / k-shot)"
+
+
+def alias_of(path: str) -> str:
+    """The summary suffix of a deprecated unversioned alias."""
+    return f" (deprecated alias of {path}, same answers)"
+
+
+@router.post(
+    f"{API_PREFIX}/segment/text", summary=TEXT_SUMMARY, responses=PNG_OR_JSON, response_model=None
+)
 @router.post(
     "/segment/text",
-    summary="Segment an image from text prompts",
+    summary=TEXT_SUMMARY + alias_of(f"{API_PREFIX}/segment/text"),
     responses=PNG_OR_JSON,
     response_model=None,
+    deprecated=True,
 )
 async def segment_text(
     request: Request,
@@ -281,10 +298,17 @@ async def segment_text(
 
 
 @router.post(
-    "/segment/visual",
-    summary="Segment an image from support image(s) with masks (one-shot / k-shot)",
+    f"{API_PREFIX}/segment/visual",
+    summary=VISUAL_SUMMARY,
     responses=PNG_OR_JSON,
     response_model=None,
+)
+@router.post(
+    "/segment/visual",
+    summary=VISUAL_SUMMARY + alias_of(f"{API_PREFIX}/segment/visual"),
+    responses=PNG_OR_JSON,
+    response_model=None,
+    deprecated=True,
 )
 async def segment_visual(
     request: Request,

@@ -22,6 +22,10 @@ to httptools as soon as someone installs ``uvicorn[standard]``, silently droppin
 the above. httptools is not a dependency (nor in the image), so a second subclass could not
 be tested here; h11's parsing cost is small next to multipart parsing and the model.
 
+Logging: ``log_config=None``, so uvicorn adds no handlers or formatters of its own and its
+loggers propagate to the root logger that ``service/logs.py`` configures (one format for
+everything). ``DoorServer`` reports the bound URL once listening (for the "ready" line).
+
 uvicorn internals overridden (read in 0.30.0 and 0.54.0, the same in both; hence
 ``uvicorn>=0.30,<0.60``): ``H11Protocol.__init__`` / ``connection_made`` /
 ``connection_lost`` / ``handle_events`` / ``handle_websocket_upgrade`` /
@@ -31,13 +35,16 @@ uvicorn's own check answers with a plain-text app named by a module global, so t
 sets it to ``None`` and applies the limit in its app wrapper), ``connections``, ``tasks``,
 ``cycle`` (``.scope``, ``.disconnected``), ``conn``, ``transport``, ``loop``, ``logger``,
 ``server_state.default_headers``, and the module's ``STATUS_PHRASES``. Nothing is
-monkeypatched: the class is passed as ``http=``.
+monkeypatched: the class is passed as ``http=``. ``Server.startup`` (extended: it calls the
+original, then reads ``servers[0].sockets``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+from collections.abc import Callable
 from typing import Any
 
 import h11
@@ -209,6 +216,7 @@ def build_config(
         host=host,
         port=port,
         log_level=log_level,
+        log_config=None,  # service/logs.py configures the root logger for everyone
         http=DoorH11Protocol,
         lifespan="on",
         workers=1,
@@ -220,10 +228,42 @@ def build_config(
     )
 
 
+class DoorServer(uvicorn.Server):
+    """``uvicorn.Server`` that calls ``on_listening(url)`` once its socket is bound."""
+
+    def __init__(
+        self, config: uvicorn.Config, on_listening: Callable[[str], None] | None = None
+    ) -> None:
+        super().__init__(config)
+        self.on_listening = on_listening
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        url = self.url()
+        if self.on_listening is not None and url is not None:
+            self.on_listening(url)
+
+    def url(self) -> str | None:
+        """``http://host:port`` of the first listening TCP socket (the real port when the
+        config asked for 0), or None (a unix socket, or not listening)."""
+        for server in getattr(self, "servers", ()):
+            for sock in server.sockets or ():
+                if sock.family in (socket.AF_INET, socket.AF_INET6):
+                    port = sock.getsockname()[1]
+                    host = self.config.host or "0.0.0.0"
+                    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+        return None
+
+
 def build_server(
-    app: ASGIApp, *, host: str, port: int, log_level: str, settings: Settings
+    app: ASGIApp,
+    *,
+    host: str,
+    port: int,
+    log_level: str,
+    settings: Settings,
+    on_listening: Callable[[str], None] | None = None,
 ) -> uvicorn.Server:
     """A ``uvicorn.Server`` for ``app``; ``server.run()`` blocks, ``should_exit`` stops it."""
-    return uvicorn.Server(
-        build_config(app, host=host, port=port, log_level=log_level, settings=settings)
-    )
+    config = build_config(app, host=host, port=port, log_level=log_level, settings=settings)
+    return DoorServer(config, on_listening)

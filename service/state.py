@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from model.errors import ClipSegError
 from model.predictor import Predictor
 from model.weights.files import sha256_of
 
@@ -62,6 +63,8 @@ class ServiceState:
     ready: bool = False
     load_error: str | None = None
     weights_sha256: str | None = None
+    #: Where the server listens (``listening``); named in the "ready" log line.
+    url: str | None = None
     started_at: float = field(default_factory=time.time)
     memory: MemoryBudget = field(init=False)
 
@@ -74,26 +77,59 @@ class ServiceState:
         )
 
     async def load(self) -> None:
-        """Load weights (off the event loop), start the batcher, calibrate its costs."""
+        """Load weights (off the event loop), start the batcher, calibrate its costs.
+
+        A failure is logged as one ERROR line: a library error's message says what is
+        wrong (and, for weights that cannot be had, what to do), so its traceback is only
+        logged at DEBUG; anything else is a bug and gets its traceback at ERROR.
+        """
         try:
-            self.predictor = await asyncio.to_thread(self.factory, self.settings)
-            files = self.predictor.describe()["weights"]["files"]
-            if files:
-                self.weights_sha256 = await asyncio.to_thread(sha256_of, files)
-            self.batcher = Batcher(
-                self.predictor, self.settings, self.metrics, CostModel(GENERIC_PRIOR)
-            )
-            self._bind_worker_metrics(self.batcher)
-            self.batcher.start()
-            if self.settings.warmup:
-                cost = await self.batcher.run_on_model_thread(calibrate, self.predictor)
-                self.batcher.use_cost_model(cost)
-            self.ready = True
-            log.info("model ready on %s (%s)", self.predictor.device, self.predictor.dtype)
+            await self._load()
+        except ClipSegError as exc:
+            self.load_error = f"loading the weights failed: {exc}"
+            log.error("%s", self.load_error)
+            log.debug("the load failure in full", exc_info=exc)
+            self._fatal(self.load_error)
         except Exception as exc:
             self.load_error = f"loading the weights failed: {type(exc).__name__}: {exc}"
-            log.exception("loading the model failed")
+            log.error("%s", self.load_error, exc_info=exc)
             self._fatal(self.load_error)
+
+    async def _load(self) -> None:
+        self.predictor = await asyncio.to_thread(self.factory, self.settings)
+        files = self.predictor.describe()["weights"]["files"]
+        if files:
+            self.weights_sha256 = await asyncio.to_thread(sha256_of, files)
+        prior = CostModel(GENERIC_PRIOR)
+        self.batcher = Batcher(self.predictor, self.settings, self.metrics, prior)
+        self._bind_worker_metrics(self.batcher)
+        self.batcher.start()
+        if self.settings.warmup:
+            cost = await self.batcher.run_on_model_thread(calibrate, self.predictor)
+            self.batcher.use_cost_model(cost)
+        self.ready = True
+        log.info("%s", self.ready_line())
+
+    def listening(self, url: str) -> None:
+        """The server is bound to ``url`` (called by service/server.py's server)."""
+        self.url = url
+
+    def ready_line(self) -> str:
+        """What the "ready" log line says: weights, variant, device, dtype and URL.
+
+        uvicorn's "Application startup complete" comes before the weights are loaded;
+        this line comes when /readyz turns 200. The server binds right after start-up,
+        long before any weights load, so the URL is known by then; without one (another
+        ASGI server) the line leaves it out.
+        """
+        assert self.predictor is not None
+        described = self.predictor.describe()
+        weights = described["weights"]
+        line = (
+            f"ready: serving {weights['source']} ({weights['kind']} weights, variant "
+            f"{described['variant']}) on {described['device']} in {described['dtype']}"
+        )
+        return f"{line} at {self.url}" if self.url else line
 
     def _bind_worker_metrics(self, batcher: Batcher) -> None:
         assert self.predictor is not None

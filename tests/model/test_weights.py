@@ -22,9 +22,10 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 
 
 def test_random_source_warns_loudly_once(caplog):
-    with caplog.at_level(logging.WARNING, logger="model"), warnings.catch_warnings(record=True) as w:
+    with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        loaded = load_model("random:tiny")
+        with caplog.at_level(logging.WARNING, logger="model"):
+            loaded = load_model("random:tiny")
     assert loaded.kind == "random" and loaded.model.config.variant == "tiny"
     assert "meaningless" in RANDOM_WARNING
     # One log record, and no warnings.warn beside it (a service prints both).

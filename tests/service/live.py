@@ -23,7 +23,12 @@ class LiveServer:
         service = getattr(getattr(app, "state", None), "service", None)
         settings = settings or getattr(service, "settings", None) or Settings(_env_file=None)
         self.server = build_server(
-            app, host="127.0.0.1", port=0, log_level="warning", settings=settings
+            app,
+            host="127.0.0.1",
+            port=0,
+            log_level="warning",
+            settings=settings,
+            on_listening=service.listening if service is not None else None,
         )
         self.thread = threading.Thread(target=self.server.run, daemon=True)
         self.wait_ready, self.timeout = ready, timeout

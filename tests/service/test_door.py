@@ -174,9 +174,9 @@ def test_no_key_is_answered_from_the_head_before_the_body_is_read(serve):
         assert_still_serving(server, {"Authorization": f"Bearer {KEY}"})
 
 
-def test_operational_endpoints_are_behind_the_key_but_the_probes_are_not(serve):
+def test_operational_endpoints_are_behind_the_key_but_the_probes_and_docs_are_not(serve):
     with serve(api_keys=[KEY, "other"]) as server:
-        for path in ("/metrics", "/info", "/docs", "/redoc", "/openapi.json"):
+        for path in ("/metrics", "/info"):
             denied = httpx.get(server.url + path)
             assert denied.status_code == 401, path
             assert denied.json()["error"]["code"] == "unauthorized"
@@ -185,15 +185,27 @@ def test_operational_endpoints_are_behind_the_key_but_the_probes_are_not(serve):
             assert httpx.get(server.url + path, headers={"Authorization": KEY}).status_code == 401
             ok = httpx.get(server.url + path, headers={"Authorization": f"bearer {KEY}"})
             assert ok.status_code == 200, path
-        for path in ("/healthz", "/readyz"):
+        # A browser loads the pages, their assets and the spec before "Authorize" exists.
+        public = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json")
+        for path in (*public, "/docs-assets/swagger-ui.css"):
             assert httpx.get(server.url + path).status_code == 200, path
-        spec = httpx.get(server.url + "/openapi.json", headers={"Authorization": f"Bearer {KEY}"})
-    spec = spec.json()
+        # The open prefix reaches the static files only (raw: httpx would normalise "..").
+        for path in ("/docs-assets/../info", "/docs-assets/%2e%2e/info"):
+            with connect(server) as sock:
+                sock.sendall(head("GET", path))
+                escape = one_reply(sock)
+            assert escape.status == 404 and b"variant" not in escape.body, path
+        spec = httpx.get(server.url + "/openapi.json").json()
     scheme = spec["components"]["securitySchemes"]["bearerAuth"]
     assert scheme["type"] == "http" and scheme["scheme"] == "bearer"
-    assert spec["security"] == [{"bearerAuth": []}]
-    assert spec["paths"]["/healthz"]["get"]["security"] == []
-    assert "security" not in spec["paths"]["/segment/text"]["post"]  # the global one applies
+    assert "Authorization: Bearer <key>" in scheme["description"]
+    assert "security" not in spec  # per operation instead:
+    for path in ("/healthz", "/readyz"):
+        assert "security" not in spec["paths"][path]["get"]
+    protected = ["/v1/segment/text", "/v1/segment/visual", "/segment/text", "/info", "/metrics"]
+    for path in protected:
+        (operation,) = spec["paths"][path].values()
+        assert operation["security"] == [{"bearerAuth": []}], path
 
 
 def test_without_keys_everything_is_open_and_undocumented(serve):
@@ -313,7 +325,11 @@ def test_cors_preflights_and_rejections(serve):
     assert "POST" in allowed.headers["access-control-allow-methods"]
     assert other.status_code == 400 and "access-control-allow-origin" not in other.headers
     assert other.headers["content-type"] == "application/json"
-    assert other.json()["error"] == {"code": "cors_rejected", "message": "Disallowed CORS origin"}
+    assert other.json()["error"] == {
+        "code": "cors_rejected",
+        "message": "Disallowed CORS origin",
+        "request_id": other.headers["x-request-id"],
+    }
     # A browser can read the 401: it carries the CORS headers.
     assert unauthorized.status_code == 401
     assert unauthorized.headers["access-control-allow-origin"] == origin
