@@ -27,7 +27,7 @@ def post_text(
 ) -> httpx.Response:
     data = {"prompt": prompts, **fields}
     files = {"image": ("image.png", image, "image/png")}
-    return httpx.post(url + "/segment/text", data=data, files=files, headers=headers, timeout=60)
+    return httpx.post(url + "/v1/segment/text", data=data, files=files, headers=headers, timeout=60)
 
 
 def direct(factory, image: bytes, prompts: list[str], **kwargs):
@@ -205,7 +205,7 @@ def test_info_and_metrics(serve):
     assert info["batching"]["queue_size"] == 256 and info["ready"] is True
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in (
-        'clipseg_requests_total{route="/segment/text",status="200"} 1.0',
+        'clipseg_requests_total{route="/v1/segment/text",status="200"} 1.0',
         'clipseg_stage_seconds_count{stage="decode"}',
         'clipseg_stage_seconds_count{stage="queue_wait"}',
         'clipseg_stage_seconds_count{stage="model"}',
@@ -216,7 +216,8 @@ def test_info_and_metrics(serve):
         assert name in metrics.text
 
 
-def test_visual_endpoint(serve, factory):
+def visual_files() -> tuple[bytes, bytes, bytes, list]:
+    """(query, support, support mask, the multipart files of a one-shot request)."""
     query = encode(random_image(50, 30, seed=1))
     support = encode(random_image(40, 40, seed=2))
     mask = np.zeros((40, 40), np.uint8)
@@ -227,10 +228,17 @@ def test_visual_endpoint(serve, factory):
         ("support_image", ("s.png", support, "image/png")),
         ("support_mask", ("m.png", mask_png, "image/png")),
     ]
+    return query, support, mask_png, files
+
+
+def test_visual_endpoint(serve, factory):
+    query, support, mask_png, files = visual_files()
     with serve() as server:
-        one_shot = httpx.post(server.url + "/segment/visual", files=files, data={"threshold": 0.5})
+        one_shot = httpx.post(
+            server.url + "/v1/segment/visual", files=files, data={"threshold": 0.5}
+        )
         hybrid = httpx.post(
-            server.url + "/segment/visual",
+            server.url + "/v1/segment/visual",
             files=files,
             data={"prompt": "a cat", "text_weight": "0.3", "threshold": "0.5", "format": "rle"},
         )
@@ -244,6 +252,56 @@ def test_visual_endpoint(serve, factory):
     body = hybrid.json()
     assert body["masks"][0]["prompt"] == "visual"
     assert body["masks"][0]["area"] == int(expected.sum())
+
+
+def _same_answer(a: httpx.Response, b: httpx.Response) -> None:
+    """Equal but for what is measured per call (timings)."""
+    assert a.status_code == b.status_code
+    assert a.headers["x-request-id"] == b.headers["x-request-id"]
+    assert a.headers["content-type"] == b.headers["content-type"]
+    if a.headers["content-type"] == "image/png":
+        assert a.content == b.content
+        assert a.headers["x-mask-score"] == b.headers["x-mask-score"]
+    else:
+        ja, jb = a.json(), b.json()
+        ja.pop("timings_ms", None), jb.pop("timings_ms", None)
+        assert ja == jb
+
+
+SAME_ID = {"X-Request-ID": "alias-check"}  # error bodies carry it
+
+
+def test_unversioned_paths_are_aliases_that_answer_the_same(serve):
+    image = encode(random_image(37, 23, seed=5))
+    _, _, _, files = visual_files()
+    text_cases = [
+        {"prompt": ["a cat"]},
+        {"prompt": ["a cat", "a dog"], "format": "rle", "soft": "true"},
+        {"prompt": ["a cat"], "threshold": "2"},  # the same 422
+    ]
+    with serve() as server:
+        for data in text_cases:
+            answers = [
+                httpx.post(
+                    server.url + path,
+                    data=data,
+                    files={"image": ("i.png", image, "image/png")},
+                    headers=SAME_ID,
+                    timeout=60,
+                )
+                for path in ("/v1/segment/text", "/segment/text")
+            ]
+            _same_answer(*answers)
+        for data in ({"threshold": "0.5"}, {"format": "rle", "prompt": "x"}):
+            answers = [
+                httpx.post(server.url + path, data=data, files=files, headers=SAME_ID, timeout=60)
+                for path in ("/v1/segment/visual", "/segment/visual")
+            ]
+            _same_answer(*answers)
+        metrics = httpx.get(server.url + "/metrics").text
+    # Each path counted under its own route, so alias use is visible before removal.
+    assert 'clipseg_requests_total{route="/segment/text",status="200"} 2.0' in metrics
+    assert 'clipseg_requests_total{route="/v1/segment/text",status="200"} 2.0' in metrics
 
 
 def test_graceful_shutdown_finishes_queued_jobs(serve, factory):
@@ -286,7 +344,7 @@ def test_expired_and_abandoned_jobs_are_dropped_before_compute(serve, factory):
             second = pool.submit(post_text, server.url, encode(random_image(9, 9)), ["late"])
             with pytest.raises(httpx.ReadTimeout):
                 httpx.post(
-                    server.url + "/segment/text",
+                    server.url + "/v1/segment/text",
                     data={"prompt": "gone"},
                     files={"image": ("x.png", encode(random_image(7, 7)), "image/png")},
                     timeout=0.5,
@@ -307,7 +365,7 @@ def test_expired_and_abandoned_jobs_are_dropped_before_compute(serve, factory):
 def test_openapi_documents_both_endpoints(serve):
     with serve() as server:
         spec = httpx.get(server.url + "/openapi.json").json()
-    for path in ("/segment/text", "/segment/visual"):
+    for path in ("/v1/segment/text", "/v1/segment/visual"):
         operation = spec["paths"][path]["post"]
         assert "multipart/form-data" in operation["requestBody"]["content"]
         assert {"200", "413", "422", "429", "504"} <= set(operation["responses"])
@@ -317,9 +375,9 @@ def test_openapi_documents_both_endpoints(serve):
 def test_cors_allows_only_the_configured_origins(serve):
     headers = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST"}
     with serve(cors_origins=["https://app.example"]) as server:
-        allowed = httpx.options(server.url + "/segment/text", headers=headers)
+        allowed = httpx.options(server.url + "/v1/segment/text", headers=headers)
         other = httpx.options(
-            server.url + "/segment/text", headers={**headers, "Origin": "https://evil.example"}
+            server.url + "/v1/segment/text", headers={**headers, "Origin": "https://evil.example"}
         )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers

@@ -102,22 +102,22 @@ def check(response: httpx.Response, expected: int) -> None:
 
 @pytest.mark.parametrize(("form", "status"), TEXT_CASES.values(), ids=TEXT_CASES.keys())
 def test_bad_text_requests(server, form, status):
-    check(httpx.post(server.url + "/segment/text", timeout=30, **form), status)
+    check(httpx.post(server.url + "/v1/segment/text", timeout=30, **form), status)
 
 
 @pytest.mark.parametrize(("form", "status"), VISUAL_CASES.values(), ids=VISUAL_CASES.keys())
 def test_bad_visual_requests(server, form, status):
-    check(httpx.post(server.url + "/segment/visual", timeout=30, **form), status)
+    check(httpx.post(server.url + "/v1/segment/visual", timeout=30, **form), status)
 
 
 def test_wrong_method_path_and_body_type(server):
-    check(httpx.get(server.url + "/segment/text"), 405)
+    check(httpx.get(server.url + "/v1/segment/text"), 405)
     check(httpx.get(server.url + "/nowhere"), 404)
-    check(httpx.post(server.url + "/segment/text", json={"prompt": "a cat"}), 422)
+    check(httpx.post(server.url + "/v1/segment/text", json={"prompt": "a cat"}), 422)
 
 
 def test_the_server_still_answers_after_the_abuse(server):
-    response = httpx.post(server.url + "/segment/text", **text_form())
+    response = httpx.post(server.url + "/v1/segment/text", **text_form())
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
     metrics = httpx.get(server.url + "/metrics").text
     assert 'status="500"' not in metrics

@@ -126,7 +126,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 3.0) -> None:
         time.sleep(0.02)
 
 
-def a_real_request(path: str = "/segment/text", **headers: str) -> bytes:
+def a_real_request(path: str = "/v1/segment/text", **headers: str) -> bytes:
     """The bytes of a valid /segment/text request (built by httpx)."""
     files = {"image": ("x.png", encode(random_image(16, 16)), "image/png")}
     request = httpx.Request("POST", "http://test" + path, data={"prompt": "a"}, files=files)
@@ -142,7 +142,7 @@ def assert_still_serving(server: LiveServer, headers: dict | None = None) -> Non
     wait_until(lambda: not state.tasks and not state.connections)
     files = {"image": ("x.png", encode(random_image(16, 16)), "image/png")}
     ok = httpx.post(
-        server.url + "/segment/text", data={"prompt": "a"}, files=files, headers=headers
+        server.url + "/v1/segment/text", data={"prompt": "a"}, files=files, headers=headers
     )
     assert ok.status_code == 200 and ok.headers["content-type"] == "image/png"
 
@@ -154,7 +154,7 @@ def test_no_key_is_answered_from_the_head_before_the_body_is_read(serve):
     with serve(api_keys=[KEY], body_timeout_s=30.0) as server:
         with connect(server) as sock:
             started = time.monotonic()
-            sock.sendall(head("POST", "/segment/text", **declared) + b"x" * 4096)
+            sock.sendall(head("POST", "/v1/segment/text", **declared) + b"x" * 4096)
             replies = until_closed(sock, timeout=2.0)
             assert time.monotonic() - started < 1.0
         (reply,) = replies
@@ -164,12 +164,12 @@ def test_no_key_is_answered_from_the_head_before_the_body_is_read(serve):
 
         # uvicorn sends "100 Continue" on the app's first receive(): none without a key...
         with connect(server) as sock:
-            sock.sendall(head("POST", "/segment/text", Expect="100-continue", **declared))
+            sock.sendall(head("POST", "/v1/segment/text", Expect="100-continue", **declared))
             assert [r.status for r in until_closed(sock, timeout=2.0)] == [401]
         # ... and one with it (the control: this is how a read body shows).
         with connect(server) as sock:
             auth = {"Authorization": f"Bearer {KEY}", "Expect": "100-continue"}
-            sock.sendall(head("POST", "/segment/text", **auth, **declared))
+            sock.sendall(head("POST", "/v1/segment/text", **auth, **declared))
             assert one_reply(sock, timeout=2.0).status == 100
         assert_still_serving(server, {"Authorization": f"Bearer {KEY}"})
 
@@ -220,7 +220,7 @@ def test_a_dribbling_body_is_cut_off_with_408(serve):
     with serve(body_timeout_s=1.0) as server, connect(server) as sock:
         started = time.monotonic()
         fields = {"Content-Type": MULTIPART, "Content-Length": "1000"}
-        sock.sendall(head("POST", "/segment/text", **fields))
+        sock.sendall(head("POST", "/v1/segment/text", **fields))
         dribble = (FORM_START[i : i + 1] for i in range(len(FORM_START)))  # 1 byte / 100 ms
         send_until_answered(sock, dribble, interval=0.1)
         replies = until_closed(sock, timeout=3.0)
@@ -232,7 +232,7 @@ def test_a_dribbling_body_is_cut_off_with_408(serve):
         assert "CLIPSEG_BODY_TIMEOUT_S" in reply.error()["message"]
         assert_still_serving(server)
         metrics = httpx.get(server.url + "/metrics").text
-    assert 'clipseg_requests_total{route="/segment/text",status="408"} 1.0' in metrics
+    assert 'clipseg_requests_total{route="/v1/segment/text",status="408"} 1.0' in metrics
     assert 'status="400"' not in metrics
 
 
@@ -277,7 +277,7 @@ def test_a_chunked_body_over_the_limit_gets_413(serve):
     limit = 64 * 1024
     with serve(max_upload_bytes=limit) as server, connect(server) as sock:
         fields = {"Content-Type": MULTIPART, "Transfer-Encoding": "chunked"}
-        sock.sendall(head("POST", "/segment/text", **fields))
+        sock.sendall(head("POST", "/v1/segment/text", **fields))
         sock.sendall(b"%x\r\n%s\r\n" % (len(FORM_START), FORM_START))
         chunk = b"2000\r\n" + b"x" * 0x2000 + b"\r\n"
         send_until_answered(sock, (chunk for _ in range(4 * limit // 0x2000)), interval=0.01)
@@ -288,7 +288,7 @@ def test_a_chunked_body_over_the_limit_gets_413(serve):
         assert str(limit) in error["message"] and "CLIPSEG_MAX_UPLOAD_BYTES" in error["message"]
         assert_still_serving(server)
         metrics = httpx.get(server.url + "/metrics").text
-    assert 'clipseg_requests_total{route="/segment/text",status="413"} 1.0' in metrics
+    assert 'clipseg_requests_total{route="/v1/segment/text",status="413"} 1.0' in metrics
     assert 'status="400"' not in metrics
 
 
@@ -296,7 +296,7 @@ def test_a_declared_length_over_the_limit_gets_413_unread(serve):
     limit = 64 * 1024
     with serve(max_upload_bytes=limit) as server, connect(server) as sock:
         fields = {"Content-Type": MULTIPART, "Content-Length": str(limit + 1)}
-        sock.sendall(head("POST", "/segment/text", Expect="100-continue", **fields))
+        sock.sendall(head("POST", "/v1/segment/text", Expect="100-continue", **fields))
         (reply,) = until_closed(sock, timeout=2.0)  # no "100 Continue" first: never read
         assert reply.status == 413 and reply.error()["code"] == "upload_too_large"
         assert_still_serving(server)
@@ -316,7 +316,7 @@ def test_cors_preflights_and_rejections(serve):
     origin = "https://app.example"
     preflight = {"Origin": origin, "Access-Control-Request-Method": "POST"}
     with serve(cors_origins=[origin], api_keys=[KEY]) as server:
-        url = server.url + "/segment/text"
+        url = server.url + "/v1/segment/text"
         allowed = httpx.options(url, headers=preflight)  # no key: browsers send none here
         other = httpx.options(url, headers={**preflight, "Origin": "https://evil.example"})
         unauthorized = httpx.post(url, headers={"Origin": origin})
