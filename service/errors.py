@@ -6,7 +6,6 @@ Domain errors from ``model`` map to 4xx here, so bad input never becomes a 500.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 
 from fastapi import FastAPI, Request
@@ -24,8 +23,6 @@ from model.errors import (
 )
 
 from . import request_id
-
-log = logging.getLogger(__name__)
 
 
 class ApiError(Exception):
@@ -115,5 +112,6 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error", exc_info=exc)
+        # Not logged here: Starlette re-raises after this answer and uvicorn logs it with
+        # its traceback ("Exception in ASGI application"), with the request's ID.
         return error_response(500, "internal_error", "internal error; see the server log")

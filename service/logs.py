@@ -44,9 +44,9 @@ class OneLineWarnings(logging.Filter):
     ``file:line: Category: message`` *plus* the offending source line under it."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.name == "py.warnings" and record.args:
-            text = str(record.args[0]).strip()
-            record.args = (text.splitlines()[0] if text else text,)
+        if record.name == "py.warnings":
+            text = record.getMessage().strip()
+            record.msg, record.args = (text.splitlines()[0] if text else text), ()
         return True
 
 

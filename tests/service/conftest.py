@@ -75,8 +75,9 @@ def serve(factory):
     """``with serve(**settings) as server`` runs the tiny-model app on loopback."""
     servers = []
 
-    def start(ready: bool = True, **overrides) -> LiveServer:
-        server = LiveServer(create_app(make_settings(**overrides), factory), ready=ready)
+    def start(ready: bool = True, log_level: str = "warning", **overrides) -> LiveServer:
+        app = create_app(make_settings(**overrides), factory)
+        server = LiveServer(app, ready=ready, log_level=log_level)
         servers.append(server)
         return server
 

@@ -16,7 +16,13 @@ class LiveServer:
     """``with LiveServer(app) as server: httpx.get(server.url + "/healthz")``."""
 
     def __init__(
-        self, app, *, ready: bool = True, timeout: float = 60.0, settings: Settings | None = None
+        self,
+        app,
+        *,
+        ready: bool = True,
+        timeout: float = 60.0,
+        settings: Settings | None = None,
+        log_level: str = "warning",
     ) -> None:
         # The server-level settings (timeouts, connection limit) are the app's own unless
         # given: the app built by create_app keeps them in its state.
@@ -26,7 +32,7 @@ class LiveServer:
             app,
             host="127.0.0.1",
             port=0,
-            log_level="warning",
+            log_level=log_level,
             settings=settings,
             on_listening=service.listening if service is not None else None,
         )
