@@ -121,7 +121,8 @@ def create_app(
     install_error_handlers(app)
     app.include_router(router)
     _add_operational_routes(app)
-    open_paths, open_prefixes = OPEN_PATHS, ()
+    open_paths: tuple[str, ...] = OPEN_PATHS
+    open_prefixes: tuple[str, ...] = ()
     if settings.docs:
         docs.add_docs(app)
         open_paths = (*OPEN_PATHS, OPENAPI_PATH, *docs.PUBLIC_PATHS)
