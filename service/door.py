@@ -1,6 +1,7 @@
 """The door: what every HTTP request passes before the app reads a byte of its body.
 
-Pure ASGI middlewares, outermost first as ``create_app`` stacks them:
+Pure ASGI middlewares, outermost first as ``create_app`` stacks them (inside the request-ID
+middleware, service/request_id.py, so every answer below carries ``X-Request-ID``):
 
 1. ``JsonCORSMiddleware`` (only when origins are configured): Starlette's CORS, whose
    rejected preflights answer in our JSON error shape.
