@@ -12,6 +12,7 @@ numbers: identical across DataLoader workers, processes (DDP) and resumed runs.
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +35,8 @@ class Sample:
     image: PIL RGB. mask: bool [H, W] at the image's size (all False for negatives).
     phrase: the text prompt fed to CLIP. support: optional visual prompt of the same
     phrase (another example). source: where it came from (file + record) for messages.
+    label: the sample's class for the evaluation's mIoU (``training.metrics``), or None
+    when the dataset has no classes.
     """
 
     image: Image.Image
@@ -42,6 +45,7 @@ class Sample:
     support: Support | None = None
     is_negative: bool = False
     source: str = ""
+    label: Hashable | None = None
 
 
 def sample_rng(seed: int, epoch: int, index: int) -> np.random.Generator:

@@ -1,77 +1,72 @@
-"""Segmentation metrics over a fixed threshold grid, aggregated over a whole evaluation set.
+"""Segmentation metrics as the official CLIPSeg evaluation computes them.
 
-Follows the CLIPSeg evaluation (Lüddecke & Ecker, CVPR 2022): probabilities are binarised
-at every threshold of a fixed grid and pixel counts are summed over the set *before* any
-ratio is taken, so large objects weigh more than small ones (as in the paper).
+The reference is ``FixedIntervalMetrics`` in the CLIPSeg authors' code (``metrics.py`` of
+timojl/clipseg), which produced the paper's tables (Lüddecke & Ecker, CVPR 2022).
+Probabilities are binarised at every threshold of a fixed grid, and pixel counts are
+summed over the whole set *before* any ratio is taken, so large objects weigh more than
+small ones.
 
-Definitions, for every threshold ``t`` of the grid (``DEFAULT_THRESHOLDS``):
+Grid (``DEFAULT_THRESHOLDS``): ``np.linspace(0, 1, 51)[1:-1]`` = 0.02, 0.04, ..., 0.98,
+49 thresholds; 0.1, 0.2, 0.3, 0.4 and 0.5 are exact grid points.
 
-* prediction: ``p > t`` — strictly greater, exactly as the service binarises masks, and
-  compared in the probabilities' own dtype (the service compares a float32 tensor with a
-  Python float, which torch does in float32).
+For every threshold ``t`` of the grid:
+
+* prediction: ``p > t`` — strictly greater, compared in the probabilities' own dtype (as
+  the service binarises masks, and as torch compares a float32 tensor with a float).
 * TP, FP, FN, TN: pixel counts summed over all samples (int64).
-* foreground IoU ``fg_iou(t) = TP / (TP + FP + FN)``.
-* background IoU ``bg_iou(t) = TN / (TN + FN + FP)``.
-* ``miou(t) = (fg_iou + bg_iou) / 2`` (the paper's "mIoU" of the two classes).
-* binary IoU ``binary_iou(t)``: the mean over samples of each sample's own foreground IoU.
-  A sample with an empty target and an empty prediction scores 1 and one with an empty
-  target but a non-empty prediction scores 0: CLIPSeg is trained and evaluated with
-  negative prompts (the object is absent), and this is the metric that rewards predicting
-  nothing for them.
-* ``precision(t) = TP / (TP + FP)``, ``recall(t) = TP / (TP + FN)``.
-* Every ratio with a zero denominator is 1 ("nothing to find / nothing claimed" is not an
-  error): e.g. precision is 1 at a threshold where no pixel is predicted.
-* AP: area under the precision-recall curve of the grid points. Points are sorted by
-  recall; among points of equal recall only the highest-precision one (= the highest
-  threshold's) is kept; the curve starts at (recall 0, precision of the highest
-  threshold). The area is integrated with the trapezoid rule. (Simpson's rule, which the
-  design guide names, assumes a smooth curve; a PR curve sampled on a coarse grid has
-  jumps — recall 0 -> 0.65 between two neighbouring thresholds is common — where the
-  fitted parabolas overshoot, even to a negative area. The trapezoid never leaves the
-  range of its points.) AP is ``None`` when the set has no foreground pixel (recall is
-  undefined then).
-* best threshold: argmax of ``fg_iou`` over the grid; ties go to the lower threshold.
-  ``best_fg_iou``, ``best_miou`` and ``best_binary_iou`` are each the maximum over the grid
-  of that metric (as the reference reports them), so they may come from different
-  thresholds; the per-threshold lists hold the values at any one threshold.
+* foreground IoU  ``fg_iou(t)     = TP / (1 + TP + FP + FN)``
+* background IoU  ``bg_iou(t)     = TN / (1 + TN + FN + FP)``
+* binary IoU      ``binary_iou(t) = ½ fg_iou(t) + ½ bg_iou(t)``
+* mIoU            ``miou(t)       = mean over classes c of TP_c / (1 + TP_c + FP_c + FN_c)``,
+  the counts of class ``c`` summed over that class's samples only. It needs a class
+  label for every sample (``update(labels=...)``); otherwise it is None ("no class
+  labels"), never a stand-in.
+* precision       ``precision(t)  = TP / (1 + TP + FP)``
+* recall          ``recall(t)     = TP / (1 + TP + FN)``
+
+The +1 is part of the official definitions (it keeps every ratio defined). On a real
+dataset it is invisible; on a tiny one it is not: an empty target with an empty
+prediction scores foreground IoU 0.
+
+AP: (1) keep the thresholds at which some pixel is predicted (TP + FP > 0); (2) take
+their (recall, precision) pairs, remove duplicate pairs and sort by recall — ties by
+precision: the reference sorts by recall alone, which leaves tied pairs in set order;
+sorting the pair is deterministic and is the order of the curve the reference reports;
+(3) ``ap`` = Simpson integral of precision over recall (``scipy.integrate.simpson``; the
+reference called it under its old name ``simps``; scipy 1.11 changed the rule for an
+even number of points, so the last digits of the reference depend on its scipy).
+``ap_trapezoid`` integrates the same points with the trapezoid rule and is reported
+beside it: where the curve jumps between two neighbouring thresholds, Simpson's parabolas
+can overshoot (even below 0); the trapezoid never leaves the range of its points. Both
+are None when no threshold predicts any pixel (the reference stops with an assertion).
+
+Reported per metric ``m`` in fg_iou, binary_iou, miou: ``best_m`` (the maximum over the
+grid) with ``best_m_threshold`` (lowest threshold among ties, ``np.argmax`` as in the
+reference), and ``m_<t>`` at the fixed thresholds ``REPORTED_THRESHOLDS`` (``fg_iou_0.5``,
+``binary_iou_0.1``, ...). ``best_threshold`` = the best fg IoU's threshold: the calibrated
+threshold a trained checkpoint carries.
 
 The accumulator is vectorised: per sample, each pixel's probability is bucketed once into
 the grid (``torch.bucketize``) and counted with one ``bincount``; counts at every threshold
 follow from suffix sums. Only the tiny histograms ([N, 2, K + 1]) leave the device.
-
-Distributed evaluation: ``counts_tensor()`` packs the global statistics into one float64
-tensor that ranks sum with ``torch.distributed.all_reduce``; ``from_counts`` rebuilds an
-accumulator from the sum. Per-prompt statistics are not reduced across ranks (each rank
-only knows its own prompts); use ``merge`` for in-process accumulators, which does
-combine them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Sequence
 from typing import Any
 
 import numpy as np
 import torch
+from scipy.integrate import simpson, trapezoid
 
-# 0.05, 0.10, ..., 0.95. Built as k / 20 (not linspace) so every grid point is the double
-# nearest to its decimal, e.g. exactly the literal 0.4, the service's default threshold.
-DEFAULT_THRESHOLDS: np.ndarray = np.arange(1, 20, dtype=np.float64) / 20
-# Thresholds reported individually in ``compute()["fg_iou_at"]`` when they are on the grid.
-STANDARD_THRESHOLDS: tuple[float, ...] = (0.3, 0.4, 0.5)
+#: The official grid: 0.02, 0.04, ..., 0.98.
+DEFAULT_THRESHOLDS: np.ndarray = np.linspace(0, 1, 51)[1:-1]
+#: Fixed thresholds every metric is also reported at (0.4 is the service's default).
+REPORTED_THRESHOLDS: tuple[float, ...] = (0.1, 0.2, 0.3, 0.4, 0.5)
 
 # Rows of the per-threshold count matrices.
 _TP, _FP, _FN, _TN = range(4)
-
-
-def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
-    """Elementwise ``numerator / denominator`` as float64, with 0/0 (and x/0) defined as 1."""
-    num = np.asarray(numerator, dtype=np.float64)
-    den = np.asarray(denominator, dtype=np.float64)
-    out = np.ones(np.broadcast(num, den).shape, dtype=np.float64)
-    np.divide(num, den, out=out, where=den != 0)
-    return out
 
 
 def _check_thresholds(thresholds: Sequence[float] | np.ndarray) -> np.ndarray:
@@ -137,85 +132,64 @@ def _counts_from_histograms(hist: np.ndarray) -> np.ndarray:
     return np.stack([tp, fp, fn, tn], axis=1)
 
 
-@dataclass
-class _Stats:
-    """Summed statistics of a group of samples over a K-threshold grid."""
-
-    counts: np.ndarray  # int64 [4, K]: TP, FP, FN, TN pixel counts
-    iou_sum: np.ndarray  # float64 [K]: sum of per-sample foreground IoU
-    samples: int = 0
-
-    @classmethod
-    def zeros(cls, k: int) -> _Stats:
-        return cls(np.zeros((4, k), np.int64), np.zeros(k, np.float64))
-
-    def add(self, counts: np.ndarray, iou_sum: np.ndarray, samples: int) -> None:
-        self.counts += counts
-        self.iou_sum += iou_sum
-        self.samples += samples
-
-    def fg_iou(self) -> np.ndarray:
-        """Foreground IoU per threshold, float64 [K] in [0, 1]."""
-        tp, fp, fn = self.counts[_TP], self.counts[_FP], self.counts[_FN]
-        return _ratio(tp, tp + fp + fn)
-
-    def bg_iou(self) -> np.ndarray:
-        """Background IoU per threshold, float64 [K] in [0, 1]."""
-        fp, fn, tn = self.counts[_FP], self.counts[_FN], self.counts[_TN]
-        return _ratio(tn, tn + fn + fp)
-
-    def binary_iou(self) -> np.ndarray:
-        """Mean per-sample foreground IoU per threshold, float64 [K] in [0, 1]."""
-        return self.iou_sum / max(self.samples, 1)
-
-    def precision_recall(self) -> tuple[np.ndarray, np.ndarray]:
-        """Precision and recall per threshold, two float64 [K] arrays in [0, 1]."""
-        tp, fp, fn = self.counts[_TP], self.counts[_FP], self.counts[_FN]
-        return _ratio(tp, tp + fp), _ratio(tp, tp + fn)
-
-    def ap(self) -> float | None:
-        """Average precision (module docstring), or None without foreground pixels."""
-        if self.counts[_TP, 0] + self.counts[_FN, 0] == 0:
-            return None
-        precision, recall = self.precision_recall()
-        return average_precision(precision, recall)
+def fg_iou(counts: np.ndarray) -> np.ndarray:
+    """TP / (1 + TP + FP + FN) per threshold: int [..., 4, K] counts -> float64 [..., K]."""
+    tp, fp, fn = counts[..., _TP, :], counts[..., _FP, :], counts[..., _FN, :]
+    return tp / (1.0 + tp + fp + fn)
 
 
-def trapezoid(y: np.ndarray, x: np.ndarray) -> float:
-    """Trapezoid integral of samples ``y`` at increasing abscissae ``x`` (0 for < 2 points)."""
-    y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-    if x.size < 2:
-        return 0.0
-    return float(np.sum(np.diff(x) * (y[1:] + y[:-1]) / 2))
+def bg_iou(counts: np.ndarray) -> np.ndarray:
+    """TN / (1 + TN + FN + FP) per threshold: int [..., 4, K] -> float64 [..., K]."""
+    fp, fn, tn = counts[..., _FP, :], counts[..., _FN, :], counts[..., _TN, :]
+    return tn / (1.0 + tn + fn + fp)
 
 
-def average_precision(precision: np.ndarray, recall: np.ndarray) -> float:
-    """Area under the precision-recall curve of a threshold grid, in [0, 1].
+def binary_iou(counts: np.ndarray) -> np.ndarray:
+    """½ fg IoU + ½ bg IoU per threshold: int [..., 4, K] -> float64 [..., K]."""
+    return 0.5 * fg_iou(counts) + 0.5 * bg_iou(counts)
 
-    Args:
-        precision: float [K] precision per threshold, thresholds in increasing order.
-        recall: float [K] recall per threshold, same order.
 
-    Returns:
-        trapezoid integral of precision over recall (see the module docstring).
+def precision_recall(counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """TP / (1 + TP + FP) and TP / (1 + TP + FN): int [4, K] -> two float64 [K] arrays."""
+    tp, fp, fn = counts[_TP], counts[_FP], counts[_FN]
+    return tp / (1.0 + tp + fp), tp / (1.0 + tp + fn)
+
+
+def pr_curve(counts: np.ndarray) -> np.ndarray:
+    """The AP curve's points: float64 [P, 2] of (recall, precision), sorted, unique.
+
+    Only thresholds where some pixel is predicted (TP + FP > 0) contribute.
     """
-    # Start at recall 0 with the highest threshold's precision (the last grid point).
-    p = np.concatenate([[precision[-1]], precision])
-    r = np.concatenate([[0.0], recall])
-    # Sort by recall, higher precision first among equal recalls, then keep that first one:
-    # At equal recall (equal TP) the higher threshold has fewer false positives, so its
-    # point dominates.
-    order = np.lexsort((-p, r))
-    r, p = r[order], p[order]
-    r, first = np.unique(r, return_index=True)
-    return trapezoid(p[first], r)
+    precision, recall = precision_recall(counts)
+    made = counts[_TP] + counts[_FP] > 0
+    pairs = np.stack([recall[made], precision[made]], axis=1)
+    return np.unique(pairs, axis=0)  # unique rows, sorted by recall, then precision
+
+
+def average_precision(curve: np.ndarray) -> tuple[float | None, float | None]:
+    """(Simpson AP, trapezoid AP) of a ``pr_curve``; (None, None) for an empty curve."""
+    if len(curve) == 0:
+        return None, None
+    recall, precision = curve[:, 0], curve[:, 1]
+    return float(simpson(precision, x=recall)), float(trapezoid(precision, x=recall))
+
+
+class _Group:
+    """Summed counts (int64 [4, K]) and sample count of a group of samples."""
+
+    def __init__(self, k: int) -> None:
+        self.counts = np.zeros((4, k), np.int64)
+        self.samples = 0
+
+    def add(self, counts: np.ndarray, samples: int) -> None:
+        self.counts += counts
+        self.samples += samples
 
 
 class SegmentationMetrics:
-    """Streaming accumulator of CLIPSeg metrics over a fixed threshold grid.
+    """Streaming accumulator of the official CLIPSeg metrics (see the module docstring).
 
-    Call ``update`` per batch, then ``compute``. See the module docstring for the
-    definitions and for distributed use (``counts_tensor`` / ``from_counts``).
+    Call ``update`` per batch, then ``compute``.
 
     Args:
         thresholds: the grid, strictly increasing within [0, 1]; default
@@ -224,8 +198,10 @@ class SegmentationMetrics:
 
     def __init__(self, thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS) -> None:
         self.thresholds = _check_thresholds(thresholds).copy()
-        self._total = _Stats.zeros(self.thresholds.size)
-        self._prompts: dict[str, _Stats] = {}
+        self._total = _Group(self.thresholds.size)
+        self._prompts: dict[str, _Group] = {}
+        self._classes: dict[Hashable, _Group] = {}
+        self._unlabelled = 0  # samples without a class label: mIoU is undefined then
 
     @property
     def samples(self) -> int:
@@ -237,6 +213,7 @@ class SegmentationMetrics:
         probs: torch.Tensor | np.ndarray,
         targets: torch.Tensor | np.ndarray,
         prompts: Sequence[str] | None = None,
+        labels: Sequence[Hashable | None] | None = None,
     ) -> None:
         """Add a batch of samples.
 
@@ -244,175 +221,132 @@ class SegmentationMetrics:
             probs: [N, H, W] float probabilities in [0, 1]; CPU or CUDA tensor, or array.
             targets: [N, H, W] bool ground-truth masks (nonzero = foreground), same device.
             prompts: N prompt strings for the per-prompt breakdown, or None to skip it.
+            labels: N class labels for mIoU (None entries: unlabelled), or None for none.
         """
-        if prompts is not None and len(prompts) != len(probs):
-            raise ValueError(f"got {len(prompts)} prompts for {len(probs)} samples")
+        n = len(probs)
+        for name, values in (("prompts", prompts), ("labels", labels)):
+            if values is not None and len(values) != n:
+                raise ValueError(f"got {len(values)} {name} for {n} samples")
         counts = _counts_from_histograms(_histograms(probs, targets, self.thresholds))
-        tp, fp, fn = counts[:, _TP], counts[:, _FP], counts[:, _FN]
-        iou = _ratio(tp, tp + fp + fn)  # [N, K]; empty target + empty prediction -> 1
-        self._total.add(counts.sum(0), iou.sum(0), len(counts))
-        for prompt, sample_counts, sample_iou in zip(prompts or (), counts, iou, strict=False):
-            stats = self._prompts.setdefault(prompt, _Stats.zeros(self.thresholds.size))
-            stats.add(sample_counts, sample_iou, 1)
+        self._total.add(counts.sum(0), len(counts))
+        k = self.thresholds.size
+        for prompt, sample in zip(prompts or (), counts, strict=False):
+            self._prompts.setdefault(prompt, _Group(k)).add(sample, 1)
+        for label, sample in zip(labels or [None] * n, counts, strict=True):
+            if label is None:
+                self._unlabelled += 1
+            else:
+                self._classes.setdefault(label, _Group(k)).add(sample, 1)
 
     def merge(self, other: SegmentationMetrics) -> SegmentationMetrics:
-        """Add ``other``'s statistics (global and per prompt) into ``self``; returns self."""
+        """Add ``other``'s statistics (global, per prompt, per class) into ``self``."""
         if not np.array_equal(self.thresholds, other.thresholds):
             raise ValueError("cannot merge metrics over different threshold grids")
-        self._total.add(other._total.counts, other._total.iou_sum, other._total.samples)
-        for prompt, stats in other._prompts.items():
-            mine = self._prompts.setdefault(prompt, _Stats.zeros(self.thresholds.size))
-            mine.add(stats.counts, stats.iou_sum, stats.samples)
+        k = self.thresholds.size
+        self._total.add(other._total.counts, other._total.samples)
+        for mine, theirs in ((self._prompts, other._prompts), (self._classes, other._classes)):
+            for key, group in theirs.items():
+                mine.setdefault(key, _Group(k)).add(group.counts, group.samples)
+        self._unlabelled += other._unlabelled
         return self
 
     def counts_tensor(self) -> torch.Tensor:
-        """Global statistics as one float64 [5 * K + 1] tensor, summable across ranks.
-
-        Layout: TP, FP, FN, TN (K each), per-sample IoU sums (K), sample count. float64 so
-        the IoU sums travel in the same ``all_reduce``; counts stay exact below 2**53 pixels.
-        """
-        total = self._total
-        parts = [total.counts.ravel().astype(np.float64), total.iou_sum, [total.samples]]
-        return torch.from_numpy(np.concatenate(parts))
+        """Global counts as one float64 [4 * K + 1] tensor (TP, FP, FN, TN, samples) that
+        ranks can ``all_reduce``; exact below 2**53 pixels."""
+        flat = np.concatenate([self._total.counts.ravel(), [self._total.samples]])
+        return torch.from_numpy(flat.astype(np.float64))
 
     @classmethod
     def from_counts(
-        cls,
-        counts: torch.Tensor,
-        thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS,
+        cls, counts: torch.Tensor, thresholds: Sequence[float] | np.ndarray = DEFAULT_THRESHOLDS
     ) -> SegmentationMetrics:
         """Accumulator holding the (e.g. all-reduced) ``counts_tensor`` of the same grid.
 
-        The per-prompt breakdown of the result is empty.
+        Per-prompt and per-class statistics do not travel: mIoU is None in the result.
         """
         metrics = cls(thresholds)
         k = metrics.thresholds.size
-        flat = counts.detach().cpu().double().numpy().ravel()
-        if flat.size != 5 * k + 1:
-            raise ValueError(f"counts has {flat.size} values, expected {5 * k + 1}")
-        pixels = np.rint(flat[: 4 * k]).astype(np.int64).reshape(4, k)
-        metrics._total = _Stats(pixels, flat[4 * k : 5 * k].copy(), round(flat[-1]))
+        flat = np.rint(counts.detach().cpu().double().numpy().ravel()).astype(np.int64)
+        if flat.size != 4 * k + 1:
+            raise ValueError(f"counts has {flat.size} values, expected {4 * k + 1}")
+        metrics._total.add(flat[: 4 * k].reshape(4, k), int(flat[-1]))
+        metrics._unlabelled = int(flat[-1])
         return metrics
 
-    def compute(self) -> dict[str, Any]:
-        """All metrics as plain Python floats/ints/lists/dicts (JSON-serialisable).
+    def class_iou(self) -> np.ndarray | None:
+        """mIoU per threshold (float64 [K]), or None unless every sample has a label."""
+        if self._unlabelled or not self._classes:
+            return None
+        per_class = np.stack([group.counts for group in self._classes.values()])
+        return fg_iou(per_class).mean(0)
 
-        Keys: thresholds, fg_iou, bg_iou, miou, binary_iou, precision, recall (lists, one
-        value per threshold), ap, best_threshold, best_fg_iou, best_miou, best_binary_iou,
-        fg_iou_at ({"0.4": ...} for the ``STANDARD_THRESHOLDS`` on the grid), samples and
-        per_prompt ({prompt: {samples, best_fg_iou, best_threshold, fg_iou, binary_iou, ap}},
-        fg_iou and binary_iou at the global best threshold; most frequent prompts first).
+    def compute(self) -> dict[str, Any]:
+        """All metrics as plain Python values (JSON-serialisable); None where undefined.
+
+        Keys: thresholds, fg_iou, bg_iou, binary_iou, miou, precision, recall (one value
+        per threshold; miou None without class labels), pr_curve ([[recall, precision],
+        ...]), ap, ap_trapezoid, best_threshold (of fg IoU), best_fg_iou, best_binary_iou,
+        best_binary_iou_threshold, best_miou, best_miou_threshold, ``<metric>_<t>`` for
+        the ``REPORTED_THRESHOLDS`` on the grid, samples, classes (None without labels),
+        per_prompt ({prompt: {samples, best_fg_iou, best_threshold, fg_iou, ap}}, fg_iou at
+        the global best threshold; most frequent prompts first).
 
         Raises:
             ValueError: no sample was accumulated.
         """
-        total = self._total
-        if total.samples == 0:
+        if self.samples == 0:
             raise ValueError("no samples were accumulated")
-        fg = total.fg_iou()
-        bg = total.bg_iou()
-        miou = (fg + bg) / 2
-        binary = total.binary_iou()
-        precision, recall = total.precision_recall()
-        best = int(np.argmax(fg))  # first maximum = lowest threshold among ties
-        return {
+        counts = self._total.counts
+        curves = {"fg_iou": fg_iou(counts), "binary_iou": binary_iou(counts)}
+        miou = self.class_iou()
+        precision, recall = precision_recall(counts)
+        curve = pr_curve(counts)
+        ap, ap_trapezoid = average_precision(curve)
+        result: dict[str, Any] = {
             "thresholds": self.thresholds.tolist(),
-            "fg_iou": fg.tolist(),
-            "bg_iou": bg.tolist(),
-            "miou": miou.tolist(),
-            "binary_iou": binary.tolist(),
+            "fg_iou": curves["fg_iou"].tolist(),
+            "bg_iou": bg_iou(counts).tolist(),
+            "binary_iou": curves["binary_iou"].tolist(),
+            "miou": None if miou is None else miou.tolist(),
             "precision": precision.tolist(),
             "recall": recall.tolist(),
-            "ap": total.ap(),
-            "best_threshold": float(self.thresholds[best]),
-            "best_fg_iou": float(fg[best]),
-            "best_miou": float(miou.max()),
-            "best_binary_iou": float(binary.max()),
-            "fg_iou_at": self._standard(fg),
-            "samples": int(total.samples),
-            "per_prompt": self._per_prompt(best),
+            "pr_curve": curve.tolist(),
+            "ap": ap,
+            "ap_trapezoid": ap_trapezoid,
         }
+        for name, values in (*curves.items(), ("miou", miou)):
+            result.update(self._summary(name, values))
+        result["best_threshold"] = result.pop("best_fg_iou_threshold")
+        result["samples"] = self.samples
+        result["classes"] = None if miou is None else len(self._classes)
+        result["per_prompt"] = self._per_prompt(int(np.argmax(curves["fg_iou"])))
+        return result
 
-    def _standard(self, values: np.ndarray) -> dict[str, float]:
-        """``values`` [K] at the standard thresholds on the grid, keyed like "0.4"."""
-        out = {}
-        for t in STANDARD_THRESHOLDS:
+    def _summary(self, name: str, values: np.ndarray | None) -> dict[str, float | None]:
+        """best_<name>, best_<name>_threshold and <name>_<t> of a [K] curve (or Nones)."""
+        best = None if values is None else int(np.argmax(values))  # first max: lowest t
+        out: dict[str, float | None] = {
+            f"best_{name}": None if best is None else float(values[best]),
+            f"best_{name}_threshold": None if best is None else float(self.thresholds[best]),
+        }
+        for t in REPORTED_THRESHOLDS:
             hits = np.flatnonzero(np.isclose(self.thresholds, t, rtol=0, atol=1e-9))
             if hits.size:
-                out[f"{t:g}"] = float(values[hits[0]])
+                out[f"{name}_{t:g}"] = None if values is None else float(values[hits[0]])
         return out
 
     def _per_prompt(self, best: int) -> dict[str, dict[str, Any]]:
         """Per-prompt summary; ``best`` is the index of the global best threshold."""
         out = {}
         ranked = sorted(self._prompts.items(), key=lambda kv: (-kv[1].samples, kv[0]))
-        for prompt, stats in ranked:
-            fg = stats.fg_iou()
-            own = int(np.argmax(fg))
+        for prompt, group in ranked:
+            iou = fg_iou(group.counts)
+            own = int(np.argmax(iou))
             out[prompt] = {
-                "samples": int(stats.samples),
-                "best_fg_iou": float(fg[own]),
+                "samples": group.samples,
+                "best_fg_iou": float(iou[own]),
                 "best_threshold": float(self.thresholds[own]),
-                "fg_iou": float(fg[best]),
-                "binary_iou": float(stats.binary_iou()[best]),
-                "ap": stats.ap(),
+                "fg_iou": float(iou[best]),
+                "ap": average_precision(pr_curve(group.counts))[0],
             }
         return out
-
-
-def _fmt(value: float | None) -> str:
-    """A metric with 4 decimals, or "n/a" when undefined (None)."""
-    return "n/a" if value is None else f"{value:.4f}"
-
-
-def format_table(result: dict[str, Any], per_prompt_limit: int = 20) -> str:
-    """Plain-text report of a ``SegmentationMetrics.compute()`` result.
-
-    One row per threshold (the best one marked ``*``), summary lines, then the per-prompt
-    breakdown of the ``per_prompt_limit`` most frequent prompts.
-    """
-    lines = [
-        f"{'threshold':>10} {'fg IoU':>8} {'mIoU':>8} {'bin IoU':>8} {'precision':>9} {'recall':>8}"
-    ]
-    columns = zip(
-        result["thresholds"],
-        result["fg_iou"],
-        result["miou"],
-        result["binary_iou"],
-        result["precision"],
-        result["recall"],
-        strict=True,
-    )
-    for t, fg, miou, binary, precision, recall in columns:
-        mark = "*" if t == result["best_threshold"] else " "
-        lines.append(
-            f"{mark}{t:>9.2f} {fg:>8.4f} {miou:>8.4f} {binary:>8.4f} {precision:>9.4f} "
-            f"{recall:>8.4f}"
-        )
-    lines += [
-        f"samples {result['samples']}  AP {_fmt(result['ap'])}",
-        f"best threshold {result['best_threshold']:.2f}: fg IoU {result['best_fg_iou']:.4f}"
-        f"  (best mIoU {result['best_miou']:.4f}, best binary IoU "
-        f"{result['best_binary_iou']:.4f})",
-    ]
-    lines += _prompt_lines(result, per_prompt_limit)
-    return "\n".join(lines)
-
-
-def _prompt_lines(result: dict[str, Any], limit: int) -> list[str]:
-    """Per-prompt rows (most samples first), or nothing without a breakdown."""
-    prompts = result.get("per_prompt") or {}
-    if not prompts or limit <= 0:
-        return []
-    ranked = sorted(prompts.items(), key=lambda kv: (-kv[1]["samples"], kv[0]))
-    at = f"fg IoU@{result['best_threshold']:.2f}"
-    lines = [
-        f"per prompt ({min(limit, len(ranked))} of {len(ranked)}, most samples first):",
-        f"{'samples':>8} {'best fg IoU':>11} {at:>11} {'bin IoU':>8} {'AP':>8}  prompt",
-    ]
-    for prompt, row in ranked[:limit]:
-        lines.append(
-            f"{row['samples']:>8} {row['best_fg_iou']:>11.4f} {row['fg_iou']:>11.4f} "
-            f"{row['binary_iou']:>8.4f} {_fmt(row['ap']):>8}  {prompt}"
-        )
-    return lines

@@ -152,11 +152,13 @@ def write_phrasecut(
 
 COCO_SIZES = {1: (24, 20), 2: (16, 16)}
 #: Expected masks: image 1 "traffic light" = polygon + compressed RLE; "dog" = crowd RLE.
+#: COCO's polygon corners are pixel edges: the rectangle (2, 2)-(8, 6) covers the pixels
+#: x 2..7, y 2..5 (pycocotools; PhraseCut's fill-and-outline would add the far edges).
 COCO_MASKS = {
-    "polygon": rect_mask(24, 20, (2, 2, 8, 6)),
+    "polygon": rect_mask(24, 20, (2, 2, 7, 5)),
     "rle": rect_mask(24, 20, (12, 10, 15, 17)),
     "crowd": rect_mask(24, 20, (0, 12, 5, 19)),
-    "person": rect_mask(16, 16, (3, 4, 9, 12)),
+    "person": rect_mask(16, 16, (3, 4, 8, 11)),
 }
 
 

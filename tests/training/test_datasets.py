@@ -91,6 +91,7 @@ def test_synthetic_mask_is_exactly_the_named_shape():
         pixels = np.asarray(sample.image)
         assert sample.mask.dtype == bool and sample.mask.shape == pixels.shape[:2]
         assert not sample.is_negative and sample.phrase in drawn(sample)
+        assert sample.label == sample.phrase  # the (colour, shape) pair is the class
         # Every mask pixel has the shape's colour, and its 1-pixel ring does not
         # (shapes never touch), so the mask is exactly that shape's pixels.
         assert (pixels[sample.mask] == COLOURS[colour]).all()
@@ -197,6 +198,8 @@ def test_phrasecut_exact_masks_and_raw_phrases(phrasecut_root):
             "refer_train.json" in sample.source
             and PHRASECUT_TASKS[k][0]["task_id"] in sample.source
         )
+        # Each task is its own class for mIoU, as in the official evaluation.
+        assert sample.label == PHRASECUT_TASKS[k][0]["task_id"]
 
 
 def test_phrasecut_skips_and_counts_tasks_without_polygons(phrasecut_root, caplog):
@@ -308,17 +311,6 @@ def test_coco_masks_are_the_union_per_category(coco_path):
     assert light.phrase == "traffic light" and not light.is_negative
 
 
-@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pycocotools vs numpy 2
-def test_coco_polygon_matches_pycocotools_on_integer_rectangles(coco_path):
-    coco_mask = pytest.importorskip("pycocotools.mask")
-    polygon = coco_document()["annotations"][0]["segmentation"]
-    reference = coco_mask.decode(coco_mask.merge(coco_mask.frPyObjects(polygon, 20, 24)))
-    ours = CocoDataset(coco_path, augment=False)[0].mask & COCO_MASKS["polygon"]
-    # pycocotools treats corners as pixel edges (one pixel less on the far sides); ours
-    # follows PhraseCut's fill-and-outline. Both cover the rectangle's interior.
-    assert (reference.astype(bool) <= ours).all()
-
-
 def test_coco_skip_crowd(coco_path):
     ds = CocoDataset(coco_path, skip_crowd=True, augment=False)
     assert ds.phrases == ["traffic light", "person"]
@@ -331,6 +323,7 @@ def test_coco_negatives_are_categories_absent_from_the_image(coco_path):
         ds.set_epoch(epoch)
         sample = ds[0]  # image 1 shows traffic light and dog
         assert sample.is_negative and not sample.mask.any()
+        assert sample.label == sample.phrase  # the category asked for is the class
         seen.add(sample.phrase)
     assert seen == {"person", "cat"}
 
@@ -394,6 +387,19 @@ def test_manifest_happy_path(tmp_path):
     assert "line 3" in ds[1].source  # numbering counts the blank line
     negative = ManifestDataset(path, negative_prob=1.0, augment=False)[0]
     assert negative.is_negative and negative.phrase == "dog" and not negative.mask.any()
+    assert sample.label is None  # no "class" key: no class labels, mIoU is n/a
+
+
+def test_manifest_class_labels(tmp_path):
+    records = [
+        {"image": "images/one.png", "mask": "masks/one.png", "phrase": "tabby", "class": "cat"},
+        {"image": "images/two.png", "mask": "masks/two.png", "phrase": "a puppy", "class": "dog"},
+    ]
+    ds = ManifestDataset(write_manifest(tmp_path, [json.dumps(r) for r in records]))
+    assert [ds[0].label, ds[1].label] == ["cat", "dog"]
+    records[1]["class"] = ""
+    with pytest.raises(DatasetError, match=r"line 2: class must be a non-empty string"):
+        ManifestDataset(write_manifest(tmp_path, [json.dumps(r) for r in records]))
 
 
 def test_manifest_bad_lines_name_the_line(tmp_path):

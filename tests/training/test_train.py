@@ -25,20 +25,21 @@ from tests.service.live import LiveServer
 from training.config import TrainConfig, config_from_args
 from training.datasets import build_dataset
 from training.evaluate import main as eval_main
-from training.train import Trainer, TrainingError
 from training.train import main as train_main
+from training.trainer import Trainer, TrainingError
 
 QUICK = ["--init", "random:tiny", "--dataset", "synthetic", "--num-workers", "0"]
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> Path:
-    """A short CPU run on synthetic shapes with the tiny model (about half a minute)."""
+def trained(tmp_path_factory, live_progress) -> Path:
+    """A short CPU run on synthetic shapes with the tiny model (half a minute or more on a
+    busy machine: it reports its steps live)."""
     output = tmp_path_factory.mktemp("run")
     args = [*QUICK, "--steps", "600", "--batch-size", "16", "--lr", "3e-3",
-            "--eval-every", "300", "--eval-samples", "200", "--checkpoint-every", "300",
+            "--eval-every", "300", "--eval-samples", "150", "--checkpoint-every", "300",
             "--num-workers", "1", "--log-every", "100", "--output", str(output)]  # fmt: skip
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), live_progress("training fixture (600 steps)", every=100):
         warnings.simplefilter("ignore")
         assert train_main(args) == 0
     return output
@@ -57,6 +58,15 @@ def test_training_learns_and_keeps_the_best_checkpoint(trained):
     assert decoder_bytes < 5_000_000
     rows = (trained / "metrics.csv").read_text().splitlines()
     assert any(",train/loss," in row for row in rows) and any(",val/ap," in row for row in rows)
+    # The paper's metric names reach the logs: binary IoU, class mIoU (synthetic shapes
+    # have 15 classes), the fixed thresholds.
+    for tag in ("val/binary_iou_0.5", "val/best_miou", "val/fg_iou_0.4", "val/ap_trapezoid"):
+        assert any(f",{tag}," in row for row in rows), tag
+    # final/ carries the evaluation of the final weights (step 600), not best/'s.
+    final = json.loads((trained / "final" / "config.json").read_text())
+    assert final["metrics"]["step"] == 600 == summary["final"]["step"]
+    assert final["metrics"]["best_fg_iou"] == summary["final"]["best_fg_iou"]
+    assert final["model"]["threshold"] == summary["final"]["best_threshold"]
 
 
 def _iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -96,11 +106,14 @@ def test_clipseg_eval_reports_and_writes_json(trained, tmp_path, capsys):
     code = eval_main(["--weights", str(trained / "best"), "--dataset", "synthetic",
                       "--max-samples", "64", "--device", "cpu", "--output", str(out)])  # fmt: skip
     assert code == 0
-    table = capsys.readouterr().out
+    captured = capsys.readouterr()
+    table = captured.out
     result = json.loads(out.read_text())
     assert result["samples"] == 64 and 0.0 <= result["ap"] <= 1.0
-    assert f"{result['best_fg_iou']:.4f}" in table
+    assert len(result["thresholds"]) == 49 and result["classes"] == 15
+    assert f"{result['best_fg_iou']:.4f}" in table and f"{result['best_miou']:.4f}" in table
     assert result["per_prompt"]
+    assert "eval" in captured.err and "64/64" in captured.err  # the progress bar
 
 
 def _decoder_state(output: Path) -> dict[str, torch.Tensor]:
@@ -149,6 +162,7 @@ def test_config_file_flags_and_validation(tmp_path):
     cfg = config_from_args(["--config", str(config_file), "--lr", "0.002"])
     assert (cfg.steps, cfg.lr, cfg.dataset_options) == (50, 0.002, {"a": 1})
     assert cfg.batch_size == 64 and cfg.lr_min == 1e-4  # the paper's defaults
+    assert (cfg.init, cfg.variant, cfg.backbone) == ("clip", None, "openai")
     config_file.write_text(json.dumps({"stepz": 50}))
     with pytest.raises(ValueError, match="stepz"):
         config_from_args(["--config", str(config_file)])
@@ -183,3 +197,51 @@ def test_ddp_two_cpu_processes_under_torchrun(tmp_path):
         "final",
     ]
     assert load_model(output / "final").model.config.variant == "tiny"
+
+
+def _checkpoint(folder: Path) -> tuple[float, dict]:
+    meta = json.loads((folder / "config.json").read_text())
+    return meta["model"]["threshold"], meta["metrics"]
+
+
+def test_final_gets_its_own_evaluation_and_threshold(tmp_path, monkeypatch):
+    """best/ keeps the best validation's threshold and metrics; final/ gets those of the
+    final weights, evaluated at the last step even off the --eval-every grid."""
+    results = iter([(0.1, 0.5), (0.9, 0.3), (0.5, 0.6), (0.6, 0.7)])  # steps 0, 2, 4, 5
+    steps = []
+
+    def fake_evaluation(model, dataset, device, **kwargs):
+        fg_iou, threshold = next(results)
+        return {"best_fg_iou": fg_iou, "best_threshold": threshold, "ap": None, "fg_iou": []}
+
+    monkeypatch.setattr("training.trainer.evaluate_dataset", fake_evaluation)
+    original = Trainer._evaluate
+
+    def evaluate(self):
+        steps.append(self.step)
+        return original(self)
+
+    monkeypatch.setattr(Trainer, "_evaluate", evaluate)
+    args = [*QUICK, "--steps", "5", "--batch-size", "2", "--eval-every", "2",
+            "--output", str(tmp_path)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main(args) == 0
+    assert steps == [0, 2, 4, 5]
+    best_threshold, best = _checkpoint(tmp_path / "best")
+    final_threshold, final = _checkpoint(tmp_path / "final")
+    assert (best_threshold, best["best_fg_iou"], best["step"]) == (0.3, 0.9, 2)
+    assert (final_threshold, final["best_fg_iou"], final["step"]) == (0.7, 0.6, 5)
+    assert final["ap"] is None and final["initial_fg_iou"] == 0.1  # undefined stays null
+
+
+def test_without_validation_checkpoints_carry_no_metrics(tmp_path):
+    args = [*QUICK, "--steps", "2", "--batch-size", "2", "--eval-every", "0",
+            "--output", str(tmp_path)]  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        assert train_main(args) == 0
+        start = load_model("random:tiny").model.config.threshold
+    for name in ("best", "final"):
+        threshold, metrics = _checkpoint(tmp_path / name)
+        assert threshold == start and metrics == {"step": 2}  # nothing calibrated

@@ -2,9 +2,11 @@
 
 The phrase is the category name (underscores read as spaces: "traffic_light" ->
 "traffic light"); the target is the union of all instances of that category on the
-image. Segmentations may be polygons (rasterised with PIL, see
-``loading.rasterize_polygons``), compressed RLE (``counts`` a string) or uncompressed RLE
-(``counts`` a list, as in ``iscrowd`` annotations), decoded by ``model.masks.decode_rle``.
+image. Segmentations may be polygons, compressed RLE (``counts`` a string) or
+uncompressed RLE (``counts`` a list, as in ``iscrowd`` annotations); all become masks
+through pycocotools exactly as COCO's own API makes them (``coco_masks``). The category
+is the sample's class for the evaluation's mIoU (also for negatives: the category asked
+for).
 
 The JSON's structure is checked when the dataset is opened, so a bad key or a dangling
 image/category id fails at once, naming the file and annotation id; coordinates and RLE
@@ -21,11 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from model.errors import InvalidMaskError
-from model.masks import decode_rle
-
 from ..data import DatasetError
-from .loading import rasterize_polygons, read_image, read_json
+from .coco_masks import segmentation_mask
+from .loading import read_image, read_json
 from .sampling import AnnotatedDataset
 
 __all__ = ["CocoDataset"]
@@ -188,26 +188,6 @@ class CocoDataset(AnnotatedDataset):
             )
         mask = np.zeros((info.height, info.width), dtype=bool)
         for ann_id, segmentation in item.annotations:
-            mask |= self._segmentation_mask(segmentation, info, f"{self.path}: annotation {ann_id}")
+            annotation = f"{self.path}: annotation {ann_id}"
+            mask |= segmentation_mask(segmentation, info.height, info.width, annotation)
         return image, mask, where
-
-    @staticmethod
-    def _segmentation_mask(segmentation: Any, info: _ImageInfo, where: str) -> np.ndarray:
-        if isinstance(segmentation, dict):
-            try:
-                mask = decode_rle(segmentation)
-            except InvalidMaskError as exc:
-                raise DatasetError(f"{where}: bad RLE segmentation: {exc}") from exc
-            if mask.shape != (info.height, info.width):
-                raise DatasetError(
-                    f"{where}: RLE size {list(mask.shape)} differs from the image's "
-                    f"[{info.height}, {info.width}]"
-                )
-            return mask
-        try:
-            polygons = [np.asarray(p, dtype=np.float64).reshape(-1, 2) for p in segmentation]
-        except (TypeError, ValueError) as exc:
-            raise DatasetError(f"{where}: polygon coordinates must be numbers") from exc
-        if not all(np.isfinite(p).all() for p in polygons):
-            raise DatasetError(f"{where}: polygon coordinates must be finite")
-        return rasterize_polygons(polygons, info.width, info.height)

@@ -57,9 +57,11 @@ def read_mask(path: Path, where: str) -> np.ndarray:
 def rasterize_polygons(polygons: Iterable[np.ndarray], width: int, height: int) -> np.ndarray:
     """Union mask (bool [height, width]) of polygons given as [K, 2] arrays of (x, y).
 
-    Follows PhraseCut's official ``polygons_to_mask``: coordinates are truncated to
-    integers and each polygon is drawn filled *and* outlined, so thin or sliver polygons
-    still mark their pixels; polygons of fewer than 2 points are ignored.
+    Follows PhraseCut's official ``polygons_to_mask`` (PhraseCutDataset's
+    ``utils/data_transfer.py``): coordinates are truncated to integers and each polygon is
+    drawn filled *and* outlined, so thin or sliver polygons still mark their pixels;
+    polygons of fewer than 2 points are ignored. COCO's masks are made differently
+    (pycocotools, see ``coco_masks``).
     """
     canvas = Image.new("L", (width, height), 0)
     draw = ImageDraw.Draw(canvas)

@@ -6,6 +6,8 @@ Relative paths are resolved against the manifest's folder. Masks are any image w
 nonzero pixels mark the object (see ``model.transforms.load_mask``) at the image's size.
 Records are checked when the manifest is opened (cheap: JSON and keys); the files
 themselves are checked when a sample is read, so opening a large manifest stays fast.
+An optional ``"class"`` (a non-empty string) names the record's class for the
+evaluation's mIoU; without it the samples have no class and mIoU is reported as n/a.
 Blank lines are allowed; other keys in a record are ignored.
 """
 
@@ -32,6 +34,7 @@ class _Record:
     line: int
     image: Path
     mask: Path
+    label: str | None = None
 
 
 class ManifestDataset(AnnotatedDataset):
@@ -69,7 +72,8 @@ class ManifestDataset(AnnotatedDataset):
         )
         self.path = Path(path)
         self._records, phrases = self._parse()
-        self._set_items(phrases, [r.image for r in self._records])
+        labels = [r.label for r in self._records]
+        self._set_items(phrases, [r.image for r in self._records], labels=labels)
 
     def _parse(self) -> tuple[list[_Record], list[str]]:
         try:
@@ -101,8 +105,11 @@ class ManifestDataset(AnnotatedDataset):
         bad = [k for k in _KEYS if not isinstance(data[k], str) or not data[k].strip()]
         if bad:
             raise DatasetError(f"{where}: {', '.join(bad)} must be non-empty strings")
+        label = data.get("class")
+        if label is not None and (not isinstance(label, str) or not label.strip()):
+            raise DatasetError(f"{where}: class must be a non-empty string")
         root = self.path.parent
-        record = _Record(number, root / data["image"], root / data["mask"])
+        record = _Record(number, root / data["image"], root / data["mask"], label)
         return record, " ".join(data["phrase"].split())
 
     def _load(self, index: int) -> tuple[Image.Image, np.ndarray, str]:

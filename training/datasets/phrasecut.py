@@ -15,7 +15,8 @@ The target is the union of all polygons of all instances, rasterised like Phrase
 own ``polygons_to_mask`` (see ``loading.rasterize_polygons``). Like the official
 ``RefVGLoader`` (which CLIPSeg's loader builds on), tasks without a ``phrase_structure``
 are skipped by default; tasks without polygons are skipped too. Both are counted in
-``skipped`` and logged, never dropped silently.
+``skipped`` and logged, never dropped silently. Each task is its own class for the
+evaluation's mIoU (``Sample.label`` = the task id), as in the official CLIPSeg evaluation.
 
 PhraseCut+ (the paper's training set) adds, for the "train" split by default: 20%
 negatives (a phrase from another image, empty target), random prompt templates, and a
@@ -161,7 +162,10 @@ class PhraseCutDataset(AnnotatedDataset):
         self._points = np.concatenate(chunks)
         self._polygon_ends = np.cumsum([len(p) for p in chunks])
         self._task_ends = np.cumsum(per_task)
-        self._set_items(phrases, image_ids)
+        # Each task is its own class, as in the official CLIPSeg evaluation (its PhraseCut
+        # loader hands the sample index to the metric as the class): the paper's PhraseCut
+        # mIoU is the mean of the tasks' own foreground IoUs.
+        self._set_items(phrases, image_ids, labels=[str(t) for t in task_ids])
 
     def _parse_task(self, task: Any, position: int) -> tuple[str, list[np.ndarray]] | str:
         """(phrase, polygons) of a usable task, or why it is skipped; malformed -> error."""

@@ -152,14 +152,22 @@ class AnnotatedDataset(SampleDataset):
         self.augment = resolve_augment(augment, split)
         self._augmentation = Augmentation() if self.augment else None
         self._index = PhraseIndex([], [])
+        self._labels: Sequence[Hashable | None] | None = None
 
     def _set_items(
         self,
         phrases: Sequence[str],
         image_keys: Sequence[Hashable],
         vocabulary: Iterable[str] | None = None,
+        labels: Sequence[Hashable | None] | None = None,
     ) -> None:
+        """Index the parsed records. ``labels``: each item's class for the evaluation's
+        mIoU (None entries: no class); None: the class is the (raw) phrase asked for,
+        also for negatives (COCO categories)."""
+        if labels is not None and len(labels) != len(phrases):
+            raise ValueError("labels and phrases must have the same length")
         self._index = PhraseIndex(phrases, image_keys, vocabulary)
+        self._labels = labels
 
     def __len__(self) -> int:
         return len(self._index)
@@ -189,7 +197,10 @@ class AnnotatedDataset(SampleDataset):
         text = apply_template(phrase, rng, self.template_prob)
         if self._augmentation is not None:
             image, mask = self._augmentation(image, mask, phrase, rng)
-        return Sample(image, mask, text, support=support, is_negative=negative, source=source)
+        label = phrase if self._labels is None else self._labels[index]
+        return Sample(
+            image, mask, text, support=support, is_negative=negative, source=source, label=label
+        )
 
     def _support(self, rng: np.random.Generator, phrase: str, index: int) -> Support | None:
         j = self._index.support_item(rng, phrase, index)

@@ -151,7 +151,9 @@ class SyntheticShapes(SampleDataset):
             image, mask = self._augmentation(image, mask, phrase, rng)
         # The source lists what was drawn: handy in logs, and lets tests check negatives.
         source = f"synthetic {self.split} #{index}: {', '.join(sorted(present))}"
-        return Sample(image, mask, text, support=support, is_negative=negative, source=source)
+        return Sample(
+            image, mask, text, support=support, is_negative=negative, source=source, label=phrase
+        )  # the class is the (colour, shape) pair asked for
 
     def _support(self, rng: np.random.Generator, phrase: str) -> Support:
         """Another scene that contains ``phrase`` (drawn first, so label 1), with its mask."""

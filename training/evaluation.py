@@ -1,0 +1,82 @@
+"""A model's metrics on a dataset, predicted as the reference evaluation does.
+
+Sigmoid, bilinear upsample of the 352x352 map to each image's own size, then threshold
+over the fixed grid of ``training.metrics`` (whose docstring has the definitions).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+import torch
+
+from model.clipseg import ClipSeg
+from model.postprocess import probabilities_at_size
+from model.text import Template
+from model.weights.loader import load_model
+
+from .batching import image_batch
+from .data import SampleDataset
+from .datasets import build_dataset
+from .metrics import SegmentationMetrics
+from .progress import progress
+
+
+@torch.inference_mode()
+def evaluate_dataset(
+    model: ClipSeg,
+    dataset: SampleDataset,
+    device: torch.device,
+    *,
+    max_samples: int | None = None,
+    batch_size: int = 16,
+    template: Template | str = Template.NONE,
+    show_progress: bool = False,
+) -> dict[str, Any]:
+    """``SegmentationMetrics.compute()`` of ``model`` (text prompts) on the first
+    ``max_samples`` of ``dataset``; the samples' ``label`` is the class for mIoU.
+
+    ``show_progress``: a progress bar (or log lines) on stderr, one step per sample.
+    """
+    config, mode = model.config, Template(template)
+    count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
+    if count == 0:
+        raise ValueError("the evaluation dataset is empty")
+    metrics = SegmentationMetrics()
+    bar = progress(count, "eval") if show_progress else None
+    was_training = model.training
+    model.eval()
+    try:
+        for start in range(0, count, batch_size):
+            samples = [dataset[i] for i in range(start, min(count, start + batch_size))]
+            images = image_batch([s.image for s in samples], config).to(device)
+            logits = model(images, model.embed_phrases([s.phrase for s in samples], mode))
+            for sample, row in zip(samples, logits, strict=True):
+                probs = probabilities_at_size(row[None], sample.mask.shape)
+                target = torch.from_numpy(sample.mask.astype(bool))[None]
+                metrics.update(probs.cpu(), target, [sample.phrase], [sample.label])
+            if bar is not None:
+                bar.update(len(samples))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return metrics.compute()
+
+
+def load_and_evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+    """``clipseg-eval``'s work: the dataset first (a bad path fails before the slow model
+    load), then the weights, then ``evaluate_dataset``."""
+    options = {"augment": False, **args.options}
+    dataset = build_dataset(args.dataset, args.data, args.split, args.seed, **options)
+    model = load_model(args.weights, variant=args.variant, backbone=args.backbone).model
+    return evaluate_dataset(
+        model.to(device),
+        dataset,
+        device,
+        max_samples=args.max_samples,
+        batch_size=args.batch_size,
+        template=args.template,
+        show_progress=args.progress,
+    )
