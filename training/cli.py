@@ -44,9 +44,16 @@ def one_line(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
-def fail(prog: str, exc: BaseException) -> int:
-    """Print ``prog: error: <message>`` to stderr; exit status 2 (a usage/setup error)."""
+def fail(prog: str, exc: BaseException, weights_flag: str = "--weights") -> int:
+    """Print ``prog: error: <message>`` to stderr; exit status 2 (a usage/setup error).
+
+    Weights that cannot be fetched (offline, not cached) name the fixes with this CLI's
+    own weights flag (``weights_flag``), not the service's.
+    """
     message = one_line(exc)
+    if hasattr(exc, "fixes") and hasattr(exc, "problem"):  # WeightsUnavailableError
+        # Duck-typed: importing model.errors here would cost --help its speed.
+        message = f"{exc.problem()}. {exc.fixes(flag=weights_flag, env=None)}"
     if isinstance(exc, ModuleNotFoundError):
         message = f"{message}; {EXTRA_HINT}"
     print(f"{prog}: error: {message}", file=sys.stderr)

@@ -13,11 +13,10 @@ from __future__ import annotations
 from model.clipseg import ClipSeg
 from model.config import get_variant
 from model.decoder import ClipSegDecoder
-from model.weights.loader import LoadedModel, load_model
 
 # The loader's backbone resolution ("openai", a weights file, an HF checkpoint) is what
 # its native checkpoints use too; reusing it keeps one download path and one error text.
-from model.weights.loader import _backbone_state as backbone_state
+from model.weights.loader import LoadedModel, backbone_state, load_model
 from model.weights.strict import load_strict
 
 CLIP_INIT = "clip"

@@ -38,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     except (ClipSegError, ValueError, OSError) as exc:
         # Weights that cannot be loaded (offline, no cache), bad data or options: one
         # line with the cause, no traceback.
-        return fail(PROG, exc)
+        return fail(PROG, exc, weights_flag="--init")
     try:
         summary = trainer.run()
     except TrainingError as exc:

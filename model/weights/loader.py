@@ -9,8 +9,10 @@ CIDAS/clipseg-rd64-refined        a HuggingFace hub id (downloaded or from the H
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -119,7 +121,7 @@ def _load_native(path: Path, variant: str | None) -> LoadedModel:
         seed = int(source.partition(":")[2] or 0)
         load_strict(model.clip, build_random(config, seed).clip.state_dict(), source)
     else:
-        load_strict(model.clip, _backbone_state(source, config), f"backbone {source!r}")
+        load_strict(model.clip, backbone_state(source, config), f"backbone {source!r}")
     # An included backbone lives in this checkpoint only: a derived one must include it too.
     return LoadedModel(
         model, "native", str(path), files, dict(meta.get("metrics", {})), backbone_source=source
@@ -162,11 +164,11 @@ def _load_official(path: Path, variant: str | None, backbone: str) -> LoadedMode
         load_strict(model.clip, clip_state, f"{path} (clip_model.*)")
         backbone = "included"
     else:
-        load_strict(model.clip, _backbone_state(backbone, config), f"backbone {backbone!r}")
+        load_strict(model.clip, backbone_state(backbone, config), f"backbone {backbone!r}")
     return LoadedModel(model, "official", str(path), [path], backbone_source=backbone)
 
 
-def _backbone_state(source: str, config: ClipSegConfig) -> dict[str, torch.Tensor]:
+def backbone_state(source: str, config: ClipSegConfig) -> dict[str, torch.Tensor]:
     """open_clip-keyed CLIP tensors from "openai", a weights file, or an HF checkpoint."""
     if source == "openai":
         return _openai_backbone(config)
@@ -183,10 +185,35 @@ def _openai_backbone(config: ClipSegConfig) -> dict[str, torch.Tensor]:
     try:
         import open_clip
 
-        clip = open_clip.create_model("ViT-B-16", pretrained="openai", force_quick_gelu=True)
+        with _open_clip_logs_at_debug():
+            clip = open_clip.create_model("ViT-B-16", pretrained="openai", force_quick_gelu=True)
     except Exception as exc:
         cause = hub.unavailable_cause(exc, "OpenAI CLIP ViT-B/16 (through open_clip)")
         if cause is not None:
             raise WeightsUnavailableError("openai", cause) from exc
         raise WeightsError(f"cannot load OpenAI ViT-B/16 weights through open_clip: {exc}") from exc
     return clip.state_dict()
+
+
+class _DemoteOpenClip(logging.Filter):
+    """Re-logs open_clip's root-logger records at DEBUG under this module's logger."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if "open_clip" not in record.pathname:
+            return True
+        log.debug("open_clip: %s", record.getMessage())
+        return False
+
+
+@contextlib.contextmanager
+def _open_clip_logs_at_debug() -> Iterator[None]:
+    """open_clip logs through the root logger: INFO chatter, and an ERROR for a failed
+    download that we re-raise as one error with its fixes. Both would break the one-line
+    first start, so they go to DEBUG while open_clip runs."""
+    root = logging.getLogger()
+    demote = _DemoteOpenClip()
+    root.addFilter(demote)
+    try:
+        yield
+    finally:
+        root.removeFilter(demote)

@@ -3,6 +3,11 @@ line, and the clip recipe end to end with a local backbone file (no download her
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors.torch import save_file
@@ -80,3 +85,23 @@ def test_training_from_clip_writes_a_checkpoint_with_that_backbone(backbone_file
     assert loaded.backbone_source == str(path) and loaded.model.config.variant == "tiny"
     clip = loaded.model.clip.state_dict()
     assert all(torch.equal(clip[k], expected[k]) for k in expected)
+
+
+def test_offline_first_run_is_one_line_naming_the_train_flags(tmp_path):
+    """The real default (OpenAI CLIP through open_clip) with no network and an empty cache:
+    one error line with fixes worded for clipseg-train, and none of open_clip's own log
+    lines (it logs a download ERROR through the root logger)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    env.pop("PYTHONPATH", None)
+    done = subprocess.run(
+        [sys.executable, "-m", "training.train", "--output", str(tmp_path / "run"), "--steps", "1"],
+        capture_output=True, text=True, env=env, timeout=120, cwd=Path(__file__).parents[2],
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in done.stderr
+    assert not [line for line in lines if "open_clip" in line or " root " in line], lines
+    last = lines[-1]
+    assert last.startswith("clipseg-train: error: cannot load the weights 'openai': ")
+    assert "HF_HUB_OFFLINE is set" in last
+    assert "--init random:tiny" in last and "--weights" not in last and "CLIPSEG_" not in last
