@@ -16,49 +16,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .config import list_variants
+from .cli_args import DEFAULT_WEIGHTS, build_parser, input_error
 from .errors import ClipSegError
-from .masks import encode_png_gray, encode_png_mask
-from .postprocess import Combine
-from .predictor import Predictor
-from .text import Template
 
-DEFAULT_WEIGHTS = "CIDAS/clipseg-rd64-refined"
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="clipseg-predict",
-        description="Segment an image with CLIPSeg from text prompts and/or support images.",
-    )
-    parser.add_argument("image", help="the image to segment (any format PIL reads)")
-    parser.add_argument("--prompt", action="append", default=[], help="text prompt (repeatable)")
-    parser.add_argument(
-        "--negative-prompt", action="append", default=[], help="remove what matches this"
-    )
-    parser.add_argument(
-        "--support-image", action="append", default=[], help="visual prompt image (repeatable)"
-    )
-    parser.add_argument(
-        "--support-mask", action="append", default=[], help="its mask, nonzero = object"
-    )
-    parser.add_argument(
-        "--text-weight",
-        type=float,
-        default=None,
-        help="with one prompt and supports: mix w*text + (1-w)*visual into one prompt",
-    )
-    parser.add_argument("--weights", default=DEFAULT_WEIGHTS, help="weights source")
-    parser.add_argument("--variant", choices=list_variants(), default=None)
-    parser.add_argument("--backbone", default="openai", help="backbone for official .pth files")
-    parser.add_argument("--threshold", type=float, default=None, help="default: checkpoint's")
-    parser.add_argument("--template", choices=[t.value for t in Template], default="none")
-    parser.add_argument("--combine", choices=[c.value for c in Combine], default="none")
-    parser.add_argument("--soft", action="store_true", help="also write probability maps")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--dtype", default="auto")
-    parser.add_argument("-o", "--output", default="out", help="output directory")
-    return parser
+__all__ = ["DEFAULT_WEIGHTS", "build_parser", "main", "run"]
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -67,10 +28,15 @@ def slug(text: str, limit: int = 40) -> str:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    if len(args.support_image) != len(args.support_mask):
-        raise ClipSegError("give one --support-mask per --support-image")
-    if not args.prompt and not args.support_image:
-        raise ClipSegError("give at least one --prompt or --support-image/--support-mask")
+    """Load the model, segment ``args.image``, write the masks; one summary per mask."""
+    # Imported here, not at the top: torch and open_clip take seconds to import, and
+    # --help or a bad argument must not wait for them.
+    from .masks import encode_png_gray, encode_png_mask
+    from .predictor import Predictor
+
+    problem = input_error(args)
+    if problem:
+        raise ClipSegError(problem)
     predictor = Predictor.from_source(
         args.weights, variant=args.variant, backbone=args.backbone, device=args.device,
         dtype=args.dtype,
@@ -81,8 +47,6 @@ def run(args: argparse.Namespace) -> list[dict]:
             list(zip(args.support_image, args.support_mask, strict=True))
         )
         if args.text_weight is not None:
-            if len(prompts) != 1:
-                raise ClipSegError("--text-weight mixes exactly one --prompt with the supports")
             text = predictor.text_embeddings(prompts, args.template)[0]
             visual, prompts = predictor.hybrid(text, visual, args.text_weight), []
         conditionals = visual[None]
@@ -114,7 +78,12 @@ def run(args: argparse.Namespace) -> list[dict]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``clipseg-predict``: exit 0, or 2 with one ``error:`` line on stderr."""
     args = build_parser().parse_args(argv)
+    problem = input_error(args)  # before the model loads: a typo costs no seconds
+    if problem:
+        print(f"clipseg-predict: error: {problem}", file=sys.stderr)
+        return 2
     try:
         for summary in run(args):
             print(json.dumps(summary))

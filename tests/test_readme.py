@@ -1,8 +1,15 @@
-"""The README's test command is exactly what CI runs."""
+"""The README matches the repository: the test command is what CI runs, the examples use
+files that are in it."""
 
 from __future__ import annotations
 
+import importlib.util
+import re
+import shlex
 from pathlib import Path
+
+import numpy as np
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -39,3 +46,65 @@ def test_every_setting_is_documented():
     readme = (ROOT / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"`CLIPSEG_{n.upper()}`" not in readme]
     assert not missing, f"settings missing from README: {missing}"
+
+
+# --- the curl examples and their sample files ----------------------------------------------
+
+SAMPLE_LIMIT = 100 * 1024  # bytes per sample file: they live in git
+
+
+def readme_curl_lines() -> list[str]:
+    """Every curl command in the README's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    lines = [line.strip() for b in blocks for line in b.replace("\\\n", " ").splitlines()]
+    return [line for line in lines if line.startswith("curl") and " -F " in line]
+
+
+def test_curl_examples_use_files_in_the_repo_and_the_v1_paths():
+    commands = [c for c in readme_curl_lines() if "/segment/" in c]
+    assert len(commands) >= 3
+    uploads = set()
+    for command in commands:
+        tokens = shlex.split(command.split("  #")[0])
+        uploads |= {t.partition("=@")[2] for t in tokens if "=@" in t}
+        (url,) = [t for t in tokens if t.startswith("http")]
+        assert re.fullmatch(r"http://localhost:8000/v1/segment/(text|visual)", url), url
+    assert uploads >= {"docs/samples/query.jpg", "docs/samples/support.jpg"}
+    for path in uploads:  # pasted from the repository root, so relative to it
+        assert (ROOT / path).is_file(), f"README uploads {path}, which is not in the repo"
+        assert (ROOT / path).stat().st_size < SAMPLE_LIMIT, path
+
+
+def test_every_sample_the_readme_names_exists():
+    named = set(re.findall(r"docs/samples/[\w./-]+\w", (ROOT / "README.md").read_text()))
+    assert named
+    for path in named:
+        assert (ROOT / path).is_file(), path
+
+
+def test_samples_are_what_the_script_makes(tmp_path):
+    """docs/samples/ is docs/make_samples.py's output: pixels equal (JPEG within 1 level
+    on average, as another libjpeg may round differently), the mask exactly."""
+    spec = importlib.util.spec_from_file_location("make_samples", ROOT / "docs/make_samples.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    made = module.write(tmp_path)
+    assert sorted(p.name for p in made) == sorted(p.name for p in module.OUT.iterdir())
+    for path in made:
+        committed = np.asarray(Image.open(module.OUT / path.name), dtype=np.int16)
+        fresh = np.asarray(Image.open(path), dtype=np.int16)
+        assert committed.shape == fresh.shape, path.name
+        if path.suffix == ".png":
+            assert np.array_equal(committed, fresh), path.name
+        else:
+            assert np.abs(committed - fresh).mean() <= 1.0, path.name
+        assert path.stat().st_size < SAMPLE_LIMIT
+
+
+def test_support_mask_fits_its_image_and_marks_an_object():
+    samples = ROOT / "docs" / "samples"
+    support, mask = Image.open(samples / "support.jpg"), Image.open(samples / "support_mask.png")
+    assert mask.size == support.size, "the API wants a mask of its support image's size"
+    values = np.asarray(mask)
+    assert set(np.unique(values)) == {0, 255}
+    assert 0.02 < (values > 0).mean() < 0.5  # an object, not the whole picture

@@ -10,13 +10,11 @@ import warnings
 from pathlib import Path
 
 import httpx
-import numpy as np
 import pytest
 from PIL import Image
 
 from model.predictor import Predictor
 from service.app import create_app
-from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 
@@ -45,7 +43,8 @@ def as_request(tokens: list[str], files_dir: Path) -> tuple[str, list, dict, str
             name, _, value = next(args).partition("=")
             if value.startswith("@"):
                 path = files_dir / value[1:]
-                files.append((name, (path.name, path.read_bytes(), "image/png")))
+                mime = "image/png" if path.suffix == ".png" else "image/jpeg"
+                files.append((name, (path.name, path.read_bytes(), mime)))
             else:
                 data.setdefault(name, []).append(value)
         elif token == "-o":
@@ -73,22 +72,21 @@ def test_readme_has_the_curl_examples():
     assert any("format=rle" in c for c in map(" ".join, curl_commands()))
 
 
-def test_readme_curl_examples_work(server, tmp_path):
-    (tmp_path / "photo.jpg").write_bytes(encode(random_image(64, 48), "JPEG"))
-    (tmp_path / "example.jpg").write_bytes(encode(random_image(40, 40, seed=2), "JPEG"))
-    mask = np.zeros((40, 40), np.uint8)
-    mask[8:30, 10:32] = 255
-    (tmp_path / "example_mask.png").write_bytes(encode(Image.fromarray(mask)))
+def test_readme_curl_examples_work(server):
+    """As pasted from the repository root: the sample files under docs/samples/."""
+    root = README.parent
+    width, height = Image.open(root / "docs" / "samples" / "query.jpg").size
     for tokens in curl_commands():
-        url, files, data, output = as_request(tokens, tmp_path)
+        url, files, data, output = as_request(tokens, root)
         url = url.replace("http://localhost:8000", server.url)
         response = httpx.post(url, files=files, data=data, timeout=60)
         assert response.status_code == 200, (tokens, response.text)
         if output:  # -o file.png: the PNG itself at the photo's size
-            assert Image.open(io.BytesIO(response.content)).size == (64, 48)
+            assert Image.open(io.BytesIO(response.content)).size == (width, height)
         else:
             body = response.json()
-            assert (body["width"], body["height"]) == (64, 48)
+            assert (body["width"], body["height"]) == (width, height)
             for entry in body["masks"]:
-                assert entry["rle"]["size"] == [48, 64]
-                assert Image.open(io.BytesIO(base64.b64decode(entry["soft_png"]))).size == (64, 48)
+                assert entry["rle"]["size"] == [height, width]
+                soft = Image.open(io.BytesIO(base64.b64decode(entry["soft_png"])))
+                assert soft.size == (width, height)

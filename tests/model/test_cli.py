@@ -45,3 +45,34 @@ def test_cli_visual_prompt_and_errors(tmp_path, tiny_model, capsys):
     assert main([*args, "--support-image", str(support), "--support-mask", str(mask)]) == 2
     assert "empty" in capsys.readouterr().err
     assert main(args) == 2  # neither prompt nor support
+
+
+def test_parser_choices_are_the_models_own():
+    """model.cli_args spells the enums out (importing them imports torch): keep them equal."""
+    from model import cli_args
+    from model.postprocess import Combine
+    from model.text import Template
+
+    assert tuple(t.value for t in Template) == cli_args.TEMPLATES
+    assert tuple(c.value for c in Combine) == cli_args.COMBINES
+
+
+def test_bad_arguments_fail_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    from model.predictor import Predictor
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Predictor, "from_source", no_loading)
+    image = tmp_path / "photo.png"
+    random_image(20, 20).save(image)
+    cases = [
+        ([str(tmp_path / "nosuch.jpg"), "--prompt", "a cat"], "nosuch.jpg': no such file"),
+        ([str(image), "--support-image", str(image)], "one --support-mask per"),
+        ([str(image), "--prompt", "a", "--prompt", "b", "--support-image", str(image),
+          "--support-mask", str(image), "--text-weight", "0.5"], "exactly one --prompt"),
+    ]  # fmt: skip
+    for args, message in cases:
+        assert main(args) == 2
+        (line,) = capsys.readouterr().err.splitlines()
+        assert line.startswith("clipseg-predict: error: ") and message in line

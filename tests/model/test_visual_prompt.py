@@ -368,6 +368,7 @@ def test_engineer_visual_prompts_stacks_and_names_bad_example() -> None:
         engineer_visual_prompts([], [])
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_matches_cpu() -> None:
     gen = torch.Generator().manual_seed(11)
