@@ -81,19 +81,19 @@ def request(url: str, inputs: dict[str, bytes], case: str) -> httpx.Response:
     prompts = [f"thing {i}" for i in range(16)]
     if case == "float TIFF query":
         files = {"image": ("q.tif", inputs["tiff"], "image/tiff")}
-        return httpx.post(url + "/segment/text", files=files, data={"prompt": "a", "format": "rle"},
-                          timeout=300)  # fmt: skip
+        data = {"prompt": "a", "format": "rle"}
+        return httpx.post(url + "/v1/segment/text", files=files, data=data, timeout=300)
     if case.startswith("JPEG 16 prompts"):
         soft = "true" if "soft" in case else "false"
         files = {"image": ("q.jpg", inputs["jpeg"], "image/jpeg")}
         data = {"prompt": prompts, "format": "rle", "soft": soft}
-        return httpx.post(url + "/segment/text", files=files, data=data, timeout=300)
+        return httpx.post(url + "/v1/segment/text", files=files, data=data, timeout=300)
     files = [
         ("image", ("q.jpg", inputs["jpeg"], "image/jpeg")),
         ("support_image", ("s.jpg", inputs["support"], "image/jpeg")),
         ("support_mask", ("m.png", inputs["mask"], "image/png")),
     ]
-    return httpx.post(url + "/segment/visual", files=files, data={"format": "rle"}, timeout=300)
+    return httpx.post(url + "/v1/segment/visual", files=files, data={"format": "rle"}, timeout=300)
 
 
 CASES = ["float TIFF query", "JPEG 16 prompts rle", "JPEG 16 prompts soft", "support + mask"]
@@ -113,7 +113,7 @@ def idle_server(args: argparse.Namespace) -> tuple[subprocess.Popen, str, float]
     process, url = start(args)
     small = encoded(Image.fromarray(smooth(640, 3)), "JPEG")
     for _ in range(3):
-        httpx.post(url + "/segment/text", files={"image": ("w.jpg", small, "image/jpeg")},
+        httpx.post(url + "/v1/segment/text", files={"image": ("w.jpg", small, "image/jpeg")},
                    data={"prompt": "warm"}, timeout=120)  # fmt: skip
     time.sleep(1.0)
     return process, url, rss_mb(process.pid, "VmRSS")

@@ -104,7 +104,7 @@ async def post(http: httpx.AsyncClient, url: str, images: Images) -> Answer:
     data = {"prompt": "a cat", "format": "rle"}
     sent = time.monotonic()
     try:
-        response = await http.post(url + "/segment/text", files=files, data=data)
+        response = await http.post(url + "/v1/segment/text", files=files, data=data)
     except httpx.HTTPError:
         return Answer(sent, time.monotonic(), 0)
     answer = Answer(sent, time.monotonic(), response.status_code)

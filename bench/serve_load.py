@@ -64,7 +64,7 @@ async def drive(url: str, images: list[bytes], clients: int, seconds: float) -> 
             files = {"image": ("q.jpg", images[i % len(images)], "image/jpeg")}
             data = {"prompt": PROMPTS[i % len(PROMPTS)], "format": "rle"}
             start = time.perf_counter()
-            response = await http.post(url + "/segment/text", files=files, data=data)
+            response = await http.post(url + "/v1/segment/text", files=files, data=data)
             if response.status_code == 200:
                 latencies.append(time.perf_counter() - start)
             elif response.status_code == 429:  # a well-behaved client waits as told

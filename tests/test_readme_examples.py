@@ -67,8 +67,8 @@ def server(tiny_model):
 
 def test_readme_has_the_curl_examples():
     urls = [next(t for t in c if t.startswith("http")) for c in curl_commands()]
-    assert any(u.endswith("/segment/text") for u in urls)
-    assert any(u.endswith("/segment/visual") for u in urls)
+    assert any(u.endswith("/v1/segment/text") for u in urls)
+    assert any(u.endswith("/v1/segment/visual") for u in urls)
     assert any("format=rle" in c for c in map(" ".join, curl_commands()))
 
 

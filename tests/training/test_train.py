@@ -89,7 +89,7 @@ def test_the_service_serves_the_trained_checkpoint(trained):
             buffer = io.BytesIO()
             sample.image.save(buffer, format="PNG")
             response = httpx.post(
-                server.url + "/segment/text",
+                server.url + "/v1/segment/text",
                 data={"prompt": sample.phrase},
                 files={"image": ("s.png", buffer.getvalue(), "image/png")},
                 timeout=30,
