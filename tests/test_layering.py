@@ -1,4 +1,5 @@
-"""Dependencies point one way: service -> model <- training; model never loads the web stack."""
+"""Dependencies point one way: service -> model <- training; model never loads the web stack;
+the client (client/, its own distribution) depends on nothing of ours and never on torch."""
 
 from __future__ import annotations
 
@@ -22,6 +23,10 @@ print(",".join(web))
     [
         ("model", {"fastapi", "starlette", "uvicorn", "service", "training", "multipart"}),
         ("training", {"fastapi", "starlette", "uvicorn", "service", "multipart"}),
+        (
+            "clipseg_client",
+            {"torch", "open_clip", "model", "service", "training", "fastapi", "starlette"},
+        ),
     ],
 )
 def test_package_does_not_import(package, forbidden):
