@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -19,7 +20,7 @@ from .base import (
     wait_or_raise,
 )
 from .calls import Call, Combine, Format, Support, Template, text_call, visual_call
-from .errors import ClipSegError, connection_failed
+from .errors import ClipSegError, NotReady, connection_failed
 from .images import ImageInput
 from .many import map_async, progress_bar
 from .results import Segmentation
@@ -145,6 +146,18 @@ class AsyncClient:
         except ClipSegError:
             return False
         return True
+
+    async def wait_ready(self, timeout: float = 120.0, interval: float = 0.25) -> None:
+        """Wait until the server is ready.
+
+        Raises:
+            NotReady: it was not ready within ``timeout`` seconds.
+        """
+        deadline = time.monotonic() + timeout
+        while not await self.ready():
+            if time.monotonic() + interval > deadline:
+                raise NotReady(f"not ready after {timeout:g} s", code="not_ready")
+            await asyncio.sleep(interval)
 
     async def _segment(
         self, call: Call, timeout: float | None, deadline_s: float | None, rid: str | None

@@ -159,3 +159,26 @@ def test_fail_fast_stops_the_run():
     with Stub([error_reply(422, "invalid_prompt")]) as stub, pytest.raises(InvalidInput):
         asyncio.run(run())
     assert len(stub.seen) <= 3  # the rest were cancelled, never sent
+
+
+def test_wait_ready_gives_up_after_its_timeout():
+    with Client(f"http://127.0.0.1:{free_port()}", retry=FAST) as client:
+        start = time.monotonic()
+        with pytest.raises(NotReady):
+            client.wait_ready(timeout=0.3, interval=0.05)
+        assert time.monotonic() - start < 1.0
+
+    async def run():
+        async with AsyncClient(stub.url) as client:
+            await client.wait_ready(timeout=5.0, interval=0.05)
+
+    with Stub([error_reply(503, "not_ready"), Reply(body={"status": "ready"})]) as stub:
+        asyncio.run(run())
+    assert len(stub.seen) == 2  # polled until the 200
+
+
+def test_progress_bar_counts_every_item(capsys):
+    with Stub([Reply()]) as stub, Client(stub.url, retry=FAST) as client:
+        results = client.segment_many([IMAGE] * 3, "a cat", progress=True)
+    assert len(results) == 3
+    assert "3/3" in capsys.readouterr().err  # tqdm's bar, on stderr
