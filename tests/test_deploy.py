@@ -341,6 +341,7 @@ def test_requirements_step_reads_pyproject(builder_stage, pyproject, tmp_path):
         "model/weights/rd64-uni.pth", "x.safetensors", "hf/pytorch_model.bin",
         "service/__pycache__/app.cpython-311.pyc", ".pytest_cache/v/x", ".ruff_cache/x",
         "clipseg_serve.egg-info/PKG-INFO", "bench/out/result.json", "docs/samples/query.jpg",
+        "client/clipseg_client/client.py",
     ],
 )  # fmt: skip
 def test_dockerignore_excludes(path):
