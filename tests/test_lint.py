@@ -1,4 +1,5 @@
-"""Style gates run with the tests: ruff (lint + format) on everything, mypy on service/."""
+"""Style gates run with the tests: ruff (lint + format) on everything, mypy on service/ and
+client/."""
 
 from __future__ import annotations
 
