@@ -419,7 +419,9 @@ def test_image_by_drop_and_by_paste(serve, browser):
             }""",
             list(small.getvalue()),
         )
-        page.wait_for_function("document.querySelector('#stage-canvas').width === 64")
+        # A selector wait: wait_for_function would eval() its text, which the CSP refuses.
+        page.wait_for_selector("#image-info:has-text('64×48')")
+        assert page.eval_on_selector("#stage-canvas", "c => c.width") == 64
         type_prompts(page, "red")
         body = segment(page)
         assert (body["width"], body["height"]) == (64, 48)  # the pasted image was sent
