@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from . import docs, request_id
+from . import demo, docs, request_id
 from .config import Settings
 from .door import (
     OPEN_PATHS,
@@ -127,6 +127,10 @@ def create_app(
         docs.add_docs(app)
         open_paths = (*OPEN_PATHS, OPENAPI_PATH, *docs.PUBLIC_PATHS)
         open_prefixes = docs.PUBLIC_PREFIXES
+    if settings.demo:
+        demo.add_demo(app, settings)
+        open_paths = (*open_paths, *demo.PUBLIC_PATHS)
+        open_prefixes = (*open_prefixes, *demo.PUBLIC_PREFIXES)
 
     # add_middleware wraps what is there, so the last added is the outermost: request ID
     # -> request metrics -> CORS -> API key -> body limit/timeout -> the app (door.py).

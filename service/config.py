@@ -84,6 +84,9 @@ class Settings(BaseSettings):
     docs: bool = Field(
         True, description="serve /docs, /redoc and /openapi.json (open even with API keys)"
     )
+    demo: bool = Field(
+        True, description="serve the demo page at / (open; its API calls need a key if set)"
+    )
 
     # Logs
     log_level: LogLevel = Field("info", description="critical | error | warning | info | debug")
