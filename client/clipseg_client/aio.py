@@ -9,22 +9,13 @@ from typing import Any
 
 import httpx
 
-from .base import (
-    DEFAULT_URL,
-    Settings,
-    call_headers,
-    error_of,
-    new_request_id,
-    request_args,
-    segmentation_of,
-    wait_or_raise,
-)
+from .base import DEFAULT_URL, CallPlan, Settings, segmentation_of
 from .calls import Call, Combine, Format, Support, Template, text_call, visual_call
-from .errors import ClipSegError, NotReady, connection_failed
+from .errors import ClipSegError, NotReady
 from .images import ImageInput
 from .many import map_async, progress_bar
 from .results import Segmentation
-from .retry import Attempts, RetryPolicy
+from .retry import NO_RETRY, RetryPolicy
 
 
 class AsyncClient:
@@ -133,16 +124,16 @@ class AsyncClient:
 
     async def info(self) -> dict[str, Any]:
         """``GET /info``."""
-        return (await self._send("GET", "/info", None, None, None, None)).json()
+        return (await self._get("/info")).json()
 
     async def health(self) -> dict[str, Any]:
         """``GET /healthz`` (no retry). Raises ``NotReady`` when the server is unhealthy."""
-        return (await self._once("GET", "/healthz")).json()
+        return (await self._get("/healthz", NO_RETRY)).json()
 
     async def ready(self) -> bool:
         """Whether ``GET /readyz`` answers 200 now (no retry)."""
         try:
-            await self._once("GET", "/readyz")
+            await self._get("/readyz", NO_RETRY)
         except ClipSegError:
             return False
         return True
@@ -162,45 +153,26 @@ class AsyncClient:
     async def _segment(
         self, call: Call, timeout: float | None, deadline_s: float | None, rid: str | None
     ) -> Segmentation:
-        rid = rid or new_request_id()
-        response = await self._send("POST", call.path, call, timeout, deadline_s, rid)
-        return segmentation_of(response, rid)
+        plan = CallPlan(
+            self.settings, "POST", call.path, call, timeout=timeout, deadline_s=deadline_s,
+            request_id=rid,
+        )  # fmt: skip
+        return segmentation_of(await self._run(plan), plan.request_id)
 
-    async def _once(self, method: str, path: str) -> httpx.Response:
-        rid = new_request_id()
-        try:
-            response = await self._http.request(
-                method, path, headers=call_headers(rid, None), timeout=self.settings.timeout
-            )
-        except httpx.TransportError as exc:
-            raise connection_failed(exc, rid, 1) from exc
-        if not response.is_success:
-            raise error_of(response, rid, 1)
-        return response
+    async def _get(self, path: str, retry: RetryPolicy | None = None) -> httpx.Response:
+        return await self._run(CallPlan(self.settings, "GET", path, retry=retry))
 
-    async def _send(
-        self,
-        method: str,
-        path: str,
-        call: Call | None,
-        timeout: float | None,
-        deadline_s: float | None,
-        rid: str | None,
-    ) -> httpx.Response:
+    async def _run(self, plan: CallPlan) -> httpx.Response:
         """One call: attempts until a 2xx, a final error, or the budget's end."""
-        settings, rid = self.settings, rid or new_request_id()
-        attempts = Attempts(settings.retry)
-        headers = call_headers(rid, deadline_s if deadline_s is not None else settings.deadline_s)
-        per_attempt = timeout if timeout is not None else settings.timeout
         while True:
-            attempts.made += 1
-            args = request_args(method, path, call, headers, attempts.timeout(per_attempt))
             try:
-                response = await self._http.request(**args)
+                outcome: httpx.Response | httpx.TransportError = await self._http.request(
+                    **plan.request()
+                )
             except httpx.TransportError as exc:
-                delay = wait_or_raise(attempts, rid, exc)
-            else:
-                if response.is_success:
-                    return response
-                delay = wait_or_raise(attempts, rid, response)
+                outcome = exc
+            delay = plan.after(outcome)
+            if delay is None:
+                assert isinstance(outcome, httpx.Response)
+                return outcome
             await asyncio.sleep(delay)

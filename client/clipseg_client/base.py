@@ -115,6 +115,52 @@ def request_args(
     return args
 
 
+class CallPlan:
+    """The attempts of one call, without the I/O: the sync and async clients run the
+    same loop around it and differ only in how they send and sleep::
+
+        plan = CallPlan(...)
+        while True:
+            outcome = send(plan.request())       # a Response, or the TransportError
+            delay = plan.after(outcome)           # raises when the failure is final
+            if delay is None:
+                return outcome                    # a 2xx
+            sleep(delay)
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        method: str,
+        path: str,
+        call: Call | None = None,
+        *,
+        timeout: float | None = None,
+        deadline_s: float | None = None,
+        request_id: str | None = None,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        self.request_id = request_id or new_request_id()
+        self.attempts = Attempts(retry or settings.retry)
+        deadline = deadline_s if deadline_s is not None else settings.deadline_s
+        self.headers = call_headers(self.request_id, deadline)
+        self.per_attempt = timeout if timeout is not None else settings.timeout
+        self.method, self.path, self.call = method, path, call
+
+    def request(self) -> dict[str, Any]:
+        """The next attempt's ``httpx`` request arguments (counts the attempt)."""
+        self.attempts.made += 1
+        timeout = self.attempts.timeout(self.per_attempt)
+        return request_args(self.method, self.path, self.call, self.headers, timeout)
+
+    def after(self, outcome: httpx.Response | httpx.TransportError) -> float | None:
+        """None when ``outcome`` is a 2xx answer, else the seconds to wait before the
+        next attempt; raises the typed error when there is none."""
+        if isinstance(outcome, httpx.Response) and outcome.is_success:
+            return None
+        return wait_or_raise(self.attempts, self.request_id, outcome)
+
+
 def wait_or_raise(
     attempts: Attempts, request_id: str, outcome: httpx.Response | httpx.TransportError
 ) -> float:

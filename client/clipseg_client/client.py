@@ -9,22 +9,13 @@ from typing import Any
 
 import httpx
 
-from .base import (
-    DEFAULT_URL,
-    Settings,
-    call_headers,
-    error_of,
-    new_request_id,
-    request_args,
-    segmentation_of,
-    wait_or_raise,
-)
+from .base import DEFAULT_URL, CallPlan, Settings, segmentation_of
 from .calls import Call, Combine, Format, Support, Template, text_call, visual_call
-from .errors import ClipSegError, NotReady, connection_failed
+from .errors import ClipSegError, NotReady
 from .images import ImageInput
 from .many import map_threaded, progress_bar
 from .results import Segmentation
-from .retry import Attempts, RetryPolicy
+from .retry import NO_RETRY, RetryPolicy
 
 
 class Client:
@@ -190,17 +181,17 @@ class Client:
 
     def info(self) -> dict[str, Any]:
         """``GET /info``: variant, weights, device, batching settings, version."""
-        return self._send("GET", "/info", None, None, None, None).json()
+        return self._get("/info").json()
 
     def health(self) -> dict[str, Any]:
         """``GET /healthz`` (no retry). Raises ``NotReady`` when the server is unhealthy."""
-        response = self._once("GET", "/healthz")
+        response = self._get("/healthz", NO_RETRY)
         return response.json()
 
     def ready(self) -> bool:
         """Whether ``GET /readyz`` answers 200 now (no retry)."""
         try:
-            self._once("GET", "/readyz")
+            self._get("/readyz", NO_RETRY)
         except ClipSegError:
             return False
         return True
@@ -222,45 +213,26 @@ class Client:
     def _segment(
         self, call: Call, timeout: float | None, deadline_s: float | None, rid: str | None
     ) -> Segmentation:
-        rid = rid or new_request_id()
-        response = self._send("POST", call.path, call, timeout, deadline_s, rid)
-        return segmentation_of(response, rid)
+        plan = CallPlan(
+            self.settings, "POST", call.path, call, timeout=timeout, deadline_s=deadline_s,
+            request_id=rid,
+        )  # fmt: skip
+        return segmentation_of(self._run(plan), plan.request_id)
 
-    def _once(self, method: str, path: str) -> httpx.Response:
-        rid = new_request_id()
-        try:
-            response = self._http.request(
-                method, path, headers=call_headers(rid, None), timeout=self.settings.timeout
-            )
-        except httpx.TransportError as exc:
-            raise connection_failed(exc, rid, 1) from exc
-        if not response.is_success:
-            raise error_of(response, rid, 1)
-        return response
+    def _get(self, path: str, retry: RetryPolicy | None = None) -> httpx.Response:
+        return self._run(CallPlan(self.settings, "GET", path, retry=retry))
 
-    def _send(
-        self,
-        method: str,
-        path: str,
-        call: Call | None,
-        timeout: float | None,
-        deadline_s: float | None,
-        rid: str | None,
-    ) -> httpx.Response:
+    def _run(self, plan: CallPlan) -> httpx.Response:
         """One call: attempts until a 2xx, a final error, or the budget's end."""
-        settings, rid = self.settings, rid or new_request_id()
-        attempts = Attempts(settings.retry)
-        headers = call_headers(rid, deadline_s if deadline_s is not None else settings.deadline_s)
-        per_attempt = timeout if timeout is not None else settings.timeout
         while True:
-            attempts.made += 1
-            args = request_args(method, path, call, headers, attempts.timeout(per_attempt))
             try:
-                response = self._http.request(**args)
+                outcome: httpx.Response | httpx.TransportError = self._http.request(
+                    **plan.request()
+                )
             except httpx.TransportError as exc:
-                delay = wait_or_raise(attempts, rid, exc)
-            else:
-                if response.is_success:
-                    return response
-                delay = wait_or_raise(attempts, rid, response)
+                outcome = exc
+            delay = plan.after(outcome)
+            if delay is None:
+                assert isinstance(outcome, httpx.Response)
+                return outcome
             time.sleep(delay)
