@@ -13,7 +13,7 @@ from .base import DEFAULT_URL, CallPlan, Settings, segmentation_of
 from .calls import Call, Combine, Format, Support, Template, text_call, visual_call
 from .errors import ClipSegError, NotReady
 from .images import ImageInput
-from .many import map_async, progress_bar
+from .many import map_async, per_image, progress_bar
 from .results import Segmentation
 from .retry import NO_RETRY, RetryPolicy
 
@@ -99,21 +99,23 @@ class AsyncClient:
     async def segment_many(
         self,
         images: Iterable[ImageInput],
-        prompts: str | Sequence[str],
+        prompts: str | Sequence[str] | None = None,
         *,
+        supports: Sequence[Support] | None = None,
         concurrency: int = 4,
         progress: bool = False,
         fail_fast: bool = False,
         **options: Any,
     ) -> list[Segmentation | Exception]:
-        """``segment_text`` for every image, at most ``concurrency`` in flight (an
+        """``segment_text`` (or ``segment_visual`` with ``supports``) for every image, at
+        most ``concurrency`` in flight (an
         ``asyncio.Semaphore``); results in input order, a failed item as its exception
         unless ``fail_fast`` (see ``Client.segment_many``)."""
         items = list(images)
         bar = progress_bar(len(items), progress)
         try:
             return await map_async(
-                lambda image: self.segment_text(image, prompts, **options),
+                per_image(self.segment_text, self.segment_visual, prompts, supports, options),
                 items,
                 concurrency=concurrency,
                 fail_fast=fail_fast,

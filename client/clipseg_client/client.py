@@ -13,7 +13,7 @@ from .base import DEFAULT_URL, CallPlan, Settings, segmentation_of
 from .calls import Call, Combine, Format, Support, Template, text_call, visual_call
 from .errors import ClipSegError, NotReady
 from .images import ImageInput
-from .many import map_threaded, progress_bar
+from .many import map_threaded, per_image, progress_bar
 from .results import Segmentation
 from .retry import NO_RETRY, RetryPolicy
 
@@ -144,15 +144,17 @@ class Client:
     def segment_many(
         self,
         images: Iterable[ImageInput],
-        prompts: str | Sequence[str],
+        prompts: str | Sequence[str] | None = None,
         *,
+        supports: Sequence[Support] | None = None,
         concurrency: int = 4,
         progress: bool = False,
         fail_fast: bool = False,
         **options: Any,
     ) -> list[Segmentation | Exception]:
-        """:meth:`segment_text` for every image, at most ``concurrency`` requests at once
-        (a thread pool).
+        """:meth:`segment_text` for every image (or :meth:`segment_visual` with the same
+        ``supports`` when they are given; ``prompts`` is then an optional hybrid text), at
+        most ``concurrency`` requests at once (a thread pool).
 
         Returns:
             One entry per image, **in input order**: its ``Segmentation``, or the
@@ -162,13 +164,14 @@ class Client:
         Args:
             progress: show a tqdm progress bar (``pip install 'clipseg-client[progress]'``).
             fail_fast: raise the first failure instead, cancelling what has not started.
-            options: the keyword arguments of :meth:`segment_text`.
+            options: the other keyword arguments of :meth:`segment_text` (or of
+                :meth:`segment_visual`).
         """
         items = list(images)
         bar = progress_bar(len(items), progress)
         try:
             return map_threaded(
-                lambda image: self.segment_text(image, prompts, **options),
+                per_image(self.segment_text, self.segment_visual, prompts, supports, options),
                 items,
                 concurrency=concurrency,
                 fail_fast=fail_fast,

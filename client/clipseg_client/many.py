@@ -116,3 +116,25 @@ async def map_async(
         await asyncio.gather(*tasks, return_exceptions=True)
         raise
     return results
+
+
+def per_image(
+    segment_text: Callable[..., T],
+    segment_visual: Callable[..., T],
+    prompts: str | Sequence[str] | None,
+    supports: Sequence[Any] | None,
+    options: dict[str, Any],
+) -> Callable[[Any], T]:
+    """What ``segment_many`` does with each image: a visual call with ``supports`` when
+    they are given (``prompts``, then one string, makes it hybrid), else a text call.
+
+    Raises:
+        ValueError: neither prompts nor supports, or several prompts with supports.
+    """
+    if supports is None:
+        if prompts is None:
+            raise ValueError("segment_many needs prompts or supports")
+        return lambda image: segment_text(image, prompts, **options)
+    if prompts is not None and not isinstance(prompts, str):
+        raise ValueError("a visual segment_many takes at most one prompt (a hybrid text)")
+    return lambda image: segment_visual(image, supports, prompt=prompts, **options)

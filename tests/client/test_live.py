@@ -272,3 +272,19 @@ def test_api_key(tiny_model, photo, monkeypatch):
         monkeypatch.setenv("CLIPSEG_API_KEY", "s3cret")
         with Client(server.url) as good:  # the key from the environment
             assert len(good.segment_text(photo, "a cat").masks) == 1
+
+
+def test_segment_many_with_supports_is_a_visual_call_per_image(client, server, photo, support):
+    flipped = photo[:, ::-1].copy()
+    results = client.segment_many([photo, flipped], supports=[support], soft=True)
+    for image, got in zip((photo, flipped), results, strict=True):
+        want = client.segment_visual(image, [support], soft=True)
+        assert got.masks[0].prompt == "visual"
+        assert np.array_equal(got.masks[0].probabilities, want.masks[0].probabilities)
+    (hybrid,) = client.segment_many([photo], "a cat", supports=[support], text_weight=1.0)
+    text = client.segment_text(photo, "a cat")
+    assert np.array_equal(hybrid.masks[0].mask, text.masks[0].mask)  # w=1: the text alone
+    with pytest.raises(ValueError, match="at most one prompt"):
+        client.segment_many([photo], ["a", "b"], supports=[support])
+    with pytest.raises(ValueError, match="prompts or supports"):
+        client.segment_many([photo])
