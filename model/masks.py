@@ -41,6 +41,7 @@ __all__ = [
     "encode_png_packed",
     "encode_png_probabilities",
     "encode_rle",
+    "encode_rle_runs",
     "mask_bbox",
     "rle_area",
 ]
@@ -222,6 +223,21 @@ def encode_rle(mask: np.ndarray) -> dict[str, object]:
     arr = _as_2d(mask)
     h, w = arr.shape
     return {"size": [int(h), int(w)], "counts": _counts_to_string(_mask_counts(arr))}
+
+
+def encode_rle_runs(runs: np.ndarray, size: tuple[int, int]) -> dict[str, object]:
+    """COCO compressed RLE from run lengths already found (e.g. on the device).
+
+    Args:
+        runs: 1-D integer array of COCO's uncompressed counts (column-major, starting
+            with a background run) summing to ``h * w``, as ``model.runs`` returns.
+        size: ``(h, w)``.
+
+    Returns:
+        The same dict as ``encode_rle`` of the mask those runs describe.
+    """
+    h, w = size
+    return {"size": [int(h), int(w)], "counts": _counts_to_string(np.asarray(runs, np.int64))}
 
 
 def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from .postprocess import Combine, check_size, combine_masks
+from .runs import ColumnRuns
 
 __all__ = ["BAND_ELEMENTS", "RenderedMasks", "render_masks"]
 
@@ -46,6 +47,7 @@ class RenderedMasks:
     areas: int64 [M], foreground pixels. boxes: int64 [M, 4], ``[x, y, w, h]`` of the
         foreground as pycocotools' ``toBbox`` (all zero for an empty mask).
     soft: uint8 [M, H, W], ``round(p * 255)`` of each mask's map, or None.
+    runs: M int64 [R_m] COCO RLE run lengths (``model.runs``), or None.
     """
 
     packed: torch.Tensor
@@ -53,6 +55,7 @@ class RenderedMasks:
     areas: torch.Tensor
     boxes: torch.Tensor
     soft: torch.Tensor | None
+    runs: list[torch.Tensor] | None = None
 
 
 def render_masks(
@@ -63,6 +66,7 @@ def render_masks(
     negative_logits: torch.Tensor | None = None,
     *,
     soft: bool = False,
+    runs: bool = False,
     band_elements: int = BAND_ELEMENTS,
 ) -> RenderedMasks:
     """Sigmoid, bilinear upsample to ``size``, threshold, combine — band by band.
@@ -75,6 +79,7 @@ def render_masks(
             [N, S, S], N may be 0). Masks: P for none/argmax, 1 for union/intersection,
             whose map is the per-pixel max/min over the prompts.
         soft: also return each mask's map quantised to 8 bits.
+        runs: also return each mask's COCO RLE run lengths, found on the device.
         band_elements: floats per band over all P + N maps (memory bound, not semantics).
 
     Returns:
@@ -89,7 +94,7 @@ def render_masks(
     probs = torch.sigmoid(maps.float())  # [P + N, S, S]
     prompts = int(logits.shape[0])
     count = 1 if combine in (Combine.UNION, Combine.INTERSECTION) else prompts
-    out = _Outputs(count, height, width, soft, logits.device)
+    out = _Outputs(count, height, width, soft, logits.device, runs)
     for start, block in _bands(probs, height, width, band_elements):
         positive = block[:prompts]
         negative = block[prompts:] if negatives else None
@@ -168,7 +173,9 @@ def _mask_maps(positive: torch.Tensor, combine: Combine) -> torch.Tensor:
 class _Outputs:
     """Accumulates packed masks, scores, areas, boxes and soft maps over the bands."""
 
-    def __init__(self, count: int, height: int, width: int, soft: bool, device) -> None:
+    def __init__(
+        self, count: int, height: int, width: int, soft: bool, device, runs: bool = False
+    ) -> None:
         self.packed = torch.zeros((count, height, -(-width // 8)), dtype=torch.uint8, device=device)
         self.scores = torch.zeros(count, dtype=torch.float32, device=device)
         self.areas = torch.zeros(count, dtype=torch.int64, device=device)
@@ -178,6 +185,7 @@ class _Outputs:
             torch.empty((count, height, width), dtype=torch.uint8, device=device) if soft else None
         )
         self.weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=device)
+        self.runs = ColumnRuns(count, height, width) if runs else None
 
     def add(self, masks: torch.Tensor, maps: torch.Tensor, start: int) -> None:
         """masks bool [M, rows, W] and maps float [M, rows, W] of output rows start.."""
@@ -187,6 +195,8 @@ class _Outputs:
         self.rows[:, start:stop] = masks.any(dim=2)
         self.cols |= masks.any(dim=1)
         self.packed[:, start:stop] = self._pack(masks)
+        if self.runs is not None:
+            self.runs.add(masks)
         if self.soft is not None:
             self.soft[:, start:stop] = maps.mul(255.0).round_().to(torch.uint8)
 
@@ -199,7 +209,10 @@ class _Outputs:
         return grouped.sum(dim=-1, dtype=torch.uint8)
 
     def result(self) -> RenderedMasks:
-        return RenderedMasks(self.packed, self.scores, self.areas, self._boxes(), self.soft)
+        runs = None if self.runs is None else self.runs.result()
+        return RenderedMasks(
+            self.packed, self.scores, self.areas, self._boxes(), self.soft, runs=runs
+        )
 
     def _boxes(self) -> torch.Tensor:
         """[M, 4] x, y, w, h from the per-row and per-column "any foreground" flags."""
