@@ -22,6 +22,11 @@ thread CPU clocks (``time.thread_time``) around each stage inside the server
 * framework: the rest — uvicorn/h11, middlewares, FastAPI validation, the batcher and
   scheduler, JSON, threadpool hand-offs.
 
+The server runs with ``OMP_NUM_THREADS=1``: torch's intra-op worker threads would otherwise
+do part of the model thread's work (and spin-wait) where no stage clock sees it, so that it
+shows up as "framework"; the total is the same either way (``--env OMP_NUM_THREADS=2``).
+``--source`` serves another checkout (a before/after comparison on the same machine).
+
 Each run sends N requests per format (interleaved formats, after a warm-up); the table
 shows the median over runs with the min-max range. The client runs in this process and is
 not counted. Never run as a test.
@@ -44,7 +49,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw
-from server import start_server
+from server import ROOT, parse_env, start_server
 
 WIDTH, HEIGHT = 1920, 1080
 FORMATS = ("rle", "png")
@@ -132,13 +137,19 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200, help="per run and format")
     parser.add_argument("--images", type=int, default=4, help="distinct JPEGs, cycled")
+    parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument("--source", type=Path, default=ROOT, help="checkout to serve from")
     args = parser.parse_args()
 
     images = [photo_like(seed) for seed in range(args.images)]
     sizes = ", ".join(f"{len(b) / 1e6:.2f}" for b in images)
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; {WIDTH}x{HEIGHT} JPEGs of {sizes} MB")
-    env = {"CLIPSEG_DEVICE": "cpu", "CLIPSEG_LOG_LEVEL": "warning"}
-    process, url = start_server(env, module="bench.null_server", args=["--stage-cpu"])
+    # One intra-op thread: torch's OpenMP workers would otherwise burn part of the model
+    # thread's work (and their spin-waits) on threads no stage clock sees.
+    env = {"CLIPSEG_DEVICE": "cpu", "OMP_NUM_THREADS": "1", **parse_env(args.env)}
+    process, url = start_server(
+        env, source=args.source, module="bench.null_server", args=["--stage-cpu"]
+    )
     results: dict[str, list[dict[str, float]]] = {fmt: [] for fmt in FORMATS}
     try:
         with httpx.Client(timeout=60) as http:
