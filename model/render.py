@@ -194,9 +194,10 @@ class _Outputs:
         self.areas += masks.sum(dim=(1, 2))
         self.rows[:, start:stop] = masks.any(dim=2)
         self.cols |= masks.any(dim=1)
-        self.packed[:, start:stop] = self._pack(masks)
+        packed = self._pack(masks)
+        self.packed[:, start:stop] = packed
         if self.runs is not None:
-            self.runs.add(masks)
+            self.runs.add(packed)
         if self.soft is not None:
             self.soft[:, start:stop] = maps.mul(255.0).round_().to(torch.uint8)
 

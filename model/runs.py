@@ -4,10 +4,11 @@ the counts string.
 COCO RLE walks a mask in column-major (Fortran) order: flat index ``i = x * H + y``. A run
 ends wherever pixel ``i`` differs from pixel ``i - 1``, i.e. where a pixel differs from the
 one above it (``y >= 1``), or where a column's first pixel differs from the previous
-column's last (``y = 0``). Both are found with whole-tensor comparisons on the band of rows
-``render_masks`` has just thresholded (the row above a band is kept from the band before),
-so nothing is transposed or copied to the host at full resolution: what leaves the device
-is the run lengths themselves, int64, a handful per column for a real object mask.
+column's last (``y = 0``). Both are found with whole-tensor XORs of the bit-packed rows
+``render_masks`` has just produced (the row above a band is kept from the band before), so
+nothing is transposed or unpacked at full resolution, and nothing full-size goes to the
+host: what leaves the device is the run lengths themselves, int64, a handful per column
+for a real object mask.
 
 This module imports torch only.
 """
@@ -22,43 +23,50 @@ __all__ = ["ColumnRuns"]
 class ColumnRuns:
     """Run lengths of ``count`` masks of ``(height, width)`` fed as row bands, in order.
 
-    ``add(masks)`` takes bool [M, rows, W] for the next rows; ``result()`` returns one 1-D
-    int64 tensor per mask (on the device): COCO's uncompressed counts, starting with a
-    background run (0 when the first pixel is foreground), summing to ``height * width`` —
-    what ``model.masks.encode_rle`` derives on the host.
+    ``add(packed)`` takes the next rows bit-packed, uint8 [M, rows, ceil(W / 8)] as
+    ``np.packbits(mask, axis=-1)`` (``render_masks`` packs them anyway): comparing rows
+    byte-wise touches an eighth of the data, and only the few bytes that differ are
+    unpacked. ``result()`` returns one 1-D int64 tensor per mask (on the device): COCO's
+    uncompressed counts, starting with a background run (0 when the first pixel is
+    foreground), summing to ``height * width`` — what ``model.masks.encode_rle`` derives
+    on the host.
     """
 
     def __init__(self, count: int, height: int, width: int) -> None:
         self.count, self.height, self.width = count, height, width
         self.next_row = 0
-        self.first: torch.Tensor | None = None  # bool [M, W], row 0
-        self.last: torch.Tensor | None = None  # bool [M, W], the row above the next band
+        self.first: torch.Tensor | None = None  # uint8 [M, B], row 0 packed
+        self.last: torch.Tensor | None = None  # uint8 [M, B], the row above the next band
         self.masks: list[torch.Tensor] = []  # int64 [K]: mask index of each boundary
         self.positions: list[torch.Tensor] = []  # int64 [K]: column-major flat index
 
-    def add(self, masks: torch.Tensor) -> None:
-        """bool [M, rows, W]: the masks' next ``rows`` rows."""
+    def add(self, packed: torch.Tensor) -> None:
+        """uint8 [M, rows, ceil(W / 8)]: the masks' next ``rows`` rows, bit-packed."""
         start = self.next_row
         if self.last is None:
-            self.first = masks[:, 0].clone()
-            self._boundaries(masks[:, 1:] != masks[:, :-1], start + 1)
+            self.first = packed[:, 0].clone()
         else:
-            self._boundaries((masks[:, :1] != self.last.unsqueeze(1)), start)
-            self._boundaries(masks[:, 1:] != masks[:, :-1], start + 1)
-        self.last = masks[:, -1].clone()
-        self.next_row = start + masks.shape[1]
+            self._boundaries(packed[:, :1] ^ self.last.unsqueeze(1), start)
+        self._boundaries(packed[:, 1:] ^ packed[:, :-1], start + 1)
+        self.last = packed[:, -1].clone()
+        self.next_row = start + packed.shape[1]
 
     def _boundaries(self, changed: torch.Tensor, first_row: int) -> None:
-        """Record the True pixels of bool [M, r, W] (rows from ``first_row``) as run ends."""
-        index, row, column = changed.nonzero(as_tuple=True)
-        self.masks.append(index)
-        self.positions.append(column * self.height + row + first_row)
+        """Record the set bits of uint8 [M, r, B] (rows from ``first_row``) as run ends."""
+        index, row, byte = changed.nonzero(as_tuple=True)
+        # Padding bits past the width are 0 in every row, so they never differ.
+        which, bit = _bits(changed[index, row, byte]).nonzero(as_tuple=True)
+        self.masks.append(index[which])
+        column = byte[which] * 8 + bit
+        self.positions.append(column * self.height + row[which] + first_row)
 
     def result(self) -> list[torch.Tensor]:
         """One int64 [R_m] run-length tensor per mask (see the class docstring)."""
         assert self.first is not None and self.last is not None and self.next_row == self.height
+        first = _bits(self.first).flatten(1)[:, : self.width]  # [M, W]
+        last = _bits(self.last).flatten(1)[:, : self.width]
         # A column's first pixel against the previous column's last one (y = 0, x >= 1).
-        index, column = (self.first[:, 1:] != self.last[:, :-1]).nonzero(as_tuple=True)
+        index, column = (first[:, 1:] != last[:, :-1]).nonzero(as_tuple=True)
         masks = torch.cat([*self.masks, index])
         positions = torch.cat([*self.positions, (column + 1) * self.height])
         # One sort orders the boundaries by mask, then by position.
@@ -71,7 +79,13 @@ class ColumnRuns:
         counts = []
         for i, ends in enumerate(positions.split(per_mask)):
             runs = torch.diff(ends, prepend=zero, append=edges)
-            if bool(self.first[i, 0]):
+            if bool(first[i, 0]):
                 runs = torch.cat([zero, runs])  # COCO counts start with background
             counts.append(runs)
         return counts
+
+
+def _bits(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [...] -> bool [..., 8], most significant bit first (np.unpackbits' order)."""
+    shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
+    return ((packed.unsqueeze(-1) >> shifts) & 1).bool()

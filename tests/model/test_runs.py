@@ -33,9 +33,9 @@ def _masks(kind: str, shape: tuple[int, int], rng: np.random.Generator) -> np.nd
 def _device_runs(masks: np.ndarray, band: int) -> list[np.ndarray]:
     count, height, width = masks.shape
     runs = ColumnRuns(count, height, width)
-    tensor = torch.from_numpy(masks)
+    packed = torch.from_numpy(np.packbits(masks, axis=-1))
     for start in range(0, height, band):
-        runs.add(tensor[:, start : start + band])
+        runs.add(packed[:, start : start + band])
     return [r.numpy() for r in runs.result()]
 
 
