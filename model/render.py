@@ -14,18 +14,19 @@ with the bilinear weights (align_corners=False) computed here; that agrees with 
 one-call result to float rounding (~1e-7), the same order as PyTorch's own differences
 between its CPU code paths, far below the model's numerical noise.
 
-This module imports torch only.
+This module imports torch and numpy (CPU fast paths) only.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from .postprocess import Combine, check_size, combine_masks
-from .runs import ColumnRuns
+from .runs import ColumnRuns, unpack_bits
 
 __all__ = ["BAND_ELEMENTS", "RenderedMasks", "render_masks"]
 
@@ -35,6 +36,8 @@ __all__ = ["BAND_ELEMENTS", "RenderedMasks", "render_masks"]
 BAND_ELEMENTS = 1 << 22
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' default (big) bit order
+#: numpy >= 2.0's per-byte popcount (None before: areas are then summed from the masks).
+_POPCOUNT = getattr(np, "bitwise_count", None)
 
 
 @dataclass(frozen=True)
@@ -191,10 +194,11 @@ class _Outputs:
         """masks bool [M, rows, W] and maps float [M, rows, W] of output rows start.."""
         stop = start + masks.shape[1]
         self.scores = torch.maximum(self.scores, maps.amax(dim=(1, 2)))
-        self.areas += masks.sum(dim=(1, 2))
-        self.rows[:, start:stop] = masks.any(dim=2)
-        self.cols |= masks.any(dim=1)
         packed = self._pack(masks)
+        # Flags, areas and runs read the packed bits: an eighth of the bytes of the mask.
+        self.areas += self._count(packed, masks)
+        self.rows[:, start:stop] = packed.ne(0).any(dim=2)
+        self.cols |= unpack_bits(_or_rows(packed)).flatten(1)[:, : self.cols.shape[1]]
         self.packed[:, start:stop] = packed
         if self.runs is not None:
             self.runs.add(packed)
@@ -202,12 +206,23 @@ class _Outputs:
             self.soft[:, start:stop] = maps.mul(255.0).round_().to(torch.uint8)
 
     def _pack(self, masks: torch.Tensor) -> torch.Tensor:
+        """bool [M, rows, W] -> uint8 [M, rows, ceil(W / 8)], as np.packbits(axis=-1)."""
+        if masks.device.type == "cpu":
+            # numpy's packbits is one C pass, ~30x faster on a CPU than the tensor version.
+            return torch.from_numpy(np.packbits(masks.numpy(), axis=-1))
         bits = masks.to(torch.uint8)
         pad = -bits.shape[-1] % 8
         if pad:
             bits = F.pad(bits, (0, pad))
         grouped = bits.view(*bits.shape[:-1], -1, 8) * self.weights
         return grouped.sum(dim=-1, dtype=torch.uint8)
+
+    @staticmethod
+    def _count(packed: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+        """int64 [M] foreground pixels: popcount of the packed bits on a CPU."""
+        if packed.device.type == "cpu" and _POPCOUNT is not None:
+            return torch.from_numpy(_POPCOUNT(packed.numpy()).sum(axis=(1, 2), dtype=np.int64))
+        return masks.sum(dim=(1, 2))
 
     def result(self) -> RenderedMasks:
         runs = None if self.runs is None else self.runs.result()
@@ -221,6 +236,17 @@ class _Outputs:
         y0, y1 = _first_last(self.rows)
         boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
         return torch.where((self.areas > 0).unsqueeze(1), boxes, torch.zeros_like(boxes))
+
+
+def _or_rows(packed: torch.Tensor) -> torch.Tensor:
+    """uint8 [M, rows, B] -> uint8 [M, B], the bitwise OR over the rows (pairwise halving)."""
+    while packed.shape[1] > 1:
+        half = packed.shape[1] // 2
+        merged = packed[:, :half] | packed[:, half : 2 * half]
+        packed = (
+            torch.cat([merged, packed[:, 2 * half :]], dim=1) if packed.shape[1] % 2 else merged
+        )
+    return packed[:, 0]
 
 
 def _first_last(flags: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

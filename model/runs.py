@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["ColumnRuns"]
+__all__ = ["ColumnRuns", "unpack_bits"]
 
 
 class ColumnRuns:
@@ -55,7 +55,7 @@ class ColumnRuns:
         """Record the set bits of uint8 [M, r, B] (rows from ``first_row``) as run ends."""
         index, row, byte = changed.nonzero(as_tuple=True)
         # Padding bits past the width are 0 in every row, so they never differ.
-        which, bit = _bits(changed[index, row, byte]).nonzero(as_tuple=True)
+        which, bit = unpack_bits(changed[index, row, byte]).nonzero(as_tuple=True)
         self.masks.append(index[which])
         column = byte[which] * 8 + bit
         self.positions.append(column * self.height + row[which] + first_row)
@@ -63,8 +63,8 @@ class ColumnRuns:
     def result(self) -> list[torch.Tensor]:
         """One int64 [R_m] run-length tensor per mask (see the class docstring)."""
         assert self.first is not None and self.last is not None and self.next_row == self.height
-        first = _bits(self.first).flatten(1)[:, : self.width]  # [M, W]
-        last = _bits(self.last).flatten(1)[:, : self.width]
+        first = unpack_bits(self.first).flatten(1)[:, : self.width]  # [M, W]
+        last = unpack_bits(self.last).flatten(1)[:, : self.width]
         # A column's first pixel against the previous column's last one (y = 0, x >= 1).
         index, column = (first[:, 1:] != last[:, :-1]).nonzero(as_tuple=True)
         masks = torch.cat([*self.masks, index])
@@ -85,7 +85,7 @@ class ColumnRuns:
         return counts
 
 
-def _bits(packed: torch.Tensor) -> torch.Tensor:
+def unpack_bits(packed: torch.Tensor) -> torch.Tensor:
     """uint8 [...] -> bool [..., 8], most significant bit first (np.unpackbits' order)."""
     shifts = torch.arange(7, -1, -1, dtype=torch.uint8, device=packed.device)
     return ((packed.unsqueeze(-1) >> shifts) & 1).bool()
