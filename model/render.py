@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from .postprocess import Combine, check_size, combine_masks
 from .runs import ColumnRuns, unpack_bits
 
-__all__ = ["BAND_ELEMENTS", "RenderedMasks", "render_masks"]
+__all__ = ["BAND_ELEMENTS", "RenderedMasks", "pack_bits", "render_masks"]
 
 #: Floats per band across all of a request's maps (16 MB in float32). Big enough that a
 #: 2 MP image with one prompt is one band (a handful of kernels on a GPU), small enough that
@@ -210,12 +210,7 @@ class _Outputs:
         if masks.device.type == "cpu":
             # numpy's packbits is one C pass, ~30x faster on a CPU than the tensor version.
             return torch.from_numpy(np.packbits(masks.numpy(), axis=-1))
-        bits = masks.to(torch.uint8)
-        pad = -bits.shape[-1] % 8
-        if pad:
-            bits = F.pad(bits, (0, pad))
-        grouped = bits.view(*bits.shape[:-1], -1, 8) * self.weights
-        return grouped.sum(dim=-1, dtype=torch.uint8)
+        return pack_bits(masks, self.weights)
 
     @staticmethod
     def _count(packed: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -236,6 +231,21 @@ class _Outputs:
         y0, y1 = _first_last(self.rows)
         boxes = torch.stack([x0, y0, x1 - x0 + 1, y1 - y0 + 1], dim=1)
         return torch.where((self.areas > 0).unsqueeze(1), boxes, torch.zeros_like(boxes))
+
+
+def pack_bits(masks: torch.Tensor, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """bool [..., W] -> uint8 [..., ceil(W / 8)] like ``np.packbits(axis=-1)``, on any device.
+
+    ``weights``: uint8 [8] ``_BIT_WEIGHTS`` on the masks' device (made when None).
+    """
+    if weights is None:
+        weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=masks.device)
+    bits = masks.to(torch.uint8)
+    pad = -bits.shape[-1] % 8
+    if pad:
+        bits = F.pad(bits, (0, pad))
+    grouped = bits.view(*bits.shape[:-1], -1, 8) * weights
+    return grouped.sum(dim=-1, dtype=torch.uint8)
 
 
 def _or_rows(packed: torch.Tensor) -> torch.Tensor:
