@@ -3,7 +3,7 @@
 Starts the real service stack around the null model (``bench/null_server.py``: HTTP door,
 multipart parsing, decode, scheduler, batcher, render, encode — only the model's own
 compute is replaced by a fixed 352x352 logit map) as a subprocess on loopback, and sends it
-1920x1080 JPEGs (smooth gradients, shapes and noise, quality 90, ~0.8 MB) one at a time,
+1920x1080 JPEGs (smooth gradients, shapes and noise, quality 90, ~0.47 MB) one at a time,
 one text prompt each, asking for RLE (JSON) and for PNG (the raw single-mask body).
 
 Method. The total is the server process's CPU time (``utime + stime`` from

@@ -8,7 +8,10 @@ column's last (``y = 0``). Both are found with whole-tensor XORs of the bit-pack
 ``render_masks`` has just produced (the row above a band is kept from the band before), so
 nothing is transposed or unpacked at full resolution, and nothing full-size goes to the
 host: what leaves the device is the run lengths themselves, int64, a handful per column
-for a real object mask.
+for a real object mask. Their number is bounded by the model, not by the image: a column
+of a bilinearly upsampled S-row map crosses a threshold at most about once per source row
+interval, so a mask has at most ~S boundaries per column (plus what combining masks adds),
+whatever the resolution — the same int64 counts the host encoder built before.
 
 This module imports torch only.
 """
