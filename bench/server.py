@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import httpx
@@ -22,13 +22,19 @@ def free_port() -> int:
 
 
 def start_server(
-    settings: Mapping[str, str], source: Path = ROOT, timeout: float = 900.0
+    settings: Mapping[str, str],
+    source: Path = ROOT,
+    timeout: float = 900.0,
+    module: str = "service.main",
+    args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, str]:
-    """Run ``python -m service.main`` from ``source`` (a checkout: compare versions) with
-    the ``CLIPSEG_*`` ``settings``; return the process and its URL once /readyz is 200."""
+    """Run ``python -m module`` (default ``service.main``; ``bench.null_server`` for the
+    null model) from ``source`` (a checkout: compare versions) with the ``CLIPSEG_*``
+    ``settings`` and extra ``args``; return the process and its URL once /readyz is 200."""
     port = free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(source), **settings}
-    command = [sys.executable, "-m", "service.main", "--port", str(port), "--log-level", "warning"]
+    command = [sys.executable, "-m", module, "--port", str(port), "--log-level", "warning"]
+    command += list(args)
     process = subprocess.Popen(command, env=env, cwd=source)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + timeout

@@ -48,6 +48,8 @@ class SegmentRequest:
         conditioning vectors, one row each.
     threshold: in [0, 1]; None means the checkpoint's calibrated threshold.
     soft: also return each mask's probability map (8-bit).
+    runs: also return each mask's COCO RLE run lengths, found on the device (for RLE
+        answers: the host then only writes the counts string).
     """
 
     pixels: torch.Tensor
@@ -62,6 +64,7 @@ class SegmentRequest:
     threshold: float | None = None
     combine: Combine = Combine.NONE
     soft: bool = False
+    runs: bool = False
 
     def __post_init__(self) -> None:
         # Accept lists and strings from callers; store the canonical immutable forms.
@@ -145,6 +148,8 @@ class Segmentation:
     union/intersection the map is the per-pixel max/min over the prompts). areas: int64
     [M]. boxes: int64 [M, 4] ``[x, y, w, h]`` (zeros when empty). labels: M names.
     soft: uint8 [M, H, W] ``round(p * 255)`` of each map when the request asked for it.
+    runs: M int64 [R_m] run lengths when the request asked for them: COCO's uncompressed
+    counts (column-major, starting with background), what ``encode_rle`` would derive.
     """
 
     packed_masks: np.ndarray
@@ -155,6 +160,7 @@ class Segmentation:
     labels: tuple[str, ...]
     threshold: float
     soft: np.ndarray | None = None
+    runs: tuple[np.ndarray, ...] | None = None
 
     def mask(self, index: int) -> np.ndarray:
         """bool [H, W]: mask ``index`` unpacked (one at a time keeps memory low)."""
@@ -211,6 +217,7 @@ class RequestSpan:
     combine: Combine
     soft: bool
     labels: tuple[str, ...]
+    runs: bool = False
 
     @property
     def stop(self) -> int:
@@ -292,4 +299,5 @@ def _span(request: SegmentRequest, start: int) -> RequestSpan:
         combine=request.combine,
         soft=request.soft,
         labels=request.labels(),
+        runs=request.runs,
     )

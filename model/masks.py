@@ -32,6 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
+from model.png import gray_png, packed_gray_png
 
 __all__ = [
     "decode_png_mask",
@@ -41,6 +42,7 @@ __all__ = [
     "encode_png_packed",
     "encode_png_probabilities",
     "encode_rle",
+    "encode_rle_runs",
     "mask_bbox",
     "rle_area",
 ]
@@ -224,6 +226,21 @@ def encode_rle(mask: np.ndarray) -> dict[str, object]:
     return {"size": [int(h), int(w)], "counts": _counts_to_string(_mask_counts(arr))}
 
 
+def encode_rle_runs(runs: np.ndarray, size: tuple[int, int]) -> dict[str, object]:
+    """COCO compressed RLE from run lengths already found (e.g. on the device).
+
+    Args:
+        runs: 1-D integer array of COCO's uncompressed counts (column-major, starting
+            with a background run) summing to ``h * w``, as ``model.runs`` returns.
+        size: ``(h, w)``.
+
+    Returns:
+        The same dict as ``encode_rle`` of the mask those runs describe.
+    """
+    h, w = size
+    return {"size": [int(h), int(w)], "counts": _counts_to_string(np.asarray(runs, np.int64))}
+
+
 def decode_rle(rle: Mapping[str, Any]) -> np.ndarray:
     """Decode a COCO RLE into a mask.
 
@@ -279,11 +296,7 @@ def _png_bytes(pixels: np.ndarray) -> bytes:
     """PNG of a 2-D uint8 array as a mode "L" image (width w, height h)."""
     if pixels.size == 0:
         raise InvalidMaskError(f"cannot write an empty {pixels.shape} mask as PNG")
-    buf = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(pixels)).save(
-        buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL
-    )
-    return buf.getvalue()
+    return gray_png(pixels, PNG_COMPRESS_LEVEL)
 
 
 def encode_png_gray(pixels: np.ndarray) -> bytes:
@@ -322,8 +335,8 @@ def encode_png_packed(packed: np.ndarray, width: int) -> bytes:
 
     Args:
         packed: uint8 ``(h, ceil(width / 8))``, rows ``np.packbits``-ed (first pixel in the
-            most significant bit) — exactly PIL's raw layout for mode "1", so PIL unpacks
-            it in C without a numpy copy of the mask.
+            most significant bit), unpacked straight into the PNG's scanlines
+            (``model.png``).
         width: the mask's width in pixels.
 
     Raises:
@@ -332,10 +345,7 @@ def encode_png_packed(packed: np.ndarray, width: int) -> bytes:
     arr = _as_2d(packed, "packed mask")
     if arr.dtype != np.uint8 or arr.shape[1] != -(-width // 8) or width < 1 or arr.shape[0] < 1:
         raise InvalidMaskError(f"packed mask {arr.shape} {arr.dtype} does not fit width {width}")
-    bits = Image.frombytes("1", (width, arr.shape[0]), np.ascontiguousarray(arr).tobytes())
-    buf = io.BytesIO()
-    bits.convert("L").save(buf, format="PNG", compress_level=PNG_COMPRESS_LEVEL)
-    return buf.getvalue()
+    return packed_gray_png(arr, width, PNG_COMPRESS_LEVEL)
 
 
 def encode_png_probabilities(probs: np.ndarray) -> bytes:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .batch import (
@@ -195,17 +196,21 @@ class Predictor:
         negative_logits: torch.Tensor | None = None,
         soft: bool = False,
         labels: Sequence[str] | None = None,
+        runs: bool = False,
     ) -> Segmentation:
         """Logits [P, S, S] (+ negatives [N, S, S]) -> masks at ``size`` (height, width).
 
         Sigmoid, bilinear upsample, then threshold — never the other way round — one band
         of rows at a time on the device (``model.render``); the host receives bit-packed
-        masks, scores, areas, boxes and, with ``soft``, 8-bit probability maps.
+        masks, scores, areas, boxes and, with ``soft``, 8-bit probability maps; with
+        ``runs``, each mask's COCO RLE run lengths (found on the device).
         """
         threshold = self.resolve_threshold(threshold)
         combine = Combine(combine)
         with torch.inference_mode():
-            rendered = render_masks(logits, size, threshold, combine, negative_logits, soft=soft)
+            rendered = render_masks(
+                logits, size, threshold, combine, negative_logits, soft=soft, runs=runs
+            )
         count = int(rendered.scores.shape[0])
         return Segmentation(
             packed_masks=rendered.packed.cpu().numpy(),
@@ -216,6 +221,7 @@ class Predictor:
             labels=tuple(labels) if labels is not None else tuple(str(i) for i in range(count)),
             threshold=threshold,
             soft=None if rendered.soft is None else rendered.soft.cpu().numpy(),
+            runs=None if rendered.runs is None else _host_runs(rendered.runs),
         )
 
     # ------------------------------------------------------------------- batches
@@ -281,6 +287,7 @@ class Predictor:
             negative_logits=rows[span.positives :] if span.negatives else None,
             soft=span.soft,
             labels=span.labels,
+            runs=span.runs,
         )
 
     # ----------------------------------------------------------------- end to end
@@ -345,3 +352,11 @@ class Predictor:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
         }
+
+
+def _host_runs(runs: list[torch.Tensor]) -> tuple:
+    """Device run-length tensors -> numpy int64 arrays, in one copy to the host."""
+    if len(runs) == 1:
+        return (runs[0].cpu().numpy(),)
+    flat = torch.cat(runs).cpu().numpy()
+    return tuple(np.split(flat, np.cumsum([int(r.shape[0]) for r in runs[:-1]])))

@@ -11,7 +11,7 @@ import hashlib
 import torch
 
 from model.batch import Segmentation
-from model.masks import encode_png_gray, encode_png_packed, encode_rle
+from model.masks import encode_png_gray, encode_png_packed, encode_rle, encode_rle_runs
 from model.predictor import Predictor, PreparedImage
 
 from .budget import ImageHeader
@@ -87,7 +87,10 @@ def mask_entries(result: Segmentation, fmt: str) -> list[dict]:
             "bbox": [int(v) for v in result.boxes[i]],
             "threshold": result.threshold,
         }
-        if fmt == "rle":
+        if fmt == "rle" and result.runs is not None:
+            # Runs found on the device: only the counts string is written here.
+            entry["rle"] = encode_rle_runs(result.runs[i], result.size)
+        elif fmt == "rle":
             entry["rle"] = encode_rle(result.mask(i))
         else:
             entry["png"] = _b64(encode_png_packed(result.packed_masks[i], width))

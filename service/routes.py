@@ -292,6 +292,7 @@ async def segment_text(
             threshold=threshold,
             combine=mode,
             soft=soft,
+            runs=format == "rle",
         )
 
     return await _serve(request, shape, data, [], make, format, started)
@@ -371,6 +372,7 @@ async def segment_visual(
             text_weight=text_weight,
             threshold=threshold,
             soft=soft,
+            runs=format == "rle",
         )
 
     return await _serve(request, shape, data, pairs, make, format, started)

@@ -8,9 +8,9 @@ import torch
 import torch.nn.functional as F
 
 from model import render
-from model.masks import mask_bbox
+from model.masks import encode_rle, encode_rle_runs, mask_bbox
 from model.postprocess import Combine, combine_masks, mask_scores, probabilities_at_size
-from model.render import render_masks
+from model.render import _or_rows, _Outputs, pack_bits, render_masks
 
 SIZES = [(480, 640), (7, 3), (1, 1), (1000, 37), (353, 351), (352, 352), (100, 2000)]
 
@@ -121,6 +121,25 @@ def test_cuda_rendering_matches_the_cpu():
         pytest.skip("needs CUDA")
     logits = torch.randn(3, 352, 352) * 3
     cpu = render_masks(logits, (1080, 1920), 0.5, Combine.NONE, soft=True)
-    gpu = render_masks(logits.cuda(), (1080, 1920), 0.5, Combine.NONE, soft=True)
+    gpu = render_masks(logits.cuda(), (1080, 1920), 0.5, Combine.NONE, soft=True, runs=True)
     assert (gpu.scores.cpu() - cpu.scores).abs().max() <= 1e-6
-    assert (unpack(gpu, 1920) != unpack(cpu, 1920)).mean() <= 1e-5
+    masks = unpack(gpu, 1920)
+    assert (masks != unpack(cpu, 1920)).mean() <= 1e-5
+    # The tensor-only paths (packing, flags, device-side RLE runs) describe CUDA's masks.
+    assert gpu.runs is not None
+    for i, runs in enumerate(gpu.runs):
+        assert encode_rle_runs(runs.cpu().numpy(), (1080, 1920)) == encode_rle(masks[i])
+        assert int(gpu.areas[i]) == int(masks[i].sum())
+        assert gpu.boxes[i].tolist() == mask_bbox(masks[i])
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 1), (2, 3, 7), (1, 5, 8), (3, 17, 13), (1, 2, 1000)])
+def test_the_cuda_packing_and_flags_equal_numpys(shape):
+    """The tensor-only paths CUDA takes (packing, OR over rows) checked on the CPU."""
+    masks = torch.rand(shape) < 0.5
+    expected = np.packbits(masks.numpy(), axis=-1)
+    packed = pack_bits(masks)
+    assert np.array_equal(packed.numpy(), expected)
+    assert np.array_equal(_or_rows(packed).numpy(), np.bitwise_or.reduce(expected, axis=1))
+    areas = _Outputs._count(packed, masks)
+    assert areas.tolist() == masks.sum(dim=(1, 2)).tolist()

@@ -1,0 +1,78 @@
+"""A stand-in predictor for host-path benchmarks: the real service around no model compute.
+
+``NullPredictor`` is a ``Predictor`` whose two device-side model calls return at once: text
+embeddings are zeros and the decoder's logits are one fixed, precomputed 352x352 map (a
+smooth ellipse, so masks have realistic edges and RLE has a few runs per column). Every
+other step is the real one: decode, orient, resize and normalise the upload
+(``prepare_image``), plan the batch, then sigmoid, bilinear upsample to the image's own
+size, threshold, pack, score (``render``) and encode. What a benchmark then measures is
+the host's share of a request.
+
+It lives in ``bench/`` on purpose: nothing under ``service/`` or ``model/`` imports it and
+no weights source or setting names it, so a deployment cannot select it by accident. Only
+code that builds the app itself (``bench/null_server.py``) passes ``null_factory`` to
+``service.app.create_app``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+
+import torch
+
+from model.config import get_variant
+from model.predictor import Predictor
+from model.text import Template
+from model.weights.loader import build_random
+from service.config import Settings
+
+#: Side of the model input the null model pretends to have (the released weights').
+INPUT_SIZE = 352
+
+
+def ellipse_logits(size: int = INPUT_SIZE) -> torch.Tensor:
+    """float32 [size, size] logits: positive inside a centred ellipse, in about [-8, 3].
+
+    Smooth like a real decoder's output, so the upsampled mask has soft, curved edges.
+    """
+    axis = (torch.arange(size, dtype=torch.float32) + 0.5) / size - 0.5
+    y, x = torch.meshgrid(axis, axis, indexing="ij")
+    radius = torch.sqrt((x / 0.35) ** 2 + (y / 0.25) ** 2)
+    return 8.0 * (1.0 - radius)
+
+
+class NullPredictor(Predictor):
+    """A ``Predictor`` whose model calls cost nothing (see the module docstring).
+
+    Built on the tiny random model's module (never run) with ``INPUT_SIZE`` as its input
+    size, so queries are decoded and resized exactly as for the released weights.
+    """
+
+    def __init__(self, **kwargs) -> None:
+        config = dataclasses.replace(get_variant("tiny"), input_size=INPUT_SIZE)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            super().__init__(build_random(config), device="cpu", **kwargs)
+        self._logits = ellipse_logits(INPUT_SIZE)
+        self._dim = config.backbone.embed_dim
+
+    def text_embeddings(self, prompts, template: Template | str = Template.NONE) -> torch.Tensor:
+        """float32 [N, D] zeros: the logits below ignore the conditioning."""
+        return torch.zeros((len(prompts), self._dim))
+
+    def support_embeddings(self, supports: torch.Tensor) -> torch.Tensor:
+        """float32 [K, D] zeros."""
+        return torch.zeros((int(supports.shape[0]), self._dim))
+
+    def logits(self, images, conditionals, image_index=None) -> torch.Tensor:
+        """float32 [P, S, S]: the fixed ellipse map for every row (a view, no copy)."""
+        rows = int(conditionals.shape[0])
+        return self._logits.expand(rows, INPUT_SIZE, INPUT_SIZE)
+
+
+def null_factory(settings: Settings) -> Predictor:
+    """A ``PredictorFactory`` for ``create_app``: the settings' weights are ignored."""
+    return NullPredictor(
+        text_cache_size=settings.text_cache_size, max_pixels=settings.max_image_pixels
+    )

@@ -1,0 +1,51 @@
+"""The real service stack around ``NullPredictor``, for host-path benchmarks. Not a test.
+
+Same app (``service.app.create_app``), middlewares, scheduler, batcher and uvicorn server
+(``service.server.build_server``) as ``clipseg-serve``; only the predictor factory is
+``bench.null_model.null_factory``. Settings come from the ``CLIPSEG_*`` environment like
+the real server's (``CLIPSEG_WEIGHTS`` is ignored). ``--stage-cpu`` adds per-stage CPU
+accounting and ``GET /bench/cpu`` (``bench/stage_cpu.py``).
+
+    python -m bench.null_server --port 8001 [--stage-cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+
+from bench.null_model import null_factory
+from service.app import create_app
+from service.config import Settings
+from service.logs import configure_logging
+from service.server import build_server
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--log-level", default="warning")
+    parser.add_argument("--stage-cpu", action="store_true", help="per-stage CPU accounting")
+    args = parser.parse_args()
+    settings = Settings(host=args.host, port=args.port, log_level=args.log_level)
+    configure_logging(settings.log_level, settings.log_format)
+    app = create_app(settings, predictor_factory=null_factory)
+    if args.stage_cpu:
+        from bench import stage_cpu
+
+        stage_cpu.install(app)
+    server = build_server(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        settings=settings,
+        on_listening=app.state.service.listening,
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        server.run()
+
+
+if __name__ == "__main__":
+    main()
