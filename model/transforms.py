@@ -10,9 +10,8 @@ The pipeline is split in two so the server can guard untrusted input cheaply:
    (``model.image_modes``), optionally reduces toward the model's input size, and turns
    every decoder failure into ``ImageDecodeError``. ``probe_image`` runs the same checks
    and reads the header only.
-2. ``to_model_input`` squashes that image to the model's square input and normalises it
-   like the reference CLIPSeg / HuggingFace processor (PIL's antialiased bilinear, to
-   within one 8-bit level).
+2. ``to_model_input`` squashes that image to the model's square input and normalises it,
+   exactly like the reference CLIPSeg / HuggingFace processor.
 
 ``load_mask`` reads support masks for visual prompts with the same guards.
 ``normalize_tensor`` / ``denormalize_tensor`` work on batched tensors for the visual-prompt
@@ -29,7 +28,6 @@ from typing import TypeAlias, cast
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, JpegImagePlugin
 
 from model.errors import ClipSegError, ImageDecodeError, InvalidMaskError
@@ -222,11 +220,9 @@ def to_model_input(
 
     The image is squashed to ``size x size`` (aspect ratio NOT preserved: CLIPSeg was
     trained and evaluated on squashed squares, and the masks are stretched back to the
-    original size afterwards) with an antialiased BILINEAR filter on the 8-bit pixels,
-    as HuggingFace's CLIPSeg processor does with PIL. The filter is torch's uint8
-    channels-last kernel (the one torchvision uses to match PIL): within one level of
-    PIL's result on every pixel, ~8x faster on a CPU. Pixels are scaled to [0, 1] and
-    then normalised ``(x - mean) / std`` per channel.
+    original size afterwards) with PIL's antialiased BILINEAR filter, as HuggingFace's
+    CLIPSeg processor does. Pixels are scaled to [0, 1] and then normalised
+    ``(x - mean) / std`` per channel.
 
     Args:
         image: a PIL image, normally ``DecodedImage.image`` (RGB); other modes are
@@ -241,16 +237,11 @@ def to_model_input(
     if size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
     rgb = to_rgb(image)
-    # HWC uint8 (the copy detaches from PIL's buffer) viewed as [1, 3, h, w] channels-last:
-    # the layout torch's fast antialiased uint8 kernel reads, with no transposing copy.
-    pixels = torch.from_numpy(np.array(rgb, dtype=np.uint8)).permute(2, 0, 1).unsqueeze(0)
     if rgb.size != (size, size):
-        pixels = F.interpolate(
-            pixels, size=(size, size), mode="bilinear", antialias=True, align_corners=False
-        )
-    # -> CHW float32 in [0, 1]; only the 3 x size x size input is ever float.
-    chw = pixels[0].to(torch.float32, memory_format=torch.contiguous_format)
-    return normalize_tensor(chw.div_(255.0), mean, std)
+        rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
+    # HWC uint8 -> CHW float32 in [0, 1]; the copy also detaches from PIL's buffer.
+    pixels = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
+    return normalize_tensor(pixels.div_(255.0).contiguous(), mean, std)
 
 
 def _stats(
