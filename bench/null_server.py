@@ -1,7 +1,7 @@
 """The real service stack around ``NullPredictor``, for host-path benchmarks. Not a test.
 
 Same app (``service.app.create_app``), middlewares, scheduler, batcher and uvicorn server
-(``service.server.build_server``) as ``clipseg-serve``; only the predictor factory is
+(``service.server.serve_app``) as ``clipseg-serve``; only the predictor factory is
 ``bench.null_model.null_factory``. Settings come from the ``CLIPSEG_*`` environment like
 the real server's (``CLIPSEG_WEIGHTS`` is ignored). ``--stage-cpu`` adds per-stage CPU
 accounting and ``GET /bench/cpu`` (``bench/stage_cpu.py``).
@@ -18,7 +18,7 @@ from bench.null_model import null_factory
 from service.app import create_app
 from service.config import Settings
 from service.logs import configure_logging
-from service.server import build_server
+from service.server import serve_app
 
 
 def main() -> None:
@@ -35,14 +35,7 @@ def main() -> None:
         from bench import stage_cpu
 
         stage_cpu.install(app)
-    server = build_server(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        settings=settings,
-        on_listening=app.state.service.listening,
-    )
+    server = serve_app(app, settings)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
 

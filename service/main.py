@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     configure_logging(settings.log_level, settings.log_format)
     # Heavy imports only now, and after logging is set up (their warnings are logged).
     from .app import create_app
-    from .server import build_server
+    from .server import serve_app
 
     fatal: list[str] = []
 
@@ -101,14 +101,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     on_fatal = stop_on_fatal if settings.exit_on_fatal else None
     app = create_app(settings, on_fatal=on_fatal)
     # One worker per process: each worker holds its own model and batch queue.
-    server = build_server(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_level=settings.log_level,
-        settings=settings,
-        on_listening=app.state.service.listening,
-    )
+    server = serve_app(app, settings)
     with contextlib.suppress(KeyboardInterrupt):
         server.run()
     if not server.started:

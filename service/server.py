@@ -49,6 +49,7 @@ from typing import Any
 
 import h11
 import uvicorn
+from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 from uvicorn.server import ServerState
@@ -267,3 +268,16 @@ def build_server(
     """A ``uvicorn.Server`` for ``app``; ``server.run()`` blocks, ``should_exit`` stops it."""
     config = build_config(app, host=host, port=port, log_level=log_level, settings=settings)
     return DoorServer(config, on_listening)
+
+
+def serve_app(app: Starlette, settings: Settings) -> uvicorn.Server:
+    """``build_server`` for an app made by ``create_app``: host, port and log level from
+    its settings, and the app told its real URL once it listens (for the ready line)."""
+    return build_server(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        settings=settings,
+        on_listening=app.state.service.listening,
+    )
