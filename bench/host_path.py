@@ -43,13 +43,12 @@ import os
 import platform
 import signal
 import statistics
-import subprocess
 from pathlib import Path
 
 import httpx
 import numpy as np
 from PIL import Image, ImageDraw
-from server import ROOT, parse_env, start_server
+from server import ROOT, parse_env, start_server, stop_server
 
 WIDTH, HEIGHT = 1920, 1080
 FORMATS = ("rle", "png")
@@ -164,11 +163,7 @@ def main() -> None:
                     + ", ".join(f"{f} {results[f][-1]['total']:.2f} ms" for f in FORMATS)
                 )
     finally:
-        process.send_signal(signal.SIGINT)
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process, signal.SIGINT, timeout=30)
     print(f"\nserver CPU ms per request, median (min-max) of {args.runs} runs x "
           f"{args.requests} requests, 1 prompt")  # fmt: skip
     print(f"{'stage':<14}" + "".join(f"{fmt.upper():<24}" for fmt in FORMATS))

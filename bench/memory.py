@@ -22,7 +22,6 @@ import argparse
 import io
 import os
 import platform
-import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from server import ROOT, parse_env, start_server
+from server import ROOT, parse_env, start_server, stop_server
 
 SIDE = 7000
 
@@ -138,8 +137,7 @@ def measure(args: argparse.Namespace, inputs: dict[str, bytes], cases: list[str]
             print(f"    {case:>22}: {answer.status_code} {error}")
         print(f"    server alive afterwards: {process.poll() is None}")
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=120)
+        stop_server(process)
 
 
 def main() -> None:

@@ -29,7 +29,6 @@ import contextlib
 import io
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import time
@@ -39,7 +38,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 from PIL import Image
-from server import ROOT, parse_env, start_server
+from server import ROOT, parse_env, start_server, stop_server
 
 
 @dataclass
@@ -256,11 +255,7 @@ def one_run(args: argparse.Namespace) -> dict:
         report(result)
         return result
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            process.kill()
+        stop_server(process)
 
 
 def main() -> None:

@@ -16,7 +16,6 @@ import asyncio
 import io
 import os
 import platform
-import signal
 import statistics
 import subprocess
 import time
@@ -24,7 +23,7 @@ import time
 import httpx
 import numpy as np
 from PIL import Image
-from server import start_server
+from server import start_server, stop_server
 
 PROMPTS = ["a cat", "a dog", "the red mug", "something to sit on", "the sky", "a person"]
 
@@ -100,8 +99,7 @@ def run_mode(args: argparse.Namespace, images: list[bytes], max_batch_images: in
         result["mean_batch"] = mean_batch_images(metrics)
         return result
     finally:
-        process.send_signal(signal.SIGTERM)
-        process.wait(timeout=60)
+        stop_server(process, timeout=60)
 
 
 def mean_batch_images(metrics: str) -> float:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -49,6 +50,19 @@ def start_server(
         time.sleep(0.2)
     process.kill()
     raise RuntimeError("server did not become ready")
+
+
+def stop_server(
+    process: subprocess.Popen, sig: signal.Signals = signal.SIGTERM, timeout: float = 120.0
+) -> None:
+    """Stop a server from ``start_server`` with ``sig`` (SIGTERM drains its queue first);
+    kill it if it has not exited after ``timeout`` seconds."""
+    process.send_signal(sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
 
 
 def parse_env(items: list[str]) -> dict[str, str]:

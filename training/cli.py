@@ -50,9 +50,11 @@ def fail(prog: str, exc: BaseException, weights_flag: str = "--weights") -> int:
     Weights that cannot be fetched (offline, not cached) name the fixes with this CLI's
     own weights flag (``weights_flag``), not the service's.
     """
+    # Here, not at the top: --help never gets this far (model.errors itself is light).
+    from model.errors import WeightsUnavailableError
+
     message = one_line(exc)
-    if hasattr(exc, "fixes") and hasattr(exc, "problem"):  # WeightsUnavailableError
-        # Duck-typed: importing model.errors here would cost --help its speed.
+    if isinstance(exc, WeightsUnavailableError):
         message = f"{exc.problem()}. {exc.fixes(flag=weights_flag, env=None)}"
     if isinstance(exc, ModuleNotFoundError):
         message = f"{message}; {EXTRA_HINT}"
