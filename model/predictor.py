@@ -11,6 +11,11 @@ Work is split by where it runs, so a server can put each part on the right threa
 
 ``execute`` runs a ``model.batch.BatchPlan`` through them — the one code path of the
 service's batches and of ``segment``, which chains everything for library and CLI users.
+It is ``collect(launch(plan))``: ``launch`` uploads the batch (pinned, non-blocking),
+enqueues the model and the rendering and starts the copies back on a side stream;
+``collect`` waits for those copies and builds the results. A server that calls ``launch``
+for the next batch before ``collect``-ing the previous one keeps the GPU busy while the host
+finishes (``service.batcher``); on a CPU both orders compute the same tensors.
 """
 
 from __future__ import annotations
@@ -19,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
+from PIL import Image, JpegImagePlugin
 
 from .batch import (
     BatchPlan,
@@ -34,18 +39,23 @@ from .batch import (
 from .clipseg import ClipSeg
 from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
+from .device_decode import DEVICE_MODES, DeferredJpeg, decode_on_device, device_decode_available
 from .errors import InvalidMaskError, InvalidPromptError
-from .postprocess import Combine
-from .render import render_masks
+from .image_formats import open_image, read_bytes
+from .image_modes import SWAPPING_ORIENTATIONS, exif_orientation
+from .postprocess import Combine, check_size
+from .render import RenderedMasks, render_masks
 from .support import prepare_support_input
 from .text import Template, parse_template
 from .text_cache import TextEmbeddingCache
+from .transfer import HostCopy, Transfers
 from .transforms import (
     DEFAULT_MAX_PIXELS,
     ImageInfo,
     decode_image,
+    normalize_pixels,
     probe_image,
-    to_model_input,
+    to_model_pixels,
 )
 from .weights.loader import LoadedModel, load_model
 
@@ -54,13 +64,26 @@ from .weights.loader import LoadedModel, load_model
 class PreparedImage:
     """A query image ready for the model.
 
-    pixels: float32 [3, S, S], ImageNet-normalised, on the CPU.
+    pixels: uint8 [3, S, S] (the squashed RGB image, normalised on the device), or a
+        ``DeferredJpeg`` when the predictor decodes JPEGs on its device.
     size: (height, width) of the original image after EXIF orientation — masks come back
         at this size.
     """
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | DeferredJpeg
     size: tuple[int, int]
+
+
+@dataclass
+class PendingBatch:
+    """A launched batch (``Predictor.launch``): its results are on their way to the host.
+
+    rendered: per request, the ``RenderedMasks`` (None: skipped) and its span; copy: every
+    rendered tensor in order, travelling to the host.
+    """
+
+    rendered: list[tuple[RenderedMasks, RequestSpan] | None]
+    copy: HostCopy
 
 
 class Predictor:
@@ -72,6 +95,12 @@ class Predictor:
         dtype: "auto" (bf16/fp16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16".
         text_cache_size: number of (template, phrase) embeddings kept.
         max_pixels: decompression-bomb guard for decoded images.
+        decode: where query JPEGs are decoded: "cpu" (Pillow, at libjpeg's draft scale),
+            "device" (in the batch, on the model's device: nvJPEG on CUDA; see
+            ``model.device_decode``) or "auto" (device on CUDA when available, else cpu).
+
+    On CUDA with bf16 the weights themselves are cast to bf16 (autocast still keeps
+    softmax and layer norms in fp32): no per-call weight casts, half the memory traffic.
     """
 
     def __init__(
@@ -83,13 +112,18 @@ class Predictor:
         text_cache_size: int = 1024,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         loaded: LoadedModel | None = None,
+        decode: str = "cpu",
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.model = model.to(self.device).eval()
+        if self.device.type == "cuda" and self.dtype == torch.bfloat16:
+            self.model.to(torch.bfloat16)
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.max_pixels = max_pixels
         self.loaded = loaded
+        self.decode = _resolve_decode(decode, self.device)
+        self.transfers = Transfers(self.device)
 
     @classmethod
     def from_source(
@@ -114,12 +148,36 @@ class Predictor:
         return probe_image(source, max_pixels=self.max_pixels)
 
     def prepare_image(self, source) -> PreparedImage:
-        """Decode any image (bytes, path, PIL) into model input; see ``PreparedImage``."""
+        """Decode any image (bytes, path, PIL) into model input; see ``PreparedImage``.
+
+        With device decoding, an RGB or grayscale JPEG (bytes or path) only has its header
+        checked here (the same guards as ``decode_image``); it is decoded in the batch.
+        """
+        if self.decode == "device" and not isinstance(source, Image.Image):
+            deferred = self._defer_jpeg(read_bytes(source))
+            if deferred is not None:
+                return deferred
         cfg = self.config
         decoded = decode_image(source, max_pixels=self.max_pixels, draft_size=cfg.input_size)
-        pixels = to_model_input(decoded.image, cfg.input_size, cfg.mean, cfg.std)
         width, height = decoded.original_size
-        return PreparedImage(pixels, (height, width))
+        return PreparedImage(to_model_pixels(decoded.image, cfg.input_size), (height, width))
+
+    def _defer_jpeg(self, data: bytes) -> PreparedImage | None:
+        """A ``DeferredJpeg`` for an RGB/grayscale JPEG whose header passes the guards."""
+        header = open_image(data, max_pixels=self.max_pixels)
+        if not isinstance(header, JpegImagePlugin.JpegImageFile) or header.mode not in DEVICE_MODES:
+            return None
+        orientation = exif_orientation(header)
+        width, height = header.size
+        if orientation in SWAPPING_ORIENTATIONS:
+            width, height = height, width
+        return PreparedImage(DeferredJpeg(data, orientation), (height, width))
+
+    def _cpu_pixels(self, data: bytes) -> torch.Tensor:
+        """The CPU path for one image: uint8 [3, S, S] (device decoding's fallback)."""
+        size = self.config.input_size
+        decoded = decode_image(data, max_pixels=self.max_pixels, draft_size=size)
+        return to_model_pixels(decoded.image, size)
 
     def prepare_support(self, image, mask) -> torch.Tensor:
         """Engineer one visual prompt: support image + mask -> float32 [3, S, S] (CPU).
@@ -175,12 +233,21 @@ class Predictor:
     ) -> torch.Tensor:
         """One backbone pass per image, the decoder per row: float32 [P, S, S].
 
-        images [B, 3, S, S]; conditionals [P, D]; image_index [P] (None: P == B).
+        images [B, 3, S, S]: uint8 pixels (``to_model_pixels``; normalised on the device)
+        or float32 already normalised; conditionals [P, D]; image_index [P] (None: P == B).
         """
-        with torch.inference_mode(), self._inference():
-            index = None if image_index is None else image_index.to(self.device)
-            out = self.model(images.to(self.device), conditionals.to(self.device), index)
+        with torch.inference_mode():
+            pixels = self._normalised(self.transfers.to_device(images))
+            with self._inference():
+                index = None if image_index is None else image_index.to(self.device)
+                out = self.model(pixels, conditionals.to(self.device), index)
         return out.float()
+
+    def _normalised(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 pixels -> normalised float32 (on their device); float passes through."""
+        if images.dtype != torch.uint8:
+            return images
+        return normalize_pixels(images, self.config.mean, self.config.std)
 
     def resolve_threshold(self, threshold: float | None) -> float:
         """``threshold``, or the checkpoint's calibrated one when None."""
@@ -205,24 +272,21 @@ class Predictor:
         masks, scores, areas, boxes and, with ``soft``, 8-bit probability maps; with
         ``runs``, each mask's COCO RLE run lengths (found on the device).
         """
-        threshold = self.resolve_threshold(threshold)
-        combine = Combine(combine)
-        with torch.inference_mode():
-            rendered = render_masks(
-                logits, size, threshold, combine, negative_logits, soft=soft, runs=runs
-            )
-        count = int(rendered.scores.shape[0])
-        return Segmentation(
-            packed_masks=rendered.packed.cpu().numpy(),
-            size=(int(size[0]), int(size[1])),
-            scores=rendered.scores.cpu().numpy(),
-            areas=rendered.areas.cpu().numpy(),
-            boxes=rendered.boxes.cpu().numpy(),
-            labels=tuple(labels) if labels is not None else tuple(str(i) for i in range(count)),
+        span = RequestSpan(
+            start=0,
+            positives=int(logits.shape[0]),
+            negatives=0 if negative_logits is None else int(negative_logits.shape[0]),
+            size=check_size(size),
             threshold=threshold,
-            soft=None if rendered.soft is None else rendered.soft.cpu().numpy(),
-            runs=None if rendered.runs is None else _host_runs(rendered.runs),
+            combine=Combine(combine),
+            soft=soft,
+            labels=tuple(labels) if labels is not None else (),
+            runs=runs,
         )
+        rows = logits if negative_logits is None else torch.cat([logits, negative_logits])
+        rendered = self._render_span(rows, span)
+        copy = self.transfers.to_host(_tensors(rendered))
+        return self._segmentation(_host_rendered(rendered, copy.wait()), span)
 
     # ------------------------------------------------------------------- batches
     def execute(
@@ -233,17 +297,64 @@ class Predictor:
 
         ``keep(i)`` is asked just before request ``i``'s masks are rendered; False skips
         them (its client left) and yields None in its place. Raises if any part fails.
+        ``collect(launch(plan, keep))``.
         """
-        conditionals = self._row_conditionals(plan)
-        index = torch.tensor(plan.row_image, dtype=torch.long)
-        logits = self.logits(torch.stack(plan.images), conditionals, index)
+        return self.collect(self.launch(plan, keep))
+
+    def launch(self, plan: BatchPlan, keep: Callable[[int], bool] | None = None) -> PendingBatch:
+        """Upload, compute and render a plan, and start the copies back; see ``execute``.
+
+        On CUDA this returns once the work is enqueued (up to the host syncs rendering
+        needs), the inputs having gone up on the upload stream; on a CPU it computes.
+        """
+        with torch.inference_mode():
+            images = self._batch_images(plan.images)
+            conditionals = self._row_conditionals(plan)
+            index = torch.tensor(plan.row_image, dtype=torch.long)
+            logits = self.logits(images, conditionals, index)
+            rendered: list[tuple[RenderedMasks, RequestSpan] | None] = []
+            for i, span in enumerate(plan.spans):
+                if keep is not None and not keep(i):
+                    rendered.append(None)
+                    continue
+                rows = logits[span.start : span.stop]
+                rendered.append((self._render_span(rows, span), span))
+            flat = [t for item in rendered if item is not None for t in _tensors(item[0])]
+            return PendingBatch(rendered, self.transfers.to_host(flat))
+
+    def collect(self, pending: PendingBatch) -> list[Segmentation | None]:
+        """Wait for a launched batch's copies; its results in request order (None: skipped)."""
+        host = iter(pending.copy.wait())
         results: list[Segmentation | None] = []
-        for i, span in enumerate(plan.spans):
-            if keep is not None and not keep(i):
+        for item in pending.rendered:
+            if item is None:
                 results.append(None)
                 continue
-            results.append(self._render_span(logits, span))
+            rendered, span = item
+            own = [next(host) for _ in _tensors(rendered)]
+            results.append(self._segmentation(_host_rendered(rendered, own), span))
         return results
+
+    def _batch_images(self, items: Sequence[torch.Tensor | DeferredJpeg]) -> torch.Tensor:
+        """The plan's images on the device, [B, 3, S, S]: uint8 when every one is 8-bit
+        (normalised later, on the device), else normalised float32.
+
+        Deferred JPEGs are decoded there in one call; CPU tensors go up in one pinned copy.
+        """
+        size = self.config.input_size
+        deferred = [x for x in items if isinstance(x, DeferredJpeg)]
+        decoded = iter(decode_on_device(deferred, size, self.device, self._cpu_pixels))
+        tensors = [next(decoded) if isinstance(x, DeferredJpeg) else x for x in items]
+        if all(t.dtype == torch.uint8 for t in tensors):
+            if all(t.device.type == "cpu" for t in tensors):
+                return self.transfers.to_device(torch.stack(tensors))
+            return torch.stack([self.transfers.to_device(t) for t in tensors])
+        cfg = self.config
+        floats = [
+            normalize_pixels(t, cfg.mean, cfg.std) if t.dtype == torch.uint8 else t.float()
+            for t in tensors
+        ]
+        return torch.stack([self.transfers.to_device(t) for t in floats])
 
     def segment_batch(
         self, requests: Sequence[SegmentRequest], keep: Callable[[int], bool] | None = None
@@ -277,17 +388,33 @@ class Predictor:
                 rows.append(given.to(self.device, torch.float32))
         return torch.stack(rows)
 
-    def _render_span(self, logits: torch.Tensor, span: RequestSpan) -> Segmentation:
-        rows = logits[span.start : span.stop]
-        return self.render(
-            rows[: span.positives],
-            span.size,
-            threshold=span.threshold,
-            combine=span.combine,
-            negative_logits=rows[span.positives :] if span.negatives else None,
-            soft=span.soft,
-            labels=span.labels,
-            runs=span.runs,
+    def _render_span(self, rows: torch.Tensor, span: RequestSpan) -> RenderedMasks:
+        """A request's rows of logits (positives, then negatives) -> its masks, on the device."""
+        with torch.inference_mode():
+            return render_masks(
+                rows[: span.positives],
+                span.size,
+                self.resolve_threshold(span.threshold),
+                span.combine,
+                rows[span.positives :] if span.negatives else None,
+                soft=span.soft,
+                runs=span.runs,
+            )
+
+    def _segmentation(self, rendered: RenderedMasks, span: RequestSpan) -> Segmentation:
+        """Host-side ``RenderedMasks`` -> the request's ``Segmentation``."""
+        count = int(rendered.scores.shape[0])
+        labels = span.labels or tuple(str(i) for i in range(count))
+        return Segmentation(
+            packed_masks=rendered.packed.numpy(),
+            size=(int(span.size[0]), int(span.size[1])),
+            scores=rendered.scores.numpy(),
+            areas=rendered.areas.numpy(),
+            boxes=rendered.boxes.numpy(),
+            labels=tuple(labels),
+            threshold=self.resolve_threshold(span.threshold),
+            soft=None if rendered.soft is None else rendered.soft.numpy(),
+            runs=None if rendered.runs is None else tuple(r.numpy() for r in rendered.runs),
         )
 
     # ----------------------------------------------------------------- end to end
@@ -354,9 +481,29 @@ class Predictor:
         }
 
 
-def _host_runs(runs: list[torch.Tensor]) -> tuple:
-    """Device run-length tensors -> numpy int64 arrays, in one copy to the host."""
-    if len(runs) == 1:
-        return (runs[0].cpu().numpy(),)
-    flat = torch.cat(runs).cpu().numpy()
-    return tuple(np.split(flat, np.cumsum([int(r.shape[0]) for r in runs[:-1]])))
+def _tensors(rendered: RenderedMasks) -> list[torch.Tensor]:
+    """Every tensor of ``rendered`` in a fixed order (``_host_rendered`` reads it back)."""
+    out = [rendered.packed, rendered.scores, rendered.areas, rendered.boxes]
+    if rendered.soft is not None:
+        out.append(rendered.soft)
+    return out + list(rendered.runs or ())
+
+
+def _host_rendered(rendered: RenderedMasks, host: list[torch.Tensor]) -> RenderedMasks:
+    """``rendered`` with its tensors replaced by their host copies (same order)."""
+    packed, scores, areas, boxes, *rest = host
+    soft = rest.pop(0) if rendered.soft is not None else None
+    runs = rest if rendered.runs is not None else None
+    return RenderedMasks(packed, scores, areas, boxes, soft, runs=runs)
+
+
+def _resolve_decode(decode: str, device: torch.device) -> str:
+    """ "cpu" or "device" for a ``decode`` argument of cpu | device | auto."""
+    if decode not in ("cpu", "device", "auto"):
+        raise ValueError(f"unknown decode {decode!r}; use cpu, device or auto")
+    if decode == "auto":
+        use = device.type == "cuda" and device_decode_available(device)
+        return "device" if use else "cpu"
+    if decode == "device" and not device_decode_available(device):
+        raise ValueError(f"JPEG decoding on {device} is not available in this build")
+    return decode

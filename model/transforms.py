@@ -63,10 +63,12 @@ __all__ = [
     "decode_image",
     "denormalize_tensor",
     "load_mask",
+    "normalize_pixels",
     "normalize_tensor",
     "probe_image",
     "reduction_factor",
     "to_model_input",
+    "to_model_pixels",
 ]
 
 #: Largest ``width * height`` accepted by default. 50 megapixels covers every camera photo
@@ -218,11 +220,11 @@ def to_model_input(
 ) -> torch.Tensor:
     """Resize and normalise an image into one CLIPSeg input.
 
-    The image is squashed to ``size x size`` (aspect ratio NOT preserved: CLIPSeg was
-    trained and evaluated on squashed squares, and the masks are stretched back to the
-    original size afterwards) with PIL's antialiased BILINEAR filter, as HuggingFace's
-    CLIPSeg processor does. Pixels are scaled to [0, 1] and then normalised
-    ``(x - mean) / std`` per channel.
+    ``normalize_pixels(to_model_pixels(image, size), mean, std)``: the image is squashed to
+    ``size x size`` (aspect ratio NOT preserved: CLIPSeg was trained and evaluated on
+    squashed squares, and the masks are stretched back to the original size afterwards)
+    with PIL's antialiased BILINEAR filter, as HuggingFace's CLIPSeg processor does; pixels
+    are scaled to [0, 1] and normalised ``(x - mean) / std`` per channel.
 
     Args:
         image: a PIL image, normally ``DecodedImage.image`` (RGB); other modes are
@@ -234,14 +236,36 @@ def to_model_input(
         float32 tensor ``[3, size, size]`` on the CPU, roughly in [-2.2, 2.7] for ImageNet
         statistics.
     """
+    return normalize_pixels(to_model_pixels(image, size), mean, std)
+
+
+def to_model_pixels(image: Image.Image, size: int) -> torch.Tensor:
+    """The model input before normalisation: uint8 ``[3, size, size]`` on the CPU.
+
+    Squashed with PIL's antialiased BILINEAR filter (see ``to_model_input``). Kept in 8 bits
+    so a server queues and uploads a quarter of the bytes and normalises on the device
+    (``normalize_pixels``), with the same values as normalising here.
+    """
     if size < 1:
         raise ValueError(f"size must be a positive integer, got {size}")
     rgb = to_rgb(image)
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    # HWC uint8 -> CHW float32 in [0, 1]; the copy also detaches from PIL's buffer.
-    pixels = torch.from_numpy(np.array(rgb, dtype=np.float32)).permute(2, 0, 1)
-    return normalize_tensor(pixels.div_(255.0).contiguous(), mean, std)
+    # HWC -> CHW; the copy also detaches from PIL's buffer.
+    return torch.from_numpy(np.asarray(rgb)).permute(2, 0, 1).contiguous()
+
+
+def normalize_pixels(
+    pixels: torch.Tensor, mean: tuple[float, float, float], std: tuple[float, float, float]
+) -> torch.Tensor:
+    """uint8 ``[..., 3, S, S]`` (any device) -> float32 ``(x / 255 - mean) / std``.
+
+    The same float32 operations as ``to_model_input`` always did, so the result is
+    bit-identical wherever it runs on a CPU.
+    """
+    if pixels.dtype != torch.uint8:
+        raise ValueError(f"expected uint8 pixels, got {pixels.dtype}")
+    return normalize_tensor(pixels.float().div_(255.0), mean, std)
 
 
 def _stats(

@@ -273,13 +273,13 @@ def test_execute_skips_the_requests_it_is_told_to_drop(predictor, monkeypatch):
         SegmentRequest(prepared.pixels, prepared.size, "x", prompts=(p,)) for p in PROMPTS[:3]
     ]
     rendered: list[tuple[int, int]] = []
-    original = predictor.render
+    original = predictor._render_span
 
-    def spy(logits, size, **kwargs):
-        rendered.append(size)
-        return original(logits, size, **kwargs)
+    def spy(rows, span):
+        rendered.append(span.size)
+        return original(rows, span)
 
-    monkeypatch.setattr(predictor, "render", spy)
+    monkeypatch.setattr(predictor, "_render_span", spy)
     results = predictor.execute(plan_batch(requests), keep=lambda i: i != 1)
     assert results[1] is None and len(rendered) == 2
     alone = predictor.segment_batch([requests[2]])[0]
