@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from .device_decode import DeferredJpeg
 from .errors import InvalidPromptError
 from .postprocess import Combine, check_size
 from .text import Template, parse_template
@@ -38,9 +39,10 @@ __all__ = [
 class SegmentRequest:
     """One image and everything asked of it, ready for the device. Validated when built.
 
-    pixels: float32 [3, S, S] normalised query image. size: (height, width) the masks come
-        back at. image_key: identifies identical images, so a batch runs each distinct
-        image through the backbone once.
+    pixels: the query image, uint8 [3, S, S] (``to_model_pixels``) or float32 normalised,
+        or a ``DeferredJpeg`` to decode on the device in the batch. size: (height, width)
+        the masks come back at. image_key: identifies identical images, so a batch runs
+        each distinct image through the backbone once.
     prompts / negative_prompts: text prompts (``template`` is applied when encoding).
     supports: float32 [K, 3, S, S] engineered visual prompts -> one row, their k-shot
         mean; with a prompt (at most one) it is mixed as ``w*text + (1-w)*visual``,
@@ -52,7 +54,7 @@ class SegmentRequest:
         answers: the host then only writes the counts string).
     """
 
-    pixels: torch.Tensor
+    pixels: torch.Tensor | DeferredJpeg
     size: tuple[int, int]
     image_key: str
     prompts: tuple[str, ...] = ()
@@ -119,7 +121,9 @@ class SegmentRequest:
 
 
 def _check_request(request: SegmentRequest) -> None:
-    if request.pixels.ndim != 3 or request.pixels.shape[0] != 3:
+    if isinstance(request.pixels, DeferredJpeg):
+        pass  # header checked by Predictor.prepare_image; decoded in the batch
+    elif request.pixels.ndim != 3 or request.pixels.shape[0] != 3:
         raise ValueError(f"pixels must be [3, S, S], got {tuple(request.pixels.shape)}")
     if request.supports is not None:
         if request.supports.ndim != 4 or request.supports.shape[0] < 1:
@@ -228,13 +232,13 @@ class RequestSpan:
 class BatchPlan:
     """Everything a batch computes, deduplicated.
 
-    images: distinct query images, float32 [3, S, S] each. phrases: distinct phrases per
+    images: distinct query images (``SegmentRequest.pixels``). phrases: distinct phrases per
     template. supports: one [K, 3, S, S] support set per visual request. conditionals:
     the requests' given vectors (by request position). rows: every decoder row in request
     order; row_image: the image index of each row. spans: one per request.
     """
 
-    images: tuple[torch.Tensor, ...]
+    images: tuple[torch.Tensor | DeferredJpeg, ...]
     phrases: dict[Template, tuple[str, ...]]
     supports: tuple[torch.Tensor, ...]
     conditionals: dict[int, torch.Tensor]

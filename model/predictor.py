@@ -41,7 +41,7 @@ from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .device_decode import DEVICE_MODES, DeferredJpeg, decode_on_device, device_decode_available
 from .errors import InvalidMaskError, InvalidPromptError
-from .image_formats import open_image, read_bytes
+from .image_formats import ALLOWED_FORMATS, open_image, read_bytes
 from .image_modes import SWAPPING_ORIENTATIONS, exif_orientation
 from .postprocess import Combine, check_size
 from .render import RenderedMasks, render_masks
@@ -164,7 +164,7 @@ class Predictor:
 
     def _defer_jpeg(self, data: bytes) -> PreparedImage | None:
         """A ``DeferredJpeg`` for an RGB/grayscale JPEG whose header passes the guards."""
-        header = open_image(data, max_pixels=self.max_pixels)
+        header = open_image(data, max_pixels=self.max_pixels, formats=ALLOWED_FORMATS)
         if not isinstance(header, JpegImagePlugin.JpegImageFile) or header.mode not in DEVICE_MODES:
             return None
         orientation = exif_orientation(header)
@@ -478,6 +478,7 @@ class Predictor:
             },
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
+            "decode": self.decode,
         }
 
 

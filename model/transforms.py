@@ -252,7 +252,7 @@ def to_model_pixels(image: Image.Image, size: int) -> torch.Tensor:
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
     # HWC -> CHW; the copy also detaches from PIL's buffer.
-    return torch.from_numpy(np.asarray(rgb)).permute(2, 0, 1).contiguous()
+    return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 
 def normalize_pixels(

@@ -211,6 +211,7 @@ def _add_operational_routes(app: FastAPI) -> None:
                 "queue_size": s.queue_size,
                 "max_queue_wait_s": s.max_queue_wait_s,
                 "request_timeout_s": s.request_timeout_s,
+                "pipeline": s.pipeline,
             },
         }
         if state.predictor is not None:

@@ -8,6 +8,14 @@ resolves each job's future. Jobs whose request gave up are skipped at render tim
 failing batch is split in halves and retried, so a bad job (or a CUDA out-of-memory)
 fails only itself. ``failure`` says why the worker is dead or stuck (the watchdog reads
 it for /healthz and /readyz).
+
+Pipelined (``CLIPSEG_PIPELINE``, on by default), a batch is *launched* on the model thread
+(``Predictor.launch``: inputs up on a side stream, model and rendering enqueued, copies
+back started) and *collected* on a second thread (``Predictor.collect``: wait for the copies,
+build the results, resolve the futures) while the next batch is formed and launched. At
+most two batches are in flight: the next launch starts only after the previous collect has
+begun, and a batch is settled only after the one before it. On a CPU the launch does all
+the computing, so the answers are the same tensors either way (the tests compare them).
 """
 
 from __future__ import annotations
@@ -23,7 +31,7 @@ from typing import Any, TypeVar
 
 import torch
 
-from model.batch import Segmentation
+from model.batch import Segmentation, plan_batch
 from model.predictor import Predictor
 
 from . import request_id
@@ -79,6 +87,10 @@ class Batcher:
         self._clock = clock
         self._wake = asyncio.Event()
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg-model")
+        self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg-collect")
+        self._collecting: asyncio.Task | None = None  # the previous batch's collect
+        self._launching = 0  # launches running or queued on the model thread
+        self._last_done = -math.inf  # perf_counter when the previous batch's results landed
         self._task: asyncio.Task | None = None
         self._stopping = False
         self._busy_since: float | None = None
@@ -115,9 +127,11 @@ class Batcher:
         """Stop accepting, finish the queued jobs, then stop the model thread."""
         self.accepting = False
         while self._task is not None and not self._task.done():
-            if self.scheduler.depth == 0 and self._busy_since is None:
+            if self.scheduler.depth == 0 and self._busy_since is None and self._idle_collector():
                 break
             await asyncio.sleep(0.01)
+        if self._collecting is not None:
+            await asyncio.gather(self._collecting, return_exceptions=True)
         self._stopping = True
         if self._task is not None:
             self._task.cancel()
@@ -125,6 +139,10 @@ class Batcher:
                 await self._task
         self._fail_queued(ApiError(503, "shutting_down", "the server is shutting down"))
         self._executor.shutdown(wait=True)
+        self._collector.shutdown(wait=True)
+
+    def _idle_collector(self) -> bool:
+        return self._collecting is None or self._collecting.done()
 
     def _fail_queued(self, error: ApiError) -> None:
         """Answer every job still queued (nothing is left waiting forever)."""
@@ -219,11 +237,23 @@ class Batcher:
         now = self._clock()
         for ticket in batch:
             self.metrics.stage_seconds.labels(stage="queue_wait").observe(now - ticket.admitted_at)
+        if self.settings.pipeline:
+            await self._launch_then_collect(batch, jobs)
+            return
         self._busy_since = now
         try:
             outcomes, seconds = await self.run_on_model_thread(self._execute, jobs)
         finally:
             self._busy_since = None
+        self._settle_batch(batch, jobs, outcomes, seconds)
+
+    def _settle_batch(
+        self,
+        batch: list[Ticket],
+        jobs: list[SegmentJob],
+        outcomes: list[Outcome],
+        seconds: float | None,
+    ) -> None:
         self.scheduler.finish(batch, seconds)
         self._record(batch, seconds)
         for job, outcome in zip(jobs, outcomes, strict=True):
@@ -232,6 +262,62 @@ class Batcher:
                 self.metrics.dropped.labels(reason="abandoned_in_batch").inc()
             else:
                 _settle(job, outcome)
+
+    # ------------------------------------------------------------------ pipelined
+    async def _launch_then_collect(self, batch: list[Ticket], jobs: list[SegmentJob]) -> None:
+        """Launch this batch, then hand it to the collector once the previous one is done."""
+        self._busy_since = self._busy_since or self._clock()
+        self._launching += 1
+        try:
+            launched = await self.run_on_model_thread(self._launch, jobs)
+        finally:
+            self._launching -= 1
+        previous = self._collecting
+        if previous is not None:
+            (failure,) = await asyncio.gather(previous, return_exceptions=True)
+            if isinstance(failure, BaseException):
+                log.error("collecting a batch failed", exc_info=failure)
+        self._collecting = asyncio.get_running_loop().create_task(
+            self._collect(batch, jobs, launched), name="collect"
+        )
+
+    def _launch(self, jobs: list[SegmentJob]) -> tuple[Any, float, list[Outcome] | None]:
+        """On the model thread: (pending batch, start time, outcomes if it failed to launch)."""
+        ids = ",".join(job.request_id for job in jobs if job.request_id)
+        with request_id.bound(ids or None):
+            start = time.perf_counter()
+            try:
+                plan = plan_batch([job.request for job in jobs])
+                pending = self.predictor.launch(plan, keep=lambda i: not jobs[i].abandoned)
+                return pending, start, None
+            except Exception as exc:
+                return None, start, self._split(jobs, exc)
+
+    async def _collect(self, batch: list[Ticket], jobs: list[SegmentJob], launched: tuple) -> None:
+        pending, start, failed = launched
+        outcomes: list[Outcome]
+        seconds: float | None = None
+        try:
+            if failed is not None:
+                outcomes = failed
+            else:
+                loop = asyncio.get_running_loop()
+                try:
+                    results = await loop.run_in_executor(
+                        self._collector, self.predictor.collect, pending
+                    )
+                    outcomes = list(results)
+                    done = time.perf_counter()
+                    # Its own time: from its launch, or from when the previous batch's
+                    # results landed if it queued behind that one on the device.
+                    seconds = done - max(start, self._last_done)
+                    self._last_done = done
+                except Exception as exc:  # an asynchronous device error surfaces here
+                    outcomes = await self.run_on_model_thread(self._split, jobs, exc)
+        finally:
+            if not self._launching:
+                self._busy_since = None
+        self._settle_batch(batch, jobs, outcomes, seconds)
 
     def _record(self, batch: list[Ticket], seconds: float | None) -> None:
         work = Scheduler.batch_work(batch)

@@ -30,6 +30,13 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
         "auto", description="auto: bf16 (fp16 on old GPUs) on CUDA, fp32 on CPU"
     )
+    decode: Literal["auto", "cpu", "gpu"] = Field(
+        "auto",
+        description="where query JPEGs are decoded: gpu (batched nvJPEG), cpu, auto (gpu on CUDA)",
+    )
+    pipeline: bool = Field(
+        True, description="launch the next batch while the previous one's masks come back"
+    )
     warmup: bool = Field(
         True, description="warm-up calibration batches before /readyz is 200 (cost model prior)"
     )

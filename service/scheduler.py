@@ -85,6 +85,7 @@ class Rejected(Exception):
 class _Running:
     started: float
     predicted: float
+    batch: list[Ticket]
 
 
 @dataclass
@@ -261,7 +262,7 @@ class Scheduler:
             batch.append(ticket)
             keys.add(ticket.image_key)
             work = grown
-        self._running = _Running(now, self.cost.predict(self.batch_work(batch)))
+        self._running = _Running(now, self.cost.predict(self.batch_work(batch)), batch)
         return batch, dropped
 
     def _fits(self, work: Work, images: int, budget: float) -> bool:
@@ -290,8 +291,13 @@ class Scheduler:
         return batch_work((ticket.work, ticket.image_key) for ticket in batch)
 
     def finish(self, batch: list[Ticket], seconds: float | None) -> None:
-        """The batch is over; ``seconds`` it took (None if it failed: nothing to learn)."""
-        self._running = None
+        """The batch is over; ``seconds`` it took (None if it failed: nothing to learn).
+
+        A pipelined worker finishes a batch after the next one has started: only the
+        batch's own running estimate is cleared.
+        """
+        if self._running is not None and self._running.batch is batch:
+            self._running = None
         if seconds is not None and batch:
             self.cost.observe(self.batch_work(batch), seconds)
 

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 from fastapi import Request
 
+from model.device import resolve_device
 from model.errors import ClipSegError
 from model.predictor import Predictor
 from model.weights.files import sha256_of
@@ -49,7 +50,18 @@ def default_predictor_factory(settings: Settings) -> Predictor:
         dtype=settings.dtype,
         text_cache_size=settings.text_cache_size,
         max_pixels=settings.max_image_pixels,
+        decode=decode_argument(settings),
     )
+
+
+def decode_argument(settings: Settings) -> str:
+    """``Predictor``'s decode for CLIPSEG_DECODE: gpu means on the (CUDA) model device."""
+    if settings.decode == "gpu":
+        device = resolve_device(settings.device)
+        if device.type != "cuda":
+            raise ValueError(f"CLIPSEG_DECODE=gpu needs a CUDA device; the model is on {device}")
+        return "device"
+    return settings.decode
 
 
 @dataclass

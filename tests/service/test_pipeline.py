@@ -1,0 +1,107 @@
+"""The pipelined worker: same answers as the plain one, and batches really overlap."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import pytest
+
+from model.predictor import Predictor
+from tests.conftest import encode, random_image
+from tests.service.test_api import post_text
+
+PROMPTS = ["a cat", "a dog", "the sky", "grass", "a red car", "something round"]
+
+
+#: The tiny random model's probabilities sit in about [0.43, 0.47]: a threshold inside that
+#: range gives masks with real edges (not all on or all off).
+THRESHOLD = "0.452"
+
+
+def _answers(serve, pipeline: bool) -> list[tuple[int, dict]]:
+    """Status and body (timings removed) of 12 concurrent requests, in request order."""
+    images = [encode(random_image(40 + 7 * i, 31 + 5 * i, seed=i)) for i in range(4)]
+    jobs = [(images[i % 4], [PROMPTS[i % 6], PROMPTS[(i + 2) % 6]], i % 3) for i in range(12)]
+
+    def send(job):
+        image, prompts, variant = job
+        fields = [{"format": "rle"}, {"format": "png"}, {"format": "rle", "soft": "true"}]
+        response = post_text(server.url, image, prompts, threshold=THRESHOLD, **fields[variant])
+        body = json.loads(response.text)
+        body.pop("timings_ms", None)
+        return response.status_code, body
+
+    with serve(pipeline=pipeline, max_wait_ms=30.0) as server:
+        with ThreadPoolExecutor(6) as pool:
+            answers = list(pool.map(send, jobs))
+        info = httpx.get(server.url + "/info").json()
+    assert info["batching"]["pipeline"] is pipeline
+    return answers
+
+
+def test_pipelined_and_plain_workers_give_identical_answers(serve):
+    plain = _answers(serve, pipeline=False)
+    pipelined = _answers(serve, pipeline=True)
+    assert all(status == 200 for status, _ in plain)
+    areas = [m["area"] for _, body in plain for m in body["masks"]]
+    full = [body["width"] * body["height"] for _, body in plain for _ in body["masks"]]
+    assert any(0 < a < f for a, f in zip(areas, full, strict=True))  # real edges to compare
+    assert pipelined == plain  # every mask, score, box and soft map byte for byte
+
+
+class _Recorder(Predictor):
+    """Records when each batch's launch and collect start and end (monotonic seconds)."""
+
+    events: list[tuple[str, int, float]]
+    collect_seconds = 0.3
+
+    def launch(self, plan, keep=None):
+        n = len([e for e in self.events if e[0] == "launch-start"])
+        self.events.append(("launch-start", n, time.monotonic()))
+        pending = super().launch(plan, keep)
+        pending.batch_number = n  # type: ignore[attr-defined]
+        self.events.append(("launch-end", n, time.monotonic()))
+        return pending
+
+    def collect(self, pending):
+        n = pending.batch_number
+        self.events.append(("collect-start", n, time.monotonic()))
+        time.sleep(self.collect_seconds)  # a slow copy back: the next batch must not wait
+        results = super().collect(pending)
+        self.events.append(("collect-end", n, time.monotonic()))
+        return results
+
+
+@pytest.mark.parametrize("pipeline", [True, False])
+def test_the_next_batch_launches_while_the_previous_is_collected(tiny_model, pipeline):
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+    from tests.service.live import LiveServer
+
+    events: list[tuple[str, int, float]] = []
+
+    def factory(settings):
+        predictor = _Recorder(tiny_model, device="cpu")
+        predictor.events = events
+        return predictor
+
+    app = create_app(make_settings(pipeline=pipeline, max_wait_ms=0.0, warmup=False), factory)
+    with LiveServer(app, ready=True, log_level="warning") as server:
+        image = encode(random_image(32, 32))
+        first = threading.Thread(target=post_text, args=(server.url, image, ["a"]))
+        first.start()
+        deadline = time.monotonic() + 10
+        while not any(e[0] == "collect-start" for e in events) and time.monotonic() < deadline:
+            time.sleep(0.005)
+        second = post_text(server.url, encode(random_image(32, 32, seed=1)), ["b"])
+        first.join(timeout=30)
+    assert second.status_code == 200
+    at = {(kind, n): t for kind, n, t in events}
+    overlapped = at["launch-start", 1] < at["collect-end", 0]
+    # Pipelined, batch 1 is launched while batch 0 is still being collected; plain, the
+    # worker finishes batch 0 (collect included) before it takes batch 1.
+    assert overlapped is pipeline
