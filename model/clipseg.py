@@ -11,7 +11,7 @@ predictor.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import open_clip
 import torch
@@ -60,6 +60,8 @@ class ClipSeg(nn.Module):
         self.decoder = ClipSegDecoder(config)
         # The backbone is frozen in CLIPSeg; training only updates the decoder.
         self.clip.requires_grad_(False)
+        #: A compiled stand-in for ``image_features`` (``model.compiled``), or None: eager.
+        self.compiled_tower: Callable[[torch.Tensor], list[torch.Tensor]] | None = None
 
     # ----------------------------------------------------------------- vision tower
     def _tokens(self, images: torch.Tensor) -> torch.Tensor:
@@ -153,7 +155,8 @@ class ClipSeg(nn.Module):
         Returns:
             logits [P, S, S].
         """
-        reduced = self.decoder.reduce(self.image_features(images))
+        tower = self.compiled_tower or self.image_features
+        reduced = self.decoder.reduce(tower(images))
         return self.decoder(reduced, conditionals.to(reduced[0].dtype), image_index)
 
     def segment_grouped(

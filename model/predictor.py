@@ -20,6 +20,7 @@ finishes (``service.batcher``); on a CPU both orders compute the same tensors.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,7 @@ from .batch import (
     plan_batch,
 )
 from .clipseg import ClipSeg
+from .compiled import BucketedTower
 from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
 from .device_decode import DEVICE_MODES, DeferredJpeg, decode_on_device, device_decode_available
@@ -98,6 +100,9 @@ class Predictor:
         decode: where query JPEGs are decoded: "cpu" (Pillow, at libjpeg's draft scale),
             "device" (in the batch, on the model's device: nvJPEG on CUDA; see
             ``model.device_decode``) or "auto" (device on CUDA when available, else cpu).
+        compile_buckets: batch sizes to ``torch.compile`` the vision tower for (padded up
+            to the next; ``model.compiled``); call ``warm_up`` before serving. None: eager.
+        compile_backend: torch.compile's backend ("inductor"; "eager" traces only).
 
     On CUDA with bf16 the weights themselves are cast to bf16 (autocast still keeps
     softmax and layer norms in fp32): no per-call weight casts, half the memory traffic.
@@ -113,6 +118,8 @@ class Predictor:
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
         loaded: LoadedModel | None = None,
         decode: str = "cpu",
+        compile_buckets: Sequence[int] | None = None,
+        compile_backend: str = "inductor",
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
@@ -124,6 +131,25 @@ class Predictor:
         self.loaded = loaded
         self.decode = _resolve_decode(decode, self.device)
         self.transfers = Transfers(self.device)
+        if compile_buckets:
+            self.model.compiled_tower = BucketedTower(
+                self.model.image_features,
+                compile_buckets,
+                functools.partial(torch.compile, backend=compile_backend),
+            )
+
+    def warm_up(self) -> None:
+        """Compile the vision tower's buckets now (no-op when eager); blocking, minutes on
+        a GPU: the service runs it on the model thread before /readyz turns 200."""
+        tower = self.model.compiled_tower
+        if not isinstance(tower, BucketedTower):
+            return
+        size = self.config.input_size
+        blank = torch.zeros((1, 3, size, size), dtype=torch.uint8)
+        with torch.inference_mode():
+            pixels = self._normalised(self.transfers.to_device(blank))
+            with self._inference():
+                tower.warm_up(pixels)
 
     @classmethod
     def from_source(
@@ -479,6 +505,7 @@ class Predictor:
             "device": str(self.device),
             "dtype": str(self.dtype).removeprefix("torch."),
             "decode": self.decode,
+            "compiled_batch_sizes": list(getattr(self.model.compiled_tower, "buckets", ())),
         }
 
 

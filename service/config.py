@@ -34,6 +34,11 @@ class Settings(BaseSettings):
         "auto",
         description="where query JPEGs are decoded: gpu (batched nvJPEG), cpu, auto (gpu on CUDA)",
     )
+    compile_batch_sizes: Annotated[list[int], NoDecode] = Field(
+        default_factory=list,
+        description="torch.compile the vision tower for these batch sizes during warm-up; "
+        "empty = eager",
+    )
     pipeline: bool = Field(
         True, description="launch the next batch while the previous one's masks come back"
     )
@@ -100,6 +105,22 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line (time, level, logger, ...)"
     )
+
+    @field_validator("compile_batch_sizes", mode="before")
+    @classmethod
+    def _split_sizes(cls, value: object) -> object:
+        if isinstance(value, str):
+            if value.strip().startswith("["):
+                return json.loads(value)
+            return [int(part) for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("compile_batch_sizes")
+    @classmethod
+    def _positive_sizes(cls, value: list[int]) -> list[int]:
+        if any(size < 1 for size in value):
+            raise ValueError(f"batch sizes must be >= 1, got {value}")
+        return value
 
     @field_validator("cors_origins", "api_keys", mode="before")
     @classmethod

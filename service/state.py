@@ -51,6 +51,7 @@ def default_predictor_factory(settings: Settings) -> Predictor:
         text_cache_size=settings.text_cache_size,
         max_pixels=settings.max_image_pixels,
         decode=decode_argument(settings),
+        compile_buckets=settings.compile_batch_sizes or None,
     )
 
 
@@ -116,6 +117,8 @@ class ServiceState:
         self.batcher = Batcher(self.predictor, self.settings, self.metrics, prior)
         self._bind_worker_metrics(self.batcher)
         self.batcher.start()
+        # Compilation (if configured) happens here, not on a user's first request.
+        await self.batcher.run_on_model_thread(self.predictor.warm_up)
         if self.settings.warmup:
             cost = await self.batcher.run_on_model_thread(calibrate, self.predictor)
             self.batcher.use_cost_model(cost)

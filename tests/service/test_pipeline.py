@@ -105,3 +105,24 @@ def test_the_next_batch_launches_while_the_previous_is_collected(tiny_model, pip
     # Pipelined, batch 1 is launched while batch 0 is still being collected; plain, the
     # worker finishes batch 0 (collect included) before it takes batch 1.
     assert overlapped is pipeline
+
+
+def test_the_service_is_not_ready_until_compilation_has_finished(tiny_model):
+    """``Predictor.warm_up`` (torch.compile of every bucket) runs before /readyz is 200."""
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+    from tests.service.live import LiveServer
+
+    compiled = threading.Event()
+
+    class SlowToCompile(Predictor):
+        def warm_up(self) -> None:
+            compiled.wait(timeout=30)
+
+    app = create_app(make_settings(warmup=False), lambda s: SlowToCompile(tiny_model, device="cpu"))
+    with LiveServer(app, ready=False) as server:
+        time.sleep(0.3)
+        assert httpx.get(server.url + "/readyz").status_code == 503
+        compiled.set()
+        server.until_ready(time.monotonic() + 30)
+        assert httpx.get(server.url + "/readyz").status_code == 200
