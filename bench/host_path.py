@@ -38,11 +38,13 @@ not counted. Never run as a test.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import io
 import os
 import platform
 import signal
 import statistics
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -52,7 +54,7 @@ from server import ROOT, parse_env, start_server, stop_server
 
 WIDTH, HEIGHT = 1920, 1080
 FORMATS = ("rle", "png")
-STAGES = ("parse", "probe", "decode", "prepare", "model thread", "encode", "framework")
+STAGES = ("parse", "probe", "decode", "prepare", "model thread", "collect", "encode", "framework")
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -98,11 +100,25 @@ def send(http: httpx.Client, url: str, image: bytes, fmt: str) -> None:
     assert response.headers["content-type"].startswith(expected), response.headers
 
 
-def measure(http: httpx.Client, url: str, pid: int, images: list[bytes], fmt: str, n: int):
-    """CPU ms per request of the whole process and of each stage, over ``n`` requests."""
+def measure(
+    clients: list[httpx.Client],
+    url: str,
+    pid: int,
+    images: list[bytes],
+    fmt: str,
+    n: int,
+):
+    """CPU ms per request of the whole process and of each stage, over ``n`` requests sent
+    by ``len(clients)`` concurrent clients (one keep-alive connection each)."""
+    http = clients[0]
     before, cpu0 = http.get(url + "/bench/cpu").json(), process_cpu(pid)
-    for i in range(n):
-        send(http, url, images[i % len(images)], fmt)
+
+    def client_loop(k: int) -> None:
+        for i in range(k, n, len(clients)):
+            send(clients[k], url, images[i % len(images)], fmt)
+
+    with ThreadPoolExecutor(len(clients)) as pool:
+        list(pool.map(client_loop, range(len(clients))))
     cpu1, after = process_cpu(pid), http.get(url + "/bench/cpu").json()
     spent = {k: after["seconds"][k] - before["seconds"].get(k, 0.0) for k in after["seconds"]}
     per = {k: 1000 * v / n for k, v in spent.items()}
@@ -112,11 +128,14 @@ def measure(http: httpx.Client, url: str, pid: int, images: list[bytes], fmt: st
         "probe": per.get("probe", 0.0),
         "decode": per.get("decode", 0.0),
         "prepare": per.get("query", 0.0) - per.get("decode", 0.0),
-        "model thread": per.get("model", 0.0),
+        "model thread": per.get("launch", 0.0),
+        "collect": per.get("collect", 0.0),
         "encode": per.get("encode", 0.0),
     }
     stages["framework"] = total - sum(stages.values())
     stages["total"] = total
+    # On a GPU server the model thread's work is the device's (plus kernel launches).
+    stages["host"] = total - stages["model thread"]
     return stages
 
 
@@ -136,6 +155,9 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--requests", type=int, default=200, help="per run and format")
     parser.add_argument("--images", type=int, default=4, help="distinct JPEGs, cycled")
+    parser.add_argument(
+        "--concurrency", type=int, default=1, help="clients sending at once (1: one at a time)"
+    )
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout to serve from")
     args = parser.parse_args()
@@ -151,13 +173,17 @@ def main() -> None:
     )
     results: dict[str, list[dict[str, float]]] = {fmt: [] for fmt in FORMATS}
     try:
-        with httpx.Client(timeout=60) as http:
+        with contextlib.ExitStack() as stack:
+            clients = [
+                stack.enter_context(httpx.Client(timeout=60)) for _ in range(args.concurrency)
+            ]
             for fmt in FORMATS:  # warm-up: allocators, caches, lazy imports
                 for image in images * 5:
-                    send(http, url, image, fmt)
+                    send(clients[0], url, image, fmt)
             for run in range(args.runs):
                 for fmt in FORMATS:
-                    results[fmt].append(measure(http, url, process.pid, images, fmt, args.requests))
+                    sample = measure(clients, url, process.pid, images, fmt, args.requests)
+                    results[fmt].append(sample)
                 print(
                     f"run {run + 1}/{args.runs}: "
                     + ", ".join(f"{f} {results[f][-1]['total']:.2f} ms" for f in FORMATS)
@@ -165,9 +191,9 @@ def main() -> None:
     finally:
         stop_server(process, signal.SIGINT, timeout=30)
     print(f"\nserver CPU ms per request, median (min-max) of {args.runs} runs x "
-          f"{args.requests} requests, 1 prompt")  # fmt: skip
+          f"{args.requests} requests, 1 prompt, {args.concurrency} client(s) at once")  # fmt: skip
     print(f"{'stage':<14}" + "".join(f"{fmt.upper():<24}" for fmt in FORMATS))
-    for stage in (*STAGES, "total"):
+    for stage in (*STAGES, "total", "host"):
         row = "".join(f"{cell([r[stage] for r in results[fmt]]):<24}" for fmt in FORMATS)
         print(f"{stage:<14}{row}")
 

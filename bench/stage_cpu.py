@@ -10,8 +10,9 @@ awaited the body (small with one request at a time, as ``bench/host_path.py`` se
 
 Stages: ``parse`` (starlette's multipart parser), ``probe`` (header read), ``decode``
 (``decode_image``: bytes -> reduced RGB), ``query`` (all of ``codec.prepare_query``:
-decode + resize/normalise + content hash), ``model`` (``Predictor.execute`` on the model
-thread: plan, model calls, render/threshold/pack, copy to host), ``encode`` (RLE/PNG
+decode + resize + content hash), ``launch`` (``Predictor.launch`` on the model thread:
+upload, normalise, model calls, render/threshold/pack, copies back started), ``collect``
+(``Predictor.collect``: wait for the copies, build the results), ``encode`` (RLE/PNG
 bodies). Only for benchmarks: ``bench/null_server.py --stage-cpu``.
 """
 
@@ -77,7 +78,11 @@ def install(app: FastAPI) -> None:
     service.codec.mask_entries = timed("encode", service.codec.mask_entries)
     service.codec.single_png = timed("encode", service.codec.single_png)
     model.predictor.decode_image = timed("decode", model.predictor.decode_image)
-    model.predictor.Predictor.execute = timed("model", model.predictor.Predictor.execute)  # type: ignore[method-assign]
+    # The worker calls execute (plain) or launch + collect (pipelined); execute is
+    # collect(launch()), so wrapping the two parts counts either path once.
+    for name in ("launch", "collect"):
+        method = getattr(model.predictor.Predictor, name)
+        setattr(model.predictor.Predictor, name, timed(name, method))
 
     @app.get("/bench/cpu", include_in_schema=False)
     async def cpu() -> dict:
