@@ -27,6 +27,7 @@ import multiprocessing
 import statistics
 import time
 from dataclasses import dataclass
+from multiprocessing.connection import Connection as PipeEnd
 
 BOUNDARY = "clipsegbenchboundary7f3a"
 COUNTER_DIGITS = 16
@@ -132,25 +133,26 @@ class Job:
     path: str
     bodies: tuple[Body, ...]
     worker: int
-    start_at: float  # time.time() when everyone starts
     warmup_s: float
     seconds: float
     conns: int = 0  # closed loop: concurrent clients of this process
     rate: float = 0.0  # open loop: arrivals per second of this process
+    phase: float = 0.0  # open loop: first arrival after this fraction of an interval
 
 
 class _Client:
     """One process's share of the load: sends, counts, keeps the 200s' latencies."""
 
-    def __init__(self, job: Job) -> None:
+    def __init__(self, job: Job, start_at: float) -> None:
         self.job = job
+        self.start_at = start_at  # time.time() when every process starts
         self.sent = 0
         self.idle: list[Connection] = []
         self.statuses: dict[int, int] = {}
         self.latencies: list[float] = []
         self.bad_answers = 0
         self.checked = False
-        self.window = (job.start_at + job.warmup_s, job.start_at + job.warmup_s + job.seconds)
+        self.window = (start_at + job.warmup_s, start_at + job.warmup_s + job.seconds)
 
     def pieces(self) -> list[bytes]:
         job = self.job
@@ -213,8 +215,8 @@ class _Client:
     async def open(self) -> None:
         job = self.job
         interval = 1.0 / job.rate
-        # Stagger the processes so their arrivals interleave instead of coinciding.
-        due = job.start_at + interval * (job.worker % 97) / 97
+        # Staggered phases: the processes' arrivals interleave instead of coinciding.
+        due = self.start_at + interval * job.phase
         tasks = set()
         while due < self.window[1]:
             await asyncio.sleep(max(0.0, due - time.time()))
@@ -226,7 +228,7 @@ class _Client:
             await asyncio.wait(tasks, timeout=REQUEST_TIMEOUT_S + 5)
 
     async def run(self) -> dict:
-        await asyncio.sleep(max(0.0, self.job.start_at - time.time()))
+        await asyncio.sleep(max(0.0, self.start_at - time.time()))
         cpu = time.process_time()
         await (self.closed() if self.job.conns else self.open())
         for conn in self.idle:
@@ -252,8 +254,17 @@ def _has_rle_mask(body: bytes) -> bool:
     return False
 
 
-def _run_job(job: Job) -> dict:
-    return asyncio.run(_Client(job).run())
+def _process(job: Job, pipe: PipeEnd) -> None:
+    """A client process: say it is ready, wait for the common start time, run, report."""
+    pipe.send("ready")
+    start_at = pipe.recv()
+    pipe.send(asyncio.run(_Client(job, start_at).run()))
+
+
+def _wait(pipe: PipeEnd, until: float, what: str):
+    if not pipe.poll(max(0.0, until - time.monotonic())):
+        raise TimeoutError(f"a load-generator process did not {what} in time")
+    return pipe.recv()
 
 
 def drive(
@@ -266,31 +277,49 @@ def drive(
     conns: int = 0,
     rate: float = 0.0,
     path: str = "/v1/segment/text",
-    spawn_s: float = 2.0,
+    start_timeout: float = 60.0,
 ) -> dict:
     """Run a closed loop (``conns`` per process) or an open loop (``rate`` in all) from
-    ``procs`` spawned processes; return the merged counts and latency quantiles."""
+    ``procs`` spawned processes; return the merged counts and latency quantiles.
+
+    The load starts when every process has started (spawned interpreters take a moment),
+    so each measures the same window; all of them are stopped on the way out."""
     host, _, port = url.removeprefix("http://").partition(":")
-    start_at = time.time() + spawn_s  # spawned interpreters need a moment to start
-    jobs = [
-        Job(
-            host,
-            int(port),
-            path,
-            tuple(bodies),
-            w,
-            start_at,
-            warmup_s,
-            seconds,
-            conns,
-            rate / procs,
-        )
-        for w in range(procs)
-    ]
     context = multiprocessing.get_context("spawn")
-    limit = spawn_s + warmup_s + seconds + REQUEST_TIMEOUT_S + 30
-    with context.Pool(procs) as pool:  # terminate() on leaving, even on a timeout
-        parts = pool.map_async(_run_job, jobs).get(timeout=limit)
+    pipes: list[PipeEnd] = []
+    processes = []
+    try:
+        for worker in range(procs):
+            job = Job(
+                host,
+                int(port),
+                path,
+                tuple(bodies),
+                worker,
+                warmup_s,
+                seconds,
+                conns,
+                rate / procs,
+                worker / procs,
+            )
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_process, args=(job, theirs), daemon=True)
+            process.start()
+            pipes.append(ours)
+            processes.append(process)
+        ready_by = time.monotonic() + start_timeout
+        for pipe in pipes:
+            _wait(pipe, ready_by, "start")
+        start_at = time.time() + 0.2
+        for pipe in pipes:
+            pipe.send(start_at)
+        done_by = time.monotonic() + 0.2 + warmup_s + seconds + REQUEST_TIMEOUT_S + 15
+        parts = [_wait(pipe, done_by, "finish") for pipe in pipes]
+    finally:
+        for process in processes:
+            if process.is_alive():
+                process.terminate()
+            process.join(timeout=5)
     return merge(parts, seconds)
 
 
