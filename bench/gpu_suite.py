@@ -84,6 +84,7 @@ def environment(scale: Scale) -> dict:
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
         "cudnn": torch.backends.cudnn.version() if cuda else None,
+        "fp32_matmul_precision": torch.get_float32_matmul_precision(),
         "python": platform.python_version(),
         "host_cpus": os.cpu_count(),
         "host_cpu": _cpu(),
