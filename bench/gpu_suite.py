@@ -37,8 +37,10 @@ section be cut short, killed by id afterwards); ports are picked free. Rows:
    concurrency, 200s only (non-200s reported); then p50/p99 latency in an open loop at
    half that rate. Configurations: batching on (defaults) / off
    (``CLIPSEG_MAX_BATCH_IMAGES=1``, ``CLIPSEG_MAX_WAIT_MS=0``), CPU / GPU decode
-   (``CLIPSEG_DECODE=cpu|gpu``; a build without that setting ignores it, and the row says
-   so). Targets: >= 1,500 req/s; p99 <= 100 ms at half that rate; on/off >= 5x.
+   (``CLIPSEG_DECODE=cpu|gpu``; a build without that setting ignores it: its rows say so
+   and GPU decode, which would repeat the CPU run, is not run). Each server start gets
+   at least 45 s; each load runs ~12 s closed + ~8 s open after 2 s of warm-up.
+   Targets: >= 1,500 req/s; p99 <= 100 ms at half that rate; on/off >= 5x.
 4. **memory** — model only: ``torch.cuda.max_memory_allocated`` over each precision's
    runs; service: the device's ``memory.used`` sampled with ``nvidia-smi`` during the
    load (device-wide: includes any other process), and the server's host peak RSS
