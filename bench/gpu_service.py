@@ -167,14 +167,15 @@ def one_config(
     finally:
         stop_server(process, timeout=STOP_TIMEOUT_S)
     concurrency = scale.client_procs * scale.conns
+    judged = "batching on" in label  # the targets are for the service as deployed
     suite.add(
         Row(
             3,
             f"{label}, max throughput",
             rate,
             "req/s",
-            ">= 1500 req/s",
-            suite.judge(rate, rate >= 1500) if "batching on" in label else "-",
+            ">= 1500 req/s" if judged else "",
+            suite.judge(rate, rate >= 1500) if judged else "-",
             note=(
                 f"closed loop, {concurrency} connections, {closed['ok']} x 200, "
                 f"{closed['non_200']} non-200 {closed['statuses']}, p50 "
@@ -193,8 +194,8 @@ def one_config(
             f"{label}, p99 at half the max",
             p99,
             "ms",
-            "<= 100 ms",
-            suite.judge(p99, (p99 or 0) <= 100) if "batching on" in label else "-",
+            "<= 100 ms" if judged else "",
+            suite.judge(p99, (p99 or 0) <= 100) if judged else "-",
             note=""
             if opened is None
             else (

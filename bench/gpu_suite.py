@@ -43,13 +43,15 @@ section be cut short, killed by id afterwards); ports are picked free. Rows:
    Targets: >= 1,500 req/s; p99 <= 100 ms at half that rate; on/off >= 5x.
 4. **memory** — model only: ``torch.cuda.max_memory_allocated`` over each precision's
    runs; service: the device's ``memory.used`` sampled with ``nvidia-smi`` during the
-   load (device-wide: includes any other process), and the server's host peak RSS
-   (``VmHWM``). Off CUDA the GPU figures are "n/a".
+   load (device-wide: it includes any other process and this suite's own CUDA context),
+   and the server's host peak RSS (``VmHWM``). Off CUDA the GPU figures are "n/a".
 5. **training** — ``clipseg-train --init random:rd64-refined --dataset synthetic --amp
-   bf16``, 100 steps of batch 64, under ``torchrun`` with 2 processes (DDP) when there
-   are >= 2 GPUs, else 1 process; samples/s from its ``metrics.csv`` (between the first
-   and last logged step, so start-up is excluded); then the server is started on the
-   checkpoint it wrote and one ``/v1/segment/text`` request must return 200 with a mask.
+   bf16 --eval-every 0 --num-workers 6``, 100 steps of batch 64 (global), under
+   ``torchrun`` with 2 processes (DDP) when there are >= 2 GPUs, else 1 process;
+   samples/s from its ``metrics.csv`` (between the first and last logged step, so
+   start-up is excluded; smoke: random:tiny, 5 steps of 4); then the server is started
+   on the checkpoint it wrote and one ``/v1/segment/text`` request must return 200 with
+   a mask.
 
 The header gives the device, torch/CUDA versions and host CPUs; the footer the wall time.
 Verdicts: PASS/FAIL against a target, "n/a" where there is no figure (or in ``--smoke``,
