@@ -33,10 +33,20 @@ import torch.nn.functional as F
 
 log = logging.getLogger(__name__)
 
-__all__ = ["DeferredJpeg", "decode_on_device", "device_decode_available"]
+__all__ = [
+    "DEVICE_MAX_PIXELS",
+    "DEVICE_MODES",
+    "DeferredJpeg",
+    "decode_on_device",
+    "device_decode_available",
+]
 
 #: JPEG modes nvJPEG decodes to RGB as Pillow does (CMYK and others go to the CPU path).
 DEVICE_MODES = frozenset({"RGB", "L"})
+#: Largest JPEG decoded on the device. The full-size decode and its float resize take
+#: ~15 bytes per pixel of device memory (a 12 MP photo: ~180 MB, transient); beyond this
+#: the CPU's 1/8 DCT draft is cheap anyway.
+DEVICE_MAX_PIXELS = 16_000_000
 
 
 @dataclass(frozen=True)

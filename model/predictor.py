@@ -41,7 +41,13 @@ from .clipseg import ClipSeg
 from .compiled import BucketedTower
 from .config import ClipSegConfig
 from .device import autocast, resolve_device, resolve_dtype
-from .device_decode import DEVICE_MODES, DeferredJpeg, decode_on_device, device_decode_available
+from .device_decode import (
+    DEVICE_MAX_PIXELS,
+    DEVICE_MODES,
+    DeferredJpeg,
+    decode_on_device,
+    device_decode_available,
+)
 from .errors import InvalidMaskError, InvalidPromptError
 from .image_formats import ALLOWED_FORMATS, open_image, read_bytes
 from .image_modes import SWAPPING_ORIENTATIONS, exif_orientation
@@ -189,9 +195,14 @@ class Predictor:
         return PreparedImage(to_model_pixels(decoded.image, cfg.input_size), (height, width))
 
     def _defer_jpeg(self, data: bytes) -> PreparedImage | None:
-        """A ``DeferredJpeg`` for an RGB/grayscale JPEG whose header passes the guards."""
+        """A ``DeferredJpeg`` for an RGB/grayscale JPEG of at most ``DEVICE_MAX_PIXELS``
+        whose header passes the guards; None: decode it on the CPU."""
         header = open_image(data, max_pixels=self.max_pixels, formats=ALLOWED_FORMATS)
-        if not isinstance(header, JpegImagePlugin.JpegImageFile) or header.mode not in DEVICE_MODES:
+        if (
+            not isinstance(header, JpegImagePlugin.JpegImageFile)
+            or header.mode not in DEVICE_MODES
+            or header.width * header.height > DEVICE_MAX_PIXELS
+        ):
             return None
         orientation = exif_orientation(header)
         width, height = header.size

@@ -160,6 +160,13 @@ def test_what_the_device_cannot_decode_takes_the_cpu_path(device_predictor, pred
         assert torch.equal(prepared.pixels, predictor.prepare_image(data).pixels)
 
 
+def test_a_jpeg_too_large_for_the_device_is_decoded_on_the_cpu(device_predictor, monkeypatch):
+    data = jpeg(photo(64, 48))
+    assert isinstance(device_predictor.prepare_image(data).pixels, DeferredJpeg)
+    monkeypatch.setattr("model.predictor.DEVICE_MAX_PIXELS", 64 * 48 - 1)
+    assert isinstance(device_predictor.prepare_image(data).pixels, torch.Tensor)
+
+
 def test_a_jpeg_that_fails_on_the_device_falls_back_alone(device_predictor):
     good, broken = jpeg(photo(80, 60, seed=1)), jpeg(photo(80, 60, seed=2))[:400]
     calls = []
