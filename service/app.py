@@ -211,7 +211,6 @@ def _add_operational_routes(app: FastAPI) -> None:
                 "queue_size": s.queue_size,
                 "max_queue_wait_s": s.max_queue_wait_s,
                 "request_timeout_s": s.request_timeout_s,
-                "pipeline": s.pipeline,
             },
         }
         if state.predictor is not None:
@@ -225,5 +224,6 @@ def _add_operational_routes(app: FastAPI) -> None:
                 "sha256": state.weights_sha256,
             }
         if state.batcher is not None:
+            data["batching"]["pipeline"] = state.batcher.pipelined
             data["cost_model"] = state.batcher.scheduler.cost.coefficients
         return data

@@ -9,13 +9,14 @@ failing batch is split in halves and retried, so a bad job (or a CUDA out-of-mem
 fails only itself. ``failure`` says why the worker is dead or stuck (the watchdog reads
 it for /healthz and /readyz).
 
-Pipelined (``CLIPSEG_PIPELINE``, on by default), a batch is *launched* on the model thread
-(``Predictor.launch``: inputs up on a side stream, model and rendering enqueued, copies
-back started) and *collected* on a second thread (``Predictor.collect``: wait for the copies,
-build the results, resolve the futures) while the next batch is formed and launched. At
-most two batches are in flight: the next launch starts only after the previous collect has
-begun, and a batch is settled only after the one before it. On a CPU the launch does all
-the computing, so the answers are the same tensors either way (the tests compare them).
+Pipelined (``CLIPSEG_PIPELINE``; ``auto``, the default, pipelines on CUDA), a batch is
+*launched* on the model thread (``Predictor.launch``: inputs up on a side stream, model and
+rendering enqueued, copies back started) and *collected* on a second thread
+(``Predictor.collect``: wait for the copies, build the results, resolve the futures) while
+the next batch is formed and launched. At most two batches are in flight: the next launch
+starts only after the previous collect has begun, and a batch is settled only after the
+one before it. On a CPU the launch does all the computing, so the answers are the same
+tensors either way (the tests compare them).
 """
 
 from __future__ import annotations
@@ -90,6 +91,10 @@ class Batcher:
         self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg-collect")
         self._collecting: asyncio.Task | None = None  # the previous batch's collect
         self._launching = 0  # launches running or queued on the model thread
+        #: On a CPU a launch computes everything: nothing would overlap, a hop would cost.
+        self.pipelined = settings.pipeline == "on" or (
+            settings.pipeline == "auto" and predictor.device.type == "cuda"
+        )
         self._last_done = -math.inf  # perf_counter when the previous batch's results landed
         self._task: asyncio.Task | None = None
         self._stopping = False
@@ -237,7 +242,7 @@ class Batcher:
         now = self._clock()
         for ticket in batch:
             self.metrics.stage_seconds.labels(stage="queue_wait").observe(now - ticket.admitted_at)
-        if self.settings.pipeline:
+        if self.pipelined:
             await self._launch_then_collect(batch, jobs)
             return
         self._busy_since = now

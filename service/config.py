@@ -39,8 +39,10 @@ class Settings(BaseSettings):
         description="torch.compile the vision tower for these batch sizes during warm-up; "
         "empty = eager",
     )
-    pipeline: bool = Field(
-        True, description="launch the next batch while the previous one's masks come back"
+    pipeline: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="launch the next batch while the previous one's masks come back; "
+        "auto: on with CUDA",
     )
     warmup: bool = Field(
         True, description="warm-up calibration batches before /readyz is 200 (cost model prior)"
@@ -130,6 +132,19 @@ class Settings(BaseSettings):
                 return json.loads(value)
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+    @field_validator("pipeline", mode="before")
+    @classmethod
+    def _switch(cls, value: object) -> object:
+        # true/false (and 1/0, yes/no) are as good as on/off.
+        words = {"true": "on", "1": "on", "yes": "on", "false": "off", "0": "off", "no": "off"}
+        if isinstance(value, bool):
+            return "on" if value else "off"
+        return (
+            words.get(value.strip().lower(), value.strip().lower())
+            if isinstance(value, str)
+            else value
+        )
 
     @field_validator("log_level", "log_format", mode="before")
     @classmethod

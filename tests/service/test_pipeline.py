@@ -35,7 +35,7 @@ def _answers(serve, pipeline: bool) -> list[tuple[int, dict]]:
         body.pop("timings_ms", None)
         return response.status_code, body
 
-    with serve(pipeline=pipeline, max_wait_ms=30.0) as server:
+    with serve(pipeline="on" if pipeline else "off", max_wait_ms=30.0) as server:
         with ThreadPoolExecutor(6) as pool:
             answers = list(pool.map(send, jobs))
         info = httpx.get(server.url + "/info").json()
@@ -89,7 +89,8 @@ def test_the_next_batch_launches_while_the_previous_is_collected(tiny_model, pip
         predictor.events = events
         return predictor
 
-    app = create_app(make_settings(pipeline=pipeline, max_wait_ms=0.0, warmup=False), factory)
+    settings = make_settings(pipeline="on" if pipeline else "off", max_wait_ms=0.0, warmup=False)
+    app = create_app(settings, factory)
     with LiveServer(app, ready=True, log_level="warning") as server:
         image = encode(random_image(32, 32))
         first = threading.Thread(target=post_text, args=(server.url, image, ["a"]))
@@ -126,3 +127,13 @@ def test_the_service_is_not_ready_until_compilation_has_finished(tiny_model):
         compiled.set()
         server.until_ready(time.monotonic() + 30)
         assert httpx.get(server.url + "/readyz").status_code == 200
+
+
+def test_pipelining_is_automatic_on_cuda_only(serve):
+    from service.config import Settings
+
+    assert Settings(_env_file=None).pipeline == "auto"
+    assert Settings(_env_file=None, pipeline="TRUE").pipeline == "on"
+    assert Settings(_env_file=None, pipeline="0").pipeline == "off"
+    with serve() as server:  # auto, on the CPU: a launch computes, nothing to overlap
+        assert httpx.get(server.url + "/info").json()["batching"]["pipeline"] is False
