@@ -63,9 +63,9 @@ def _openapi_maps(cls_name: str) -> tuple[dict[str, str], dict[str, str]]:
     tree = ast.parse(source)
     maps: dict[str, dict[str, str]] = {}
     for node in ast.walk(tree):
-        if isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
-            if node.targets[0].id in ("openapi_types", "attribute_map"):
-                maps[node.targets[0].id] = ast.literal_eval(node.value)
+        target = node.targets[0] if isinstance(node, ast.Assign) else None
+        if isinstance(target, ast.Name) and target.id in ("openapi_types", "attribute_map"):
+            maps[target.id] = ast.literal_eval(node.value)
     return maps["openapi_types"], maps["attribute_map"]
 
 
