@@ -200,7 +200,7 @@ def test_termination_outlasts_the_drain(name):
         if k.startswith("CLIPSEG_") and not v.startswith("<secret:")
     })  # fmt: skip
     drain = build_config(None, host="", port=0, log_level="info", settings=settings)
-    needed = int(command[1]) + drain.timeout_graceful_shutdown
+    needed = int(command[1]) + settings.shutdown_delay_s + drain.timeout_graceful_shutdown
     grace = server(objects)["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
     assert grace > needed, f"grace {grace} s <= preStop + drain {needed} s"
 
