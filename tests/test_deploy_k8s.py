@@ -419,3 +419,51 @@ def test_indexed_job_rendezvous_reaches_pod_zero():
     gpus = pod["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
     assert int(flags["nproc_per_node"]) == gpus
     assert shlex.join(command)  # exec form, no shell
+
+
+# --- the weights cache, for real ------------------------------------------------------------
+
+
+def hub_cache(root, repo_id: str, checkpoint) -> None:
+    """Lay ``checkpoint`` (a transformers directory) out as the HF hub cache holds
+    ``repo_id`` after a download: refs/main -> snapshots/<commit>/<files>."""
+    import shutil
+
+    repo = root / "hub" / f"models--{repo_id.replace('/', '--')}"
+    commit = "0" * 40
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    for file in checkpoint.iterdir():
+        shutil.copy(file, repo / "snapshots" / commit / file.name)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_the_init_containers_load_reads_the_cache_offline_and_writes_nothing(tmp_path):
+    """The serving pods' view: the HF cache filled, HF_HUB_OFFLINE=1 and (read-only) no
+    writes. The init container's own command loads the configured hub id from it."""
+    import os
+    import subprocess
+    import sys
+
+    from tests.hf_reference import build_hf_clipseg, save_hf_checkpoint
+
+    objects = render("overlays/gpu")
+    (pod,) = pod_specs(server(objects))
+    (init,) = pod["initContainers"]
+    weights = container_env(init, objects)["CLIPSEG_WEIGHTS"]
+    hf_home = tmp_path / "huggingface"
+    model = build_hf_clipseg(small=True, refined=True, reduce_dim=64)
+    hub_cache(hf_home, weights, save_hf_checkpoint(model, tmp_path / "checkpoint"))
+
+    def listing() -> list[tuple[str, int, int]]:
+        return sorted((str(p), p.stat().st_size, p.stat().st_mtime_ns) for p in hf_home.rglob("*"))
+
+    before = listing()
+    env = {**os.environ, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1",
+           "CLIPSEG_WEIGHTS": weights, "PYTHONPATH": str(K8S.parents[1])}  # fmt: skip
+    assert init["command"][:2] == ["python", "-c"]
+    run = subprocess.run([sys.executable, "-c", init["command"][2]], env=env,
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    assert f"weights ready: {weights}" in run.stdout
+    assert listing() == before, "loading wrote into the cache the pods mount read-only"
