@@ -189,6 +189,8 @@ def _add_operational_routes(app: FastAPI) -> None:
         problem = state.public_health()
         if problem:
             return JSONResponse(error_body("unhealthy", problem), status_code=503)
+        if state.draining:
+            return JSONResponse(error_body("shutting_down", "stopping: finishing work"), 503)
         if state.ready:
             return JSONResponse({"status": "ready"})
         return JSONResponse(error_body("not_ready", "loading weights / warming up"), 503)

@@ -59,6 +59,11 @@ class Settings(BaseSettings):
     max_queue_wait_s: float = Field(
         2.0, gt=0, description="admit only what starts within this estimated queueing time"
     )
+    shutdown_delay_s: float = Field(
+        0.0,
+        ge=0,
+        description="on SIGTERM, keep serving this long with /readyz 503 before draining",
+    )
     stuck_batch_s: float = Field(
         120.0, gt=0, description="a batch running longer makes /healthz and /readyz 503"
     )

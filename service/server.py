@@ -24,7 +24,11 @@ be tested here; h11's parsing cost is small next to multipart parsing and the mo
 
 Logging: ``log_config=None``, so uvicorn adds no handlers or formatters of its own and its
 loggers propagate to the root logger that ``service/logs.py`` configures (one format for
-everything). ``DoorServer`` reports the bound URL once listening (for the "ready" line).
+everything). ``DoorServer`` reports the bound URL once listening (for the "ready" line),
+and delays the stop a signal asks for by ``CLIPSEG_SHUTDOWN_DELAY_S``: during the delay it
+keeps accepting and serving while ``/readyz`` says 503, so a load balancer that routes on
+readiness stops sending before the listening socket closes (without it, a connection
+the balancer opened just before the close is dropped with its request unread).
 
 uvicorn internals overridden (read in 0.30.0 and 0.54.0, the same in both; hence
 ``uvicorn>=0.30,<0.60``): ``H11Protocol.__init__`` / ``connection_made`` /
@@ -36,7 +40,10 @@ sets it to ``None`` and applies the limit in its app wrapper), ``connections``, 
 ``cycle`` (``.scope``, ``.disconnected``), ``conn``, ``transport``, ``loop``, ``logger``,
 ``server_state.default_headers``, and the module's ``STATUS_PHRASES``. Nothing is
 monkeypatched: the class is passed as ``http=``. ``Server.startup`` (extended: it calls the
-original, then reads ``servers[0].sockets``).
+original, then reads ``servers[0].sockets``), ``Server.handle_exit`` (the first signal
+starts the delay, recorded in ``_captured_signals`` as the original does, so it is
+re-raised after the stop; any later signal is the original's) and ``Server.on_tick``
+(extended: ends the delay).
 """
 
 from __future__ import annotations
@@ -44,7 +51,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import time
 from collections.abc import Callable
+from types import FrameType
 from typing import Any
 
 import h11
@@ -230,19 +239,43 @@ def build_config(
 
 
 class DoorServer(uvicorn.Server):
-    """``uvicorn.Server`` that calls ``on_listening(url)`` once its socket is bound."""
+    """``uvicorn.Server`` that calls ``on_listening(url)`` once its socket is bound and,
+    given a ``shutdown_delay_s``, serves that long after a stop signal (having called
+    ``on_draining()``) before it stops accepting."""
 
     def __init__(
-        self, config: uvicorn.Config, on_listening: Callable[[str], None] | None = None
+        self,
+        config: uvicorn.Config,
+        on_listening: Callable[[str], None] | None = None,
+        *,
+        shutdown_delay_s: float = 0.0,
+        on_draining: Callable[[], None] | None = None,
     ) -> None:
         super().__init__(config)
         self.on_listening = on_listening
+        self.shutdown_delay_s = shutdown_delay_s
+        self.on_draining = on_draining
+        self.draining_since: float | None = None
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         url = self.url()
         if self.on_listening is not None and url is not None:
             self.on_listening(url)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.shutdown_delay_s <= 0 or self.draining_since is not None or self.should_exit:
+            super().handle_exit(sig, frame)  # no delay, or a second signal: stop now
+            return
+        self._captured_signals.append(sig)  # re-raised once stopped, like uvicorn's own
+        self.draining_since = time.monotonic()
+        if self.on_draining is not None:
+            self.on_draining()
+
+    async def on_tick(self, counter: int) -> bool:
+        if self.draining_since is not None and not self.should_exit:
+            self.should_exit = time.monotonic() - self.draining_since >= self.shutdown_delay_s
+        return await super().on_tick(counter)
 
     def url(self) -> str | None:
         """``http://host:port`` of the first listening TCP socket (the real port when the
@@ -264,10 +297,17 @@ def build_server(
     log_level: str,
     settings: Settings,
     on_listening: Callable[[str], None] | None = None,
+    on_draining: Callable[[], None] | None = None,
 ) -> uvicorn.Server:
-    """A ``uvicorn.Server`` for ``app``; ``server.run()`` blocks, ``should_exit`` stops it."""
+    """A ``uvicorn.Server`` for ``app``; ``server.run()`` blocks, ``should_exit`` stops it
+    (at once; a signal stops it after ``settings.shutdown_delay_s``)."""
     config = build_config(app, host=host, port=port, log_level=log_level, settings=settings)
-    return DoorServer(config, on_listening)
+    return DoorServer(
+        config,
+        on_listening,
+        shutdown_delay_s=settings.shutdown_delay_s,
+        on_draining=on_draining,
+    )
 
 
 def serve_app(app: Starlette, settings: Settings) -> uvicorn.Server:
@@ -280,4 +320,5 @@ def serve_app(app: Starlette, settings: Settings) -> uvicorn.Server:
         log_level=settings.log_level,
         settings=settings,
         on_listening=app.state.service.listening,
+        on_draining=app.state.service.start_draining,
     )

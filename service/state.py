@@ -74,6 +74,8 @@ class ServiceState:
     predictor: Predictor | None = None
     batcher: Batcher | None = None
     ready: bool = False
+    #: A stop signal arrived and the shutdown delay runs: /readyz 503, requests still served.
+    draining: bool = False
     load_error: str | None = None
     weights_sha256: str | None = None
     #: Where the server listens (``listening``); named in the "ready" log line.
@@ -84,7 +86,7 @@ class ServiceState:
     def __post_init__(self) -> None:
         self.memory = MemoryBudget(self.settings.memory_budget_mb << 20)
         self.metrics.bind(
-            ready=lambda: self.ready,
+            ready=lambda: self.ready and not self.draining,
             healthy=lambda: self.health() is None,
             memory_reserved_bytes=lambda: float(self.memory.reserved),
         )
@@ -145,6 +147,15 @@ class ServiceState:
             f"{described['variant']}) on {described['device']} in {described['dtype']}"
         )
         return f"{line} at {self.url}" if self.url else line
+
+    def start_draining(self) -> None:
+        """The server got a stop signal and delays it (``CLIPSEG_SHUTDOWN_DELAY_S``):
+        readiness turns 503 so that load balancers stop routing here; work continues."""
+        self.draining = True
+        log.info(
+            "stop signal: /readyz answers 503 for %.1f s while serving, then draining",
+            self.settings.shutdown_delay_s,
+        )
 
     def _bind_worker_metrics(self, batcher: Batcher) -> None:
         assert self.predictor is not None

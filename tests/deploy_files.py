@@ -29,6 +29,8 @@ SERVICE, CPU_SERVICE = "clipseg", "clipseg-cpu"
 TRAIN_SERVICE, TRAIN_CPU_SERVICE = "train", "train-cpu"
 TRAINERS = (TRAIN_SERVICE, TRAIN_CPU_SERVICE)
 SERVERS = (SERVICE, CPU_SERVICE)
+#: The "lb" profile: a second GPU replica (unpublished) and HAProxy in front.
+LB_REPLICA, LB_SERVICE = "clipseg-gpu1", "lb"
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 
 

@@ -22,6 +22,8 @@ from service.config import DEFAULT_PORT, Settings
 from tests.deploy_files import (
     CPU_INDEX,
     CPU_SERVICE,
+    LB_REPLICA,
+    LB_SERVICE,
     ROOT,
     SERVERS,
     SERVICE,
@@ -40,7 +42,7 @@ from tests.deploy_files import (
     split_volume,
 )
 
-ALL_PROFILES = ("cpu", "train", "train-cpu")
+ALL_PROFILES = ("cpu", "train", "train-cpu", "lb")
 
 
 @pytest.fixture(scope="module")
@@ -269,7 +271,7 @@ def cli() -> list[str]:
 
 def test_docker_compose_config_is_valid(cli, tmp_path):
     model = compose_config(cli, tmp_path)
-    assert set(model["services"]) == {*SERVERS, *TRAINERS}
+    assert set(model["services"]) == {*SERVERS, *TRAINERS, LB_REPLICA, LB_SERVICE}
     train_cpu = model["services"][TRAIN_CPU_SERVICE]
     assert "deploy" not in train_cpu, "the CPU trainer reserves no device"
     devices = model["services"][TRAIN_SERVICE]["deploy"]["resources"]["reservations"]
