@@ -71,8 +71,14 @@ class NullPredictor(Predictor):
         return self._logits.expand(rows, INPUT_SIZE, INPUT_SIZE)
 
 
-def null_factory(settings: Settings) -> Predictor:
-    """A ``PredictorFactory`` for ``create_app``: the settings' weights are ignored."""
+def null_factory(settings: Settings, decode: str = "cpu") -> Predictor:
+    """A ``PredictorFactory`` for ``create_app``: the settings' weights are ignored.
+
+    ``decode="device"`` defers JPEGs to the batch as a GPU server does (here the "device"
+    is this CPU, so their decoding lands on the model thread, the device's share).
+    """
     return NullPredictor(
-        text_cache_size=settings.text_cache_size, max_pixels=settings.max_image_pixels
+        text_cache_size=settings.text_cache_size,
+        max_pixels=settings.max_image_pixels,
+        decode=decode,
     )
