@@ -279,9 +279,11 @@ class Batcher:
             self._launching -= 1
         previous = self._collecting
         if previous is not None:
-            (failure,) = await asyncio.gather(previous, return_exceptions=True)
-            if isinstance(failure, BaseException):
-                log.error("collecting a batch failed", exc_info=failure)
+            outcome: list[BaseException | None] = await asyncio.gather(
+                previous, return_exceptions=True
+            )
+            if isinstance(outcome[0], BaseException):
+                log.error("collecting a batch failed", exc_info=outcome[0])
         self._collecting = asyncio.get_running_loop().create_task(
             self._collect(batch, jobs, launched), name="collect"
         )
