@@ -96,6 +96,14 @@ def test_memory_is_bounded_by_the_band(monkeypatch):
     assert len(sizes) > 10 and max(sizes) <= budget  # the full maps would be 36M floats
 
 
+def test_bands_reuse_one_buffer_instead_of_allocating_each():
+    """Every band is written into the same storage: per-band allocations let glibc scatter
+    them (several GB of RSS for two 16-prompt 7000x7000 requests)."""
+    probs = torch.rand(3, 352, 352)
+    pointers = {band.data_ptr() for _, band in render._bands(probs, 2000, 1500, 300_000)}
+    assert len(pointers) == 1
+
+
 def test_packing_is_numpy_packbits_and_soft_is_optional():
     logits = torch.full((1, 4, 4), -20.0)
     logits[0, 1, 2] = 20.0
