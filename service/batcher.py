@@ -90,7 +90,7 @@ class Batcher:
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg-model")
         self._collector = ThreadPoolExecutor(max_workers=1, thread_name_prefix="clipseg-collect")
         self._collecting: asyncio.Task | None = None  # the previous batch's collect
-        self._launching = 0  # launches running or queued on the model thread
+        self._started: dict[int, float] = {}  # id(batch) -> clock() at launch, in flight
         #: On a CPU a launch computes everything: nothing would overlap, a hop would cost.
         self.pipelined = settings.pipeline == "on" or (
             settings.pipeline == "auto" and predictor.device.type == "cuda"
@@ -271,12 +271,12 @@ class Batcher:
     # ------------------------------------------------------------------ pipelined
     async def _launch_then_collect(self, batch: list[Ticket], jobs: list[SegmentJob]) -> None:
         """Launch this batch, then hand it to the collector once the previous one is done."""
-        self._busy_since = self._busy_since or self._clock()
-        self._launching += 1
+        self._in_flight(batch, True)
         try:
             launched = await self.run_on_model_thread(self._launch, jobs)
-        finally:
-            self._launching -= 1
+        except BaseException:
+            self._in_flight(batch, False)
+            raise
         previous = self._collecting
         if previous is not None:
             outcome: list[BaseException | None] = await asyncio.gather(
@@ -322,9 +322,17 @@ class Batcher:
                 except Exception as exc:  # an asynchronous device error surfaces here
                     outcomes = await self.run_on_model_thread(self._split, jobs, exc)
         finally:
-            if not self._launching:
-                self._busy_since = None
+            self._in_flight(batch, False)
         self._settle_batch(batch, jobs, outcomes, seconds)
+
+    def _in_flight(self, batch: list[Ticket], started: bool) -> None:
+        """Track batches between launch and collected; busy since the oldest one started
+        (what the stuck-batch watchdog measures)."""
+        if started:
+            self._started[id(batch)] = self._clock()
+        else:
+            self._started.pop(id(batch), None)
+        self._busy_since = min(self._started.values()) if self._started else None
 
     def _record(self, batch: list[Ticket], seconds: float | None) -> None:
         work = Scheduler.batch_work(batch)

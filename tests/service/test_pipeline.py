@@ -137,3 +137,43 @@ def test_pipelining_is_automatic_on_cuda_only(serve):
     assert Settings(_env_file=None, pipeline="0").pipeline == "off"
     with serve() as server:  # auto, on the CPU: a launch computes, nothing to overlap
         assert httpx.get(server.url + "/info").json()["batching"]["pipeline"] is False
+
+
+class _SlowLaunch(Predictor):
+    """Launch takes 50 ms more (a GPU launch waits on host syncs in rendering): under load
+    the previous batch's collect always ends while the next launch runs."""
+
+    def launch(self, plan, keep=None):
+        time.sleep(0.05)
+        return super().launch(plan, keep)
+
+
+def test_sustained_pipelined_load_is_not_mistaken_for_a_stuck_batch(tiny_model):
+    """The watchdog measures the oldest batch in flight, not the start of a busy streak:
+    back-to-back batches for longer than ``stuck_batch_s`` keep /healthz at 200."""
+    from service.app import create_app
+    from tests.service.conftest import make_settings
+    from tests.service.live import LiveServer
+
+    settings = make_settings(pipeline="on", max_wait_ms=0.0, stuck_batch_s=0.5, warmup=False)
+    app = create_app(settings, lambda s: _SlowLaunch(tiny_model, device="cpu"))
+    image = encode(random_image(48, 48, seed=7))
+    health: list[int] = []
+    with LiveServer(app, log_level="error") as server:
+        stop = time.monotonic() + 2.5
+
+        def client() -> int:
+            sent = 0
+            while time.monotonic() < stop:
+                assert post_text(server.url, image, ["a"]).status_code == 200
+                sent += 1
+            return sent
+
+        with ThreadPoolExecutor(6) as pool:
+            sent = [pool.submit(client) for _ in range(6)]
+            while time.monotonic() < stop:
+                health.append(httpx.get(server.url + "/healthz").status_code)
+                time.sleep(0.05)
+            total = sum(f.result() for f in sent)
+    assert total > 20 and len(health) > 10
+    assert set(health) == {200}
