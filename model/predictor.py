@@ -20,6 +20,7 @@ finishes (``service.batcher``); on a CPU both orders compute the same tensors.
 
 from __future__ import annotations
 
+import copy
 import functools
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -109,6 +110,8 @@ class Predictor:
         compile_buckets: batch sizes to ``torch.compile`` the vision tower for (padded up
             to the next; ``model.compiled``); call ``warm_up`` before serving. None: eager.
         compile_backend: torch.compile's backend ("inductor"; "eager" traces only).
+        owns_model: the module is this predictor's alone (``from_source``): bf16 weights
+            and compilation change it in place instead of in a copy.
 
     On CUDA with bf16 the weights themselves are cast to bf16 (autocast still keeps
     softmax and layer norms in fp32): no per-call weight casts, half the memory traffic.
@@ -126,11 +129,17 @@ class Predictor:
         decode: str = "cpu",
         compile_buckets: Sequence[int] | None = None,
         compile_backend: str = "inductor",
+        owns_model: bool = False,
     ) -> None:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
+        bf16_weights = self.device.type == "cuda" and self.dtype == torch.bfloat16
+        if (bf16_weights or compile_buckets) and not owns_model:
+            # A caller's module (perhaps shared with an fp32 predictor) keeps its dtype and
+            # its eager tower: this predictor changes a copy of its own.
+            model = copy.deepcopy(model)
         self.model = model.to(self.device).eval()
-        if self.device.type == "cuda" and self.dtype == torch.bfloat16:
+        if bf16_weights:
             self.model.to(torch.bfloat16)
         self.text_cache = TextEmbeddingCache(text_cache_size)
         self.max_pixels = max_pixels
@@ -168,7 +177,7 @@ class Predictor:
     ) -> Predictor:
         """Load weights from any source ``load_model`` understands and wrap them."""
         loaded = load_model(source, variant=variant, backbone=backbone)
-        return cls(loaded.model, loaded=loaded, **kwargs)
+        return cls(loaded.model, loaded=loaded, owns_model=True, **kwargs)
 
     @property
     def config(self) -> ClipSegConfig:

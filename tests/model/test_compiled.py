@@ -54,13 +54,11 @@ def test_a_compiled_predictor_warms_every_bucket_and_gives_the_eager_masks(tiny_
         compiled = Predictor(
             tiny_model, device="cpu", compile_buckets=(1, 2), compile_backend="eager"
         )
-        try:
-            compiled.warm_up()
-            got = compiled.segment(image, ["a cat", "grass"], soft=True)
-            described = compiled.describe()
-        finally:
-            tiny_model.compiled_tower = None  # the session's shared model goes back to eager
-    assert described["compiled_batch_sizes"] == [1, 2]
+        compiled.warm_up()
+        got = compiled.segment(image, ["a cat", "grass"], soft=True)
+    assert compiled.describe()["compiled_batch_sizes"] == [1, 2]
+    # The caller's module is left as it was: the predictor compiled a copy of its own.
+    assert tiny_model.compiled_tower is None and compiled.model is not tiny_model
     assert (got.soft.astype(int) - want.soft.astype(int)).__abs__().max() <= 1
     assert (got.masks == want.masks).mean() > 0.999
 

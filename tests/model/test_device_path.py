@@ -235,6 +235,22 @@ def test_bf16_weights_agree_with_fp32_on_99_percent_of_pixels():
 
 @pytest.mark.gpu
 @cuda
+def test_a_bf16_predictor_leaves_a_shared_module_in_fp32():
+    """An fp32 and a bf16 predictor over one module: the bf16 one casts a copy."""
+    from model.config import get_variant
+    from model.weights.loader import build_random
+
+    model = build_random(get_variant("tiny"), seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fp32 = Predictor(model, device="cuda", dtype="float32")
+        bf16 = Predictor(model, device="cuda", dtype="bfloat16")
+    assert next(fp32.model.parameters()).dtype == torch.float32
+    assert next(bf16.model.parameters()).dtype == torch.bfloat16
+
+
+@pytest.mark.gpu
+@cuda
 def test_pinned_non_blocking_cuda_path_gives_the_cpu_masks(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
