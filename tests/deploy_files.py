@@ -306,3 +306,16 @@ def run_probe(command: list[str], env: dict[str, str]) -> int:
     assert command[:2] == ["python", "-c"], command
     run = subprocess.run([sys.executable, "-c", command[2]], env=env, capture_output=True)
     return run.returncode
+
+
+def app_get_routes() -> set[str]:
+    """Paths the app answers with GET (what probes and health checks use)."""
+    from service.app import create_app
+    from service.config import Settings
+
+    app = create_app(Settings(_env_file=None))  # builds the app; loads no weights
+    return {
+        route.path
+        for route in app.routes
+        if hasattr(route, "path") and "GET" in (getattr(route, "methods", None) or ())
+    }

@@ -19,6 +19,7 @@ from service.config import DEFAULT_PORT, Settings
 from tests.deploy_files import (
     ROOT,
     Stage,
+    app_get_routes,
     dockerignore_rules,
     exec_form,
     ignored,
@@ -62,15 +63,7 @@ def pyproject() -> dict:
 
 @pytest.fixture(scope="module")
 def routes() -> set[str]:
-    """Paths the app answers with GET (the probes' method)."""
-    from service.app import create_app
-
-    app = create_app(Settings(_env_file=None))  # builds the app; loads no weights
-    return {
-        route.path
-        for route in app.routes
-        if hasattr(route, "path") and "GET" in (getattr(route, "methods", None) or ())
-    }
+    return app_get_routes()
 
 
 def keywords(stage: Stage) -> list[str]:

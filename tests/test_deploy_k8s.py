@@ -17,7 +17,7 @@ import pytest
 from service.config import DEFAULT_PORT, Settings
 from service.metrics import ServiceMetrics
 from service.server import build_config
-from tests.deploy_files import load_dockerfile
+from tests.deploy_files import app_get_routes, load_dockerfile
 from tests.k8s_files import (
     CLUSTER_VERSIONS,
     K8S,
@@ -43,15 +43,7 @@ OTHER_ENV = {"HF_HUB_OFFLINE", "CUDA_VISIBLE_DEVICES"}
 
 @pytest.fixture(scope="module")
 def routes() -> set[str]:
-    """Paths the app answers with GET (the probes' method)."""
-    from service.app import create_app
-
-    app = create_app(Settings(_env_file=None))  # builds the app; loads no weights
-    return {
-        route.path
-        for route in app.routes
-        if hasattr(route, "path") and "GET" in (getattr(route, "methods", None) or ())
-    }
+    return app_get_routes()
 
 
 @pytest.fixture(scope="module")
