@@ -37,6 +37,7 @@ not counted. Never run as a test.
     python bench/host_path.py --runs 3 --requests 50
     python bench/host_path.py --device-decode      # JPEGs decoded in the batch (GPU decode)
     python bench/host_path.py --concurrency 8      # 8 clients at once
+    python bench/host_path.py --png-bits 1         # 1-bit mask PNGs
 """
 
 from __future__ import annotations
@@ -93,11 +94,15 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
+#: Bits per pixel of the PNG answers (``--png-bits``; the server's default is 8).
+PNG_BITS = {"value": 8}
+
+
 def send(http: httpx.Client, url: str, image: bytes, fmt: str) -> None:
     response = http.post(
         url + "/v1/segment/text",
         files={"image": ("photo.jpg", image, "image/jpeg")},
-        data={"prompt": "a thing", "format": fmt},
+        data={"prompt": "a thing", "format": fmt, "png_bits": str(PNG_BITS["value"])},
     )
     response.raise_for_status()
     expected = "image/png" if fmt == "png" else "application/json"
@@ -163,6 +168,7 @@ def main() -> None:
     parser.add_argument(
         "--concurrency", type=int, default=1, help="clients sending at once (1: one at a time)"
     )
+    parser.add_argument("--png-bits", type=int, choices=(8, 1), default=8, help="PNG answers")
     parser.add_argument(
         "--device-decode",
         action="store_true",
@@ -172,6 +178,7 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout to serve from")
     args = parser.parse_args()
 
+    PNG_BITS["value"] = args.png_bits
     images = [photo_like(seed) for seed in range(args.images)]
     sizes = ", ".join(f"{len(b) / 1e6:.2f}" for b in images)
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; {WIDTH}x{HEIGHT} JPEGs of {sizes} MB")

@@ -32,7 +32,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
-from model.png import gray_png, packed_gray_png
+from model.png import gray_png, packed_bit_png, packed_gray_png
 
 __all__ = [
     "decode_png_mask",
@@ -330,22 +330,41 @@ def encode_png_mask(mask: np.ndarray) -> bytes:
     return _png_bytes(fg.astype(np.uint8) * np.uint8(255))
 
 
-def encode_png_packed(packed: np.ndarray, width: int) -> bytes:
-    """Encode a bit-packed mask as the same PNG as ``encode_png_mask`` (mode "L", 0/255).
+def encode_png_packed(packed: np.ndarray, width: int, bits: int = 8) -> bytes:
+    """Encode a bit-packed mask as a PNG: with ``bits=8`` the same PNG as
+    ``encode_png_mask`` (mode "L", 0/255); with ``bits=1`` a 1-bit grayscale PNG (mode
+    "1", the same pixels as booleans), written from the packed rows as they are.
 
     Args:
         packed: uint8 ``(h, ceil(width / 8))``, rows ``np.packbits``-ed (first pixel in the
             most significant bit), unpacked straight into the PNG's scanlines
             (``model.png``).
         width: the mask's width in pixels.
+        bits: 8 or 1.
 
     Raises:
         InvalidMaskError: ``packed`` is not 2-D uint8 of a matching width.
+        ValueError: ``bits`` is neither 8 nor 1.
     """
     arr = _as_2d(packed, "packed mask")
     if arr.dtype != np.uint8 or arr.shape[1] != -(-width // 8) or width < 1 or arr.shape[0] < 1:
         raise InvalidMaskError(f"packed mask {arr.shape} {arr.dtype} does not fit width {width}")
+    if bits == 1:
+        return packed_bit_png(_padding_cleared(arr, width), width, PNG_COMPRESS_LEVEL)
+    if bits != 8:
+        raise ValueError(f"PNG masks have 8 or 1 bits per pixel, not {bits}")
     return packed_gray_png(arr, width, PNG_COMPRESS_LEVEL)
+
+
+def _padding_cleared(packed: np.ndarray, width: int) -> np.ndarray:
+    """``packed`` with the bits past ``width`` in each row's last byte set to 0 (PNG
+    decoders ignore them, but a mask's file should not depend on them)."""
+    spare = -width % 8
+    if not spare or not (packed[:, -1] & ((1 << spare) - 1)).any():
+        return packed
+    cleared = packed.copy()
+    cleared[:, -1] &= 0xFF & ~((1 << spare) - 1)
+    return cleared
 
 
 def encode_png_probabilities(probs: np.ndarray) -> bytes:

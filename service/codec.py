@@ -74,9 +74,9 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def mask_entries(result: Segmentation, fmt: str) -> list[dict]:
+def mask_entries(result: Segmentation, fmt: str, png_bits: int = 8) -> list[dict]:
     """One JSON entry per output mask (see the README's response schema), encoded one mask
-    at a time so only one unpacked mask exists at once."""
+    at a time so only one unpacked mask exists at once; mask PNGs have ``png_bits``."""
     entries = []
     width = result.size[1]
     for i, label in enumerate(result.labels):
@@ -93,13 +93,14 @@ def mask_entries(result: Segmentation, fmt: str) -> list[dict]:
         elif fmt == "rle":
             entry["rle"] = encode_rle(result.mask(i))
         else:
-            entry["png"] = _b64(encode_png_packed(result.packed_masks[i], width))
+            entry["png"] = _b64(encode_png_packed(result.packed_masks[i], width, png_bits))
         if result.soft is not None:
             entry["soft_png"] = _b64(encode_png_gray(result.soft[i]))
         entries.append(entry)
     return entries
 
 
-def single_png(result: Segmentation) -> bytes:
-    """The body of a single-mask PNG response: mode L, 0/255, the query's size."""
-    return encode_png_packed(result.packed_masks[0], result.size[1])
+def single_png(result: Segmentation, png_bits: int = 8) -> bytes:
+    """The body of a single-mask PNG response at the query's size: mode L, 0/255
+    (``png_bits=8``) or mode 1 (``png_bits=1``)."""
+    return encode_png_packed(result.packed_masks[0], result.size[1], png_bits)

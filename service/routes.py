@@ -10,9 +10,11 @@ is decoded) and the memory budget; decode (threadpool) into one frozen
 from __future__ import annotations
 
 import asyncio
+import enum
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
@@ -50,6 +52,32 @@ Format = Annotated[
     Form(description="png: a PNG per mask (the raw body when there is one mask); rle: COCO RLE"),
 ]
 Soft = Annotated[bool, Form(description="also return each probability map as an 8-bit PNG")]
+
+
+class PngBits(enum.IntEnum):
+    """Bits per pixel of mask PNGs (an IntEnum: form fields arrive as text, "1" or "8")."""
+
+    EIGHT = 8
+    ONE = 1
+
+
+PngBitsField = Annotated[
+    PngBits,
+    Form(
+        description="bits per pixel of mask PNGs: 8 (grayscale 0/255) or 1 (1-bit grayscale: "
+        "the same mask at an eighth of the bytes to compress; Pillow opens it in mode '1')"
+    ),
+]
+
+
+@dataclass(frozen=True)
+class Answer:
+    """How the masks are sent: ``format`` (png | rle) and the PNGs' bits per pixel."""
+
+    format: str
+    png_bits: int = 8
+
+
 PNG_OR_JSON = {
     200: {
         "description": "One mask + format=png: the PNG itself. Otherwise JSON.",
@@ -143,7 +171,7 @@ async def _serve(
     query: bytes,
     pairs: list[tuple[bytes, bytes]],
     make: MakeRequest,
-    fmt: str,
+    answer: Answer,
     started: tuple[float, float],
 ) -> Response:
     """Budget, decode, queue, encode: the path shared by both endpoints."""
@@ -162,7 +190,8 @@ async def _serve(
         decoded = time.perf_counter()
         result = await _wait(request, state, job)
         done = time.perf_counter()
-        return await _respond(request, state, result, fmt, (t0, decoded, done, job.model_seconds))
+        marks = (t0, decoded, done, job.model_seconds)
+        return await _respond(request, state, result, answer, marks)
     finally:
         reservation.release()
 
@@ -171,17 +200,22 @@ async def _respond(
     request: Request,
     state: ServiceState,
     result: Segmentation,
-    fmt: str,
+    answer: Answer,
     marks: tuple[float, float, float, float],
 ) -> Response:
     t0, decoded, done, model_seconds = marks
     single_png = (
-        len(result.labels) == 1 and fmt == "png" and result.soft is None and _accepts_png(request)
+        len(result.labels) == 1
+        and answer.format == "png"
+        and result.soft is None
+        and _accepts_png(request)
     )
     if single_png:
-        body = await run_in_threadpool(codec.single_png, result)
+        body = await run_in_threadpool(codec.single_png, result, answer.png_bits)
     else:
-        entries = await run_in_threadpool(codec.mask_entries, result, fmt)
+        entries = await run_in_threadpool(
+            codec.mask_entries, result, answer.format, answer.png_bits
+        )
     encoded = time.perf_counter()
     timings = {
         "decode": decoded - t0,
@@ -265,6 +299,7 @@ async def segment_text(
     ] = "none",
     format: Format = "png",
     soft: Soft = False,
+    png_bits: PngBitsField = PngBits.EIGHT,
 ) -> Response:
     state, started = _start(request)
     prompts, negatives = tuple(prompt), tuple(negative_prompt or ())
@@ -295,7 +330,7 @@ async def segment_text(
             runs=format == "rle",
         )
 
-    return await _serve(request, shape, data, [], make, format, started)
+    return await _serve(request, shape, data, [], make, Answer(format, int(png_bits)), started)
 
 
 @router.post(
@@ -328,6 +363,7 @@ async def segment_visual(
     threshold: Threshold = None,
     format: Format = "png",
     soft: Soft = False,
+    png_bits: PngBitsField = PngBits.EIGHT,
 ) -> Response:
     state, started = _start(request)
     if len(support_image) != len(support_mask):
@@ -375,4 +411,4 @@ async def segment_visual(
             runs=format == "rle",
         )
 
-    return await _serve(request, shape, data, pairs, make, format, started)
+    return await _serve(request, shape, data, pairs, make, Answer(format, int(png_bits)), started)

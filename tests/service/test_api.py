@@ -381,3 +381,20 @@ def test_cors_allows_only_the_configured_origins(serve):
         )
     assert allowed.headers["access-control-allow-origin"] == "https://app.example"
     assert "access-control-allow-origin" not in other.headers
+
+
+def test_one_bit_mask_pngs_when_asked(serve):
+    image = encode(random_image(45, 30, seed=8))
+    with serve() as server:
+        eight = post_text(server.url, image, ["a cat"], threshold="0.452")
+        one = post_text(server.url, image, ["a cat"], threshold="0.452", png_bits="1")
+        both = post_text(server.url, image, ["a cat", "grass"], threshold="0.452", png_bits="1")
+        bad = post_text(server.url, image, ["a cat"], png_bits="4")
+    assert eight.status_code == one.status_code == both.status_code == 200
+    reference = np.asarray(Image.open(io.BytesIO(eight.content))) > 0
+    single = Image.open(io.BytesIO(one.content))
+    assert single.mode == "1" and np.array_equal(np.asarray(single), reference)
+    assert 0 < reference.sum() < reference.size  # a mask with edges
+    entry = both.json()["masks"][0]
+    assert Image.open(io.BytesIO(base64.b64decode(entry["png"]))).mode == "1"
+    assert bad.status_code == 422 and "png_bits" in bad.text
