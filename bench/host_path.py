@@ -94,15 +94,12 @@ def process_cpu(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS
 
 
-#: Bits per pixel of the PNG answers (``--png-bits``; the server's default is 8).
-PNG_BITS = {"value": 8}
-
-
-def send(http: httpx.Client, url: str, image: bytes, fmt: str) -> None:
+def send(http: httpx.Client, url: str, image: bytes, fmt: str, png_bits: int = 8) -> None:
+    """One request; ``png_bits``: bits per pixel of PNG answers (the server's default 8)."""
     response = http.post(
         url + "/v1/segment/text",
         files={"image": ("photo.jpg", image, "image/jpeg")},
-        data={"prompt": "a thing", "format": fmt, "png_bits": str(PNG_BITS["value"])},
+        data={"prompt": "a thing", "format": fmt, "png_bits": str(png_bits)},
     )
     response.raise_for_status()
     expected = "image/png" if fmt == "png" else "application/json"
@@ -116,6 +113,7 @@ def measure(
     images: list[bytes],
     fmt: str,
     n: int,
+    png_bits: int = 8,
 ):
     """CPU ms per request of the whole process and of each stage, over ``n`` requests sent
     by ``len(clients)`` concurrent clients (one keep-alive connection each)."""
@@ -124,7 +122,7 @@ def measure(
 
     def client_loop(k: int) -> None:
         for i in range(k, n, len(clients)):
-            send(clients[k], url, images[i % len(images)], fmt)
+            send(clients[k], url, images[i % len(images)], fmt, png_bits)
 
     with ThreadPoolExecutor(len(clients)) as pool:
         list(pool.map(client_loop, range(len(clients))))
@@ -178,7 +176,6 @@ def main() -> None:
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout to serve from")
     args = parser.parse_args()
 
-    PNG_BITS["value"] = args.png_bits
     images = [photo_like(seed) for seed in range(args.images)]
     sizes = ", ".join(f"{len(b) / 1e6:.2f}" for b in images)
     print(f"{cpu_name()}, {os.cpu_count()} CPUs; {WIDTH}x{HEIGHT} JPEGs of {sizes} MB")
@@ -197,10 +194,12 @@ def main() -> None:
             ]
             for fmt in FORMATS:  # warm-up: allocators, caches, lazy imports
                 for image in images * 5:
-                    send(clients[0], url, image, fmt)
+                    send(clients[0], url, image, fmt, args.png_bits)
             for run in range(args.runs):
                 for fmt in FORMATS:
-                    sample = measure(clients, url, process.pid, images, fmt, args.requests)
+                    sample = measure(
+                        clients, url, process.pid, images, fmt, args.requests, args.png_bits
+                    )
                     results[fmt].append(sample)
                 print(
                     f"run {run + 1}/{args.runs}: "

@@ -17,7 +17,8 @@ LogLevel = Literal["critical", "error", "warning", "info", "debug"]
 class Settings(BaseSettings):
     """Every knob of the service. Each field is ``CLIPSEG_<NAME>`` in the environment.
 
-    List fields (api_keys, cors_origins) take a JSON list or a comma-separated string.
+    List fields (api_keys, cors_origins, compile_batch_sizes) take a JSON list or a
+    comma-separated string.
     """
 
     model_config = SettingsConfigDict(env_prefix="CLIPSEG_", env_file=".env", extra="ignore")
@@ -113,15 +114,6 @@ class Settings(BaseSettings):
         "text", description="text, or json: one object per line (time, level, logger, ...)"
     )
 
-    @field_validator("compile_batch_sizes", mode="before")
-    @classmethod
-    def _split_sizes(cls, value: object) -> object:
-        if isinstance(value, str):
-            if value.strip().startswith("["):
-                return json.loads(value)
-            return [int(part) for part in value.split(",") if part.strip()]
-        return value
-
     @field_validator("compile_batch_sizes")
     @classmethod
     def _positive_sizes(cls, value: list[int]) -> list[int]:
@@ -129,9 +121,10 @@ class Settings(BaseSettings):
             raise ValueError(f"batch sizes must be >= 1, got {value}")
         return value
 
-    @field_validator("cors_origins", "api_keys", mode="before")
+    @field_validator("cors_origins", "api_keys", "compile_batch_sizes", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
+        # The parts stay text; pydantic then validates each against the list's item type.
         if isinstance(value, str):
             if value.strip().startswith("["):
                 return json.loads(value)
