@@ -11,7 +11,11 @@ import httpx
 import pytest
 
 from model.predictor import Predictor
+from service.app import create_app
+from service.config import Settings
 from tests.conftest import encode, random_image
+from tests.service.conftest import make_settings
+from tests.service.live import LiveServer
 from tests.service.test_api import post_text
 
 PROMPTS = ["a cat", "a dog", "the sky", "grass", "a red car", "something round"]
@@ -78,9 +82,6 @@ class _Recorder(Predictor):
 
 @pytest.mark.parametrize("pipeline", [True, False])
 def test_the_next_batch_launches_while_the_previous_is_collected(tiny_model, pipeline):
-    from service.app import create_app
-    from tests.service.conftest import make_settings
-    from tests.service.live import LiveServer
 
     events: list[tuple[str, int, float]] = []
 
@@ -110,9 +111,6 @@ def test_the_next_batch_launches_while_the_previous_is_collected(tiny_model, pip
 
 def test_the_service_is_not_ready_until_compilation_has_finished(tiny_model):
     """``Predictor.warm_up`` (torch.compile of every bucket) runs before /readyz is 200."""
-    from service.app import create_app
-    from tests.service.conftest import make_settings
-    from tests.service.live import LiveServer
 
     compiled = threading.Event()
 
@@ -130,7 +128,6 @@ def test_the_service_is_not_ready_until_compilation_has_finished(tiny_model):
 
 
 def test_pipelining_is_automatic_on_cuda_only(serve):
-    from service.config import Settings
 
     assert Settings(_env_file=None).pipeline == "auto"
     assert Settings(_env_file=None, pipeline="TRUE").pipeline == "on"
@@ -151,9 +148,6 @@ class _SlowLaunch(Predictor):
 def test_sustained_pipelined_load_is_not_mistaken_for_a_stuck_batch(tiny_model):
     """The watchdog measures the oldest batch in flight, not the start of a busy streak:
     back-to-back batches for longer than ``stuck_batch_s`` keep /healthz at 200."""
-    from service.app import create_app
-    from tests.service.conftest import make_settings
-    from tests.service.live import LiveServer
 
     settings = make_settings(pipeline="on", max_wait_ms=0.0, stuck_batch_s=0.5, warmup=False)
     app = create_app(settings, lambda s: _SlowLaunch(tiny_model, device="cpu"))
