@@ -1,0 +1,510 @@
+"""Mask quality of the refinement modes: foreground IoU, boundary F and their CPU cost.
+
+What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``none``,
+``guided``, ``pamr``):
+
+1. **Quality on held-out synthetic scenes** with anti-aliased edges. The model is the tiny
+   one trained on the synthetic shapes by the README's recipe (``clipseg-train --init
+   random:tiny --dataset synthetic --steps 600 --batch-size 16 --lr 3e-3 --eval-every
+   300``; ``--weights`` skips the training). The scenes use the training generator's
+   vocabulary (``training/datasets/synthetic.py``: its colours, shapes, phrases, shape
+   sizes, gap and background texture) but are drawn here, at 1024x1024 by default, from a
+   seed stream of their own (``split_seed(seed, "mask-quality")``; training draws from
+   the "train" and "val" splits' streams): each label map is rasterised at 4x
+   supersampling with sub-pixel positions and box-filtered down (each output pixel = the
+   mean of its 4x4 block, i.e. ``Image.BOX``), so the shapes' coverage gives anti-aliased
+   edges blended over the background. Ground truth is that coverage > 0.5. Every shape
+   drawn in a scene is a prompt (its phrase, "red circle"); the masks come from
+   ``Predictor.segment(image, phrases, post=PostProcess(refine=mode))`` at the
+   checkpoint's calibrated threshold.
+
+   * fg IoU: the official CLIPSeg foreground IoU, TP / (1 + TP + FP + FN) with the pixel
+     counts summed over every (scene, prompt) first (``training.metrics.fg_iou``).
+   * boundary F: DAVIS-style boundary F-measure at a 2 px tolerance, per (scene, prompt),
+     then the mean. Boundary pixels (``boundary``): mask pixels with a background pixel
+     among their 8 neighbours (the frame is not an edge). Precision: the fraction of the
+     prediction's boundary pixels within 2 px (Euclidean, ``scipy.ndimage``'s distance
+     transform) of a ground-truth boundary pixel; recall the other way round; F = 2PR /
+     (P + R). Conventions (as DAVIS): both boundaries empty -> 1.0, exactly one empty ->
+     0.0.
+   * "vs none": the relative change (mode - none) / none.
+
+2. **The same metrics on real photos** (``tests/data/photos``: public-domain photos with
+   hand-made masks, see its SOURCES.md), printed in a separate table. It is a smoke check
+   of the code path: a model trained only on coloured shapes says nothing about photos.
+
+3. **The added CPU cost per 2 MP mask**: ``Predictor.render(logits, (1080, 1920),
+   post=PostProcess(refine=mode), guide=guide)`` with ``logits`` float [1, 352, 352] from
+   the model on a 1920x1080 synthetic test image and ``guide`` its uint8 [3, 1080, 1920]
+   pixels, torch on 2 threads, after warm-up calls; median and min-max of ``--repeats``
+   (>= 15) calls per mode, and the median minus refine="none"'s.
+
+    python bench/mask_quality.py                      # trains the tiny model (~30 s) first
+    python bench/mask_quality.py --weights runs/shapes/best --json mask_quality.json
+    python bench/mask_quality.py --smoke --json smoke.json   # tiny scale, for the tests
+
+Until ``model.postprocess.PostProcess`` exists (issue 13), only refine="none" is run (by
+the same calls without ``post``/``guide``); the other modes' rows say "n/a".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: import this checkout's packages
+    sys.path.insert(0, str(ROOT))
+
+from training.datasets.sampling import split_seed  # noqa: E402
+from training.datasets.synthetic import (  # noqa: E402
+    _GAP,
+    _PLACEMENT_TRIES,
+    _SIDE_RANGE,
+    COLOURS,
+    PHRASES,
+    _background,
+)
+from training.metrics import fg_iou as official_fg_iou  # noqa: E402
+
+MODES: tuple[str, ...] = ("none", "guided", "pamr")
+PHOTOS = ROOT / "tests" / "data" / "photos"
+#: The README's demo recipe (Training section), minus ``--output``.
+TRAIN_RECIPE: tuple[str, ...] = (
+    "--init", "random:tiny", "--dataset", "synthetic", "--steps", "600",
+    "--batch-size", "16", "--lr", "3e-3", "--eval-every", "300",
+)  # fmt: skip
+TOLERANCE_PX = 2.0
+SUPERSAMPLE = 4
+COST_SIZE = (1080, 1920)
+
+try:  # issue 13's API; without it only refine="none" runs (see the module docstring)
+    from model.postprocess import PostProcess
+except ImportError:  # pragma: no cover - depends on the checkout
+    PostProcess = None
+
+
+def available_modes() -> tuple[str, ...]:
+    """The refine modes this checkout can run."""
+    return MODES if PostProcess is not None else ("none",)
+
+
+# ---------------------------------------------------------------------------- metrics
+def boundary(mask: np.ndarray) -> np.ndarray:
+    """bool [H, W]: pixels of ``mask`` with a background pixel among their 8 neighbours.
+
+    Outside the image counts as foreground, so an object cut by the frame has no edge
+    along it (the frame is not an edge the model could get right or wrong).
+    """
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        return np.zeros_like(mask)
+    inner = ndimage.binary_erosion(mask, structure=np.ones((3, 3), bool), border_value=1)
+    return mask & ~inner
+
+
+def boundary_f(
+    pred: np.ndarray, gt: np.ndarray, tolerance: float = TOLERANCE_PX
+) -> tuple[float, float, float]:
+    """DAVIS-style boundary (precision, recall, F) of two bool [H, W] masks.
+
+    Precision: fraction of ``pred``'s boundary pixels within ``tolerance`` px (Euclidean)
+    of a boundary pixel of ``gt``; recall: the same with the roles swapped; F = 2PR/(P+R)
+    (0 when P + R = 0). Conventions, as DAVIS's ``f_measure``: both boundaries empty ->
+    (1, 1, 1); only ``pred``'s empty -> P = 1, R = 0; only ``gt``'s empty -> P = 0, R = 1;
+    so F is 0.0 whenever exactly one of them is empty.
+    """
+    pred, gt = np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool)
+    if pred.shape != gt.shape:
+        raise ValueError(f"masks differ in shape: {pred.shape} vs {gt.shape}")
+    pb, gb = boundary(pred), boundary(gt)
+    n_pred, n_gt = int(pb.sum()), int(gb.sum())
+    if n_pred == 0 and n_gt == 0:
+        return 1.0, 1.0, 1.0
+    if n_pred == 0:
+        return 1.0, 0.0, 0.0
+    if n_gt == 0:
+        return 0.0, 1.0, 0.0
+    # Distance of every pixel to the nearest boundary pixel of the other mask, computed
+    # in the union of both boundaries' bounding boxes grown by the tolerance (same result,
+    # far fewer pixels than the whole image).
+    rows, cols = np.nonzero(pb | gb)
+    pad = math.ceil(tolerance) + 1
+    r0, r1 = max(rows.min() - pad, 0), min(rows.max() + pad + 1, pred.shape[0])
+    c0, c1 = max(cols.min() - pad, 0), min(cols.max() + pad + 1, pred.shape[1])
+    pb, gb = pb[r0:r1, c0:c1], gb[r0:r1, c0:c1]
+    to_gt = ndimage.distance_transform_edt(~gb)
+    to_pred = ndimage.distance_transform_edt(~pb)
+    precision = float(np.mean(to_gt[pb] <= tolerance))
+    recall = float(np.mean(to_pred[gb] <= tolerance))
+    f = 0.0 if precision + recall == 0 else 2 * precision * recall / (precision + recall)
+    return precision, recall, f
+
+
+@dataclass
+class Scores:
+    """Pixel counts summed over a set of masks, and the per-mask boundary F values."""
+
+    counts: np.ndarray = field(default_factory=lambda: np.zeros(4, np.int64))
+    boundary_fs: list[float] = field(default_factory=list)
+
+    def add(self, pred: np.ndarray, gt: np.ndarray) -> None:
+        tp = int(np.count_nonzero(pred & gt))
+        fp = int(np.count_nonzero(pred)) - tp
+        fn = int(np.count_nonzero(gt)) - tp
+        self.counts += np.array([tp, fp, fn, gt.size - tp - fp - fn], np.int64)
+        self.boundary_fs.append(boundary_f(pred, gt)[2])
+
+    @property
+    def fg_iou(self) -> float:
+        """The official foreground IoU, TP / (1 + TP + FP + FN), over all masks added."""
+        return float(official_fg_iou(self.counts.reshape(4, 1))[0])
+
+    @property
+    def mean_boundary_f(self) -> float:
+        return float(np.mean(self.boundary_fs)) if self.boundary_fs else float("nan")
+
+
+# ----------------------------------------------------------------------------- scenes
+@dataclass(frozen=True)
+class Scene:
+    """An RGB image, its prompts (the shapes' phrases) and one ground-truth mask each."""
+
+    image: Image.Image
+    phrases: tuple[str, ...]
+    masks: tuple[np.ndarray, ...]
+
+
+def _draw_shape(
+    draw: ImageDraw.ImageDraw, kind: str, x: float, y: float, side: float, s: int
+) -> None:
+    """One shape on the ``s``-times supersampled canvas (value 1), like the generator's."""
+    x0, y0 = round(x * s), round(y * s)
+    x1, y1 = round((x + side) * s) - 1, round((y + side) * s) - 1
+    if kind == "circle":
+        draw.ellipse((x0, y0, x1, y1), fill=1)
+    elif kind == "square":
+        draw.rectangle((x0, y0, x1, y1), fill=1)
+    else:  # triangle, pointing up
+        draw.polygon([((x0 + x1) / 2, y0), (x0, y1), (x1, y1)], fill=1)
+
+
+def _place(
+    rng: np.random.Generator, count: int, height: int, width: int
+) -> list[tuple[float, float, float]]:
+    """Up to ``count`` non-overlapping (x, y, side) squares at sub-pixel positions; sides
+    in the generator's range (a fraction of the shorter image side), the generator's gap."""
+    short = min(height, width)
+    lo, hi = (f * short for f in _SIDE_RANGE)
+    placed: list[tuple[float, float, float]] = []
+    for _ in range(count):
+        side = float(rng.uniform(lo, hi))
+        for _ in range(_PLACEMENT_TRIES):
+            x, y = float(rng.uniform(0, width - side)), float(rng.uniform(0, height - side))
+            if all(
+                x + side + _GAP <= ox
+                or ox + oside + _GAP <= x
+                or y + side + _GAP <= oy
+                or oy + oside + _GAP <= y
+                for ox, oy, oside in placed
+            ):
+                placed.append((x, y, side))
+                break
+    return placed
+
+
+def render_scene(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    shapes: tuple[int, int] = (1, 3),
+    supersample: int = SUPERSAMPLE,
+) -> Scene:
+    """A synthetic scene with anti-aliased edges; see the module docstring.
+
+    Each shape's label map is drawn at ``supersample`` x the size and box-filtered down to
+    its coverage in [0, 1]; the image is the background blended with each shape's colour
+    by coverage; the ground truth is coverage > 0.5.
+    """
+    count = int(rng.integers(shapes[0], shapes[1] + 1))
+    phrases = [PHRASES[i] for i in rng.permutation(len(PHRASES))[:count]]
+    boxes = _place(rng, count, height, width)
+    s = supersample
+    pixels = _background(rng, max(height, width))[:height, :width].astype(np.float32)
+    kept, masks = [], []
+    for phrase, (x, y, side) in zip(phrases, boxes, strict=False):
+        colour, kind = phrase.split(" ")
+        canvas = Image.new("L", (width * s, height * s), 0)
+        _draw_shape(ImageDraw.Draw(canvas), kind, x, y, side, s)
+        fine = np.asarray(canvas, dtype=np.float32)
+        coverage = fine.reshape(height, s, width, s).mean(axis=(1, 3))  # = Image.BOX
+        tint = np.asarray(COLOURS[colour], np.float32)
+        pixels += coverage[..., None] * (tint - pixels)
+        kept.append(phrase)
+        masks.append(coverage > 0.5)
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    return Scene(image, tuple(kept), tuple(masks))
+
+
+def scenes(count: int, size: int, seed: int) -> list[Scene]:
+    """``count`` held-out square scenes; scene ``i`` depends only on (seed, i)."""
+    base = split_seed(seed, "mask-quality")
+    return [render_scene(np.random.default_rng([base, i]), size, size) for i in range(count)]
+
+
+def photos(root: Path = PHOTOS) -> list[tuple[str, Path, str, np.ndarray]]:
+    """(name, image path, prompt, ground truth bool [H, W]) of each photo in ``root``."""
+    found = []
+    for spec in sorted(root.glob("*_polygon.json")):
+        meta = json.loads(spec.read_text())
+        truth = np.asarray(Image.open(root / meta["mask"]).convert("L")) > 127
+        found.append((spec.name.removesuffix("_polygon.json"), root / meta["image"],
+                      meta["prompt"], truth))  # fmt: skip
+    return found
+
+
+# -------------------------------------------------------------------------- the model
+def train_tiny(output: Path, steps: int) -> Path:
+    """The README's recipe (``steps`` replacing its 600) in this process; ``best/``."""
+    from training.train import main as train_main
+
+    args = list(TRAIN_RECIPE)
+    args[args.index("--steps") + 1] = str(steps)
+    every = min(300, steps)
+    args[args.index("--eval-every") + 1] = str(every)
+    if train_main([*args, "--output", str(output)]) != 0:
+        raise SystemExit("mask_quality: training failed")
+    return output / "best"
+
+
+def segmenter(predictor: Any, mode: str) -> Callable[[Any, Sequence[str]], Any]:
+    """``segment(image, phrases)`` with refine ``mode``.
+
+    Adapter until issue 13's ``post=`` lands on main: without ``PostProcess`` only
+    "none" exists and is the plain call.
+    """
+    if PostProcess is None:
+        if mode != "none":
+            raise RuntimeError(f"refine={mode!r} needs model.postprocess.PostProcess")
+        return lambda image, phrases: predictor.segment(image, phrases)
+    post = PostProcess(refine=mode)
+    return lambda image, phrases: predictor.segment(image, phrases, post=post)
+
+
+def quality(
+    predictor: Any, mode: str, items: Sequence[tuple[Any, Sequence[str], Sequence[np.ndarray]]]
+) -> tuple[Scores, float]:
+    """Scores of ``mode`` over (image, phrases, truths) items, and the seconds it took."""
+    segment, scores = segmenter(predictor, mode), Scores()
+    start = time.perf_counter()
+    for image, phrases, truths in items:
+        result = segment(image, list(phrases))
+        if tuple(result.size) != truths[0].shape:
+            raise RuntimeError(f"mask size {result.size} != image size {truths[0].shape}")
+        for i, truth in enumerate(truths):
+            scores.add(result.mask(i), truth)
+    return scores, time.perf_counter() - start
+
+
+def quality_rows(
+    predictor: Any, items: Sequence[tuple[Any, Sequence[str], Sequence[np.ndarray]]]
+) -> list[dict[str, Any]]:
+    """One row per mode: fg IoU, mean boundary F, both relative to "none", seconds."""
+    rows: list[dict[str, Any]] = []
+    base: dict[str, Any] | None = None
+    for mode in MODES:
+        row: dict[str, Any] = {"mode": mode, "fg_iou": None, "boundary_f": None,
+                               "fg_iou_vs_none": None, "boundary_f_vs_none": None,
+                               "seconds": None, "masks": 0, "error": None}  # fmt: skip
+        if mode not in available_modes():
+            row["error"] = "n/a: this checkout has no model.postprocess.PostProcess"
+            rows.append(row)
+            continue
+        scores, seconds = quality(predictor, mode, items)
+        row.update(fg_iou=scores.fg_iou, boundary_f=scores.mean_boundary_f, seconds=seconds,
+                   masks=len(scores.boundary_fs))  # fmt: skip
+        if base is None:
+            base = row
+        else:
+            row["fg_iou_vs_none"] = _relative(row["fg_iou"], base["fg_iou"])
+            row["boundary_f_vs_none"] = _relative(row["boundary_f"], base["boundary_f"])
+        rows.append(row)
+    return rows
+
+
+def _relative(value: float, reference: float) -> float | None:
+    return None if reference == 0 else (value - reference) / reference
+
+
+# ------------------------------------------------------------------------------- cost
+def cost_rows(predictor: Any, repeats: int, warmup: int, seed: int) -> list[dict[str, Any]]:
+    """Per mode: ms per ``Predictor.render`` of one 2 MP mask (median, min, max), and the
+    median minus refine="none"'s."""
+    import torch
+
+    height, width = COST_SIZE
+    scene = render_scene(np.random.default_rng([split_seed(seed, "mask-quality-cost")]),
+                         height, width, shapes=(1, 1))  # fmt: skip
+    prepared = predictor.prepare_image(scene.image)
+    with torch.inference_mode():
+        conditionals = predictor.text_embeddings(list(scene.phrases))
+        logits = predictor.logits(prepared.pixels.unsqueeze(0), conditionals)
+    guide = torch.from_numpy(np.array(scene.image)).permute(2, 0, 1).contiguous()
+    rows: list[dict[str, Any]] = []
+    base: float | None = None
+    for mode in MODES:
+        row: dict[str, Any] = {"mode": mode, "median_ms": None, "min_ms": None,
+                               "max_ms": None, "added_ms": None, "repeats": repeats,
+                               "error": None}  # fmt: skip
+        if mode not in available_modes():
+            row["error"] = "n/a: this checkout has no model.postprocess.PostProcess"
+            rows.append(row)
+            continue
+        if PostProcess is None:
+            call = lambda: predictor.render(logits, COST_SIZE)  # noqa: E731
+        else:
+            post = PostProcess(refine=mode)
+            call = lambda post=post: predictor.render(logits, COST_SIZE, post=post, guide=guide)  # noqa: E731
+        for _ in range(warmup):
+            call()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            call()
+            times.append((time.perf_counter() - start) * 1e3)
+        median = statistics.median(times)
+        row.update(median_ms=median, min_ms=min(times), max_ms=max(times))
+        if base is None:
+            base = median
+        row["added_ms"] = median - base
+        rows.append(row)
+    return rows
+
+
+# ---------------------------------------------------------------------------- reports
+def _fmt(value: float | None, spec: str) -> str:
+    return "n/a" if value is None else format(value, spec)
+
+
+def quality_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| refine | fg IoU | vs none | boundary F (2 px) | vs none | masks | s |",
+             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    for r in rows:
+        lines.append(
+            f"| {r['mode']} | {_fmt(r['fg_iou'], '.4f')} | {_fmt(r['fg_iou_vs_none'], '+.1%')} "
+            f"| {_fmt(r['boundary_f'], '.4f')} | {_fmt(r['boundary_f_vs_none'], '+.1%')} "
+            f"| {r['masks']} | {_fmt(r['seconds'], '.1f')} |"
+        )
+    return "\n".join(lines)
+
+
+def cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| refine | ms per 2 MP mask, median (min-max) | added vs none, ms |",
+             "|---|---|---|"]  # fmt: skip
+    for r in rows:
+        spread = "n/a" if r["median_ms"] is None else (
+            f"{r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f})"
+        )  # fmt: skip
+        lines.append(f"| {r['mode']} | {spread} | {_fmt(r['added_ms'], '+.1f')} |")
+    return "\n".join(lines)
+
+
+def environment(threads: int) -> dict[str, Any]:
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    with open("/proc/cpuinfo") as handle:
+        for line in handle:
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    return {"cpu": cpu, "host_cpus": os.cpu_count(), "torch_threads": threads,
+            "torch": torch.__version__, "python": platform.python_version(),
+            "modes_available": list(available_modes())}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--weights", help="a checkpoint; default: train the tiny model")
+    parser.add_argument("--steps", type=int, help="training steps (default 600; smoke 20)")
+    parser.add_argument("--images", type=int, help="synthetic scenes (default 40; smoke 3)")
+    parser.add_argument("--size", type=int, help="scene side in px (default 1024; smoke 256)")
+    parser.add_argument("--repeats", type=int, help="timed renders per mode (default 15)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed renders per mode")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--smoke", action="store_true", help="tiny scale, for the tests")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    steps = args.steps or (20 if args.smoke else 600)
+    count = args.images or (3 if args.smoke else 40)
+    size = args.size or (256 if args.smoke else 1024)
+    repeats = args.repeats or (3 if args.smoke else 15)
+    warmup = min(args.warmup, 1) if args.smoke else args.warmup
+
+    import torch
+
+    from model.predictor import Predictor
+
+    torch.set_num_threads(args.threads)
+    started = time.monotonic()
+    with tempfile.TemporaryDirectory(prefix="mask-quality-") as tmp:
+        weights = args.weights or str(train_tiny(Path(tmp) / "run", steps))
+        predictor = Predictor.from_source(weights, device="cpu")
+    trained_s = time.monotonic() - started
+    env = environment(args.threads)
+
+    synthetic = scenes(count, size, args.seed)
+    synthetic_rows = quality_rows(predictor, [(s.image, s.phrases, s.masks) for s in synthetic])
+    photo_items = [(path, [prompt], [truth]) for _, path, prompt, truth in photos()]
+    photo_rows = quality_rows(predictor, photo_items)
+    costs = cost_rows(predictor, repeats, warmup, args.seed)
+
+    result = {
+        "bench": "mask_quality",
+        "smoke": args.smoke,
+        "environment": env,
+        "weights": args.weights or f"random:tiny trained {steps} steps (README recipe)",
+        "threshold": predictor.config.threshold,
+        "synthetic": {"images": count, "size": [size, size], "supersample": SUPERSAMPLE,
+                      "tolerance_px": TOLERANCE_PX, "rows": synthetic_rows},
+        "photos": {"images": [name for name, *_ in photos()], "rows": photo_rows},
+        "cost": {"size": list(COST_SIZE), "repeats": repeats, "warmup": warmup,
+                 "rows": costs},
+        "train_s": None if args.weights else trained_s,
+        "wall_s": time.monotonic() - started,
+    }  # fmt: skip
+    print(f"mask quality: {env['cpu']}, torch {env['torch']} on {args.threads} threads; "
+          f"weights: {result['weights']}, threshold {result['threshold']:.2f}")  # fmt: skip
+    print(f"\n### Synthetic scenes: {count} at {size}x{size}, anti-aliased "
+          f"({SUPERSAMPLE}x supersampled), held-out seeds\n")  # fmt: skip
+    print(quality_table(synthetic_rows))
+    print("\n### Real photos (smoke check only: a model trained on shapes, not a quality "
+          f"claim): {', '.join(result['photos']['images'])}\n")  # fmt: skip
+    print(quality_table(photo_rows))
+    print(f"\n### CPU cost of Predictor.render, one {COST_SIZE[1]}x{COST_SIZE[0]} mask, "
+          f"{args.threads} torch threads, {repeats} repeats\n")  # fmt: skip
+    print(cost_table(costs))
+    print(f"\nwall time {result['wall_s']:.0f} s")
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
