@@ -337,7 +337,8 @@ def quality_rows(
             continue
         scores, seconds = quality(predictor, mode, items)
         row.update(fg_iou=scores.fg_iou, boundary_f=scores.mean_boundary_f, seconds=seconds,
-                   masks=len(scores.boundary_fs))  # fmt: skip
+                   masks=len(scores.boundary_fs), counts=scores.counts.tolist(),
+                   boundary_f_per_mask=scores.boundary_fs)  # fmt: skip
         if base is None:
             base = row
         else:
@@ -352,14 +353,18 @@ def _relative(value: float, reference: float) -> float | None:
 
 
 # ------------------------------------------------------------------------------- cost
+def cost_scene(seed: int) -> Scene:
+    """The 1920x1080 test image of the cost section: one shape, its own seed stream."""
+    rng = np.random.default_rng([split_seed(seed, "mask-quality-cost")])
+    return render_scene(rng, *COST_SIZE, shapes=(1, 1))
+
+
 def cost_rows(predictor: Any, repeats: int, warmup: int, seed: int) -> list[dict[str, Any]]:
     """Per mode: ms per ``Predictor.render`` of one 2 MP mask (median, min, max), and the
     median minus refine="none"'s."""
     import torch
 
-    height, width = COST_SIZE
-    scene = render_scene(np.random.default_rng([split_seed(seed, "mask-quality-cost")]),
-                         height, width, shapes=(1, 1))  # fmt: skip
+    scene = cost_scene(seed)
     prepared = predictor.prepare_image(scene.image)
     with torch.inference_mode():
         conditionals = predictor.text_embeddings(list(scene.phrases))
@@ -370,6 +375,7 @@ def cost_rows(predictor: Any, repeats: int, warmup: int, seed: int) -> list[dict
     for mode in MODES:
         row: dict[str, Any] = {"mode": mode, "median_ms": None, "min_ms": None,
                                "max_ms": None, "added_ms": None, "repeats": repeats,
+                               "prompt": scene.phrases[0], "mask_area": None,
                                "error": None}  # fmt: skip
         if mode not in available_modes():
             row["error"] = "n/a: this checkout has no model.postprocess.PostProcess"
@@ -388,7 +394,8 @@ def cost_rows(predictor: Any, repeats: int, warmup: int, seed: int) -> list[dict
             call()
             times.append((time.perf_counter() - start) * 1e3)
         median = statistics.median(times)
-        row.update(median_ms=median, min_ms=min(times), max_ms=max(times))
+        area = int(call().areas[0])  # the mask is not empty: the cost of a real one
+        row.update(median_ms=median, min_ms=min(times), max_ms=max(times), mask_area=area)
         if base is None:
             base = median
         row["added_ms"] = median - base
@@ -485,7 +492,7 @@ def main(argv: list[str] | None = None) -> int:
                       "tolerance_px": TOLERANCE_PX, "rows": synthetic_rows},
         "photos": {"images": [name for name, *_ in photos()], "rows": photo_rows},
         "cost": {"size": list(COST_SIZE), "repeats": repeats, "warmup": warmup,
-                 "rows": costs},
+                 "prompt": costs[0]["prompt"], "rows": costs},
         "train_s": None if args.weights else trained_s,
         "wall_s": time.monotonic() - started,
     }  # fmt: skip
