@@ -20,7 +20,16 @@ import torch
 
 from .device_decode import DeferredJpeg
 from .errors import InvalidPromptError
-from .postprocess import Combine, check_size
+from .mask_ops import Instances
+from .postprocess import (
+    BACKGROUND_PROMPT,
+    Background,
+    Combine,
+    PostProcess,
+    Refine,
+    check_size,
+    check_thresholds,
+)
 from .text import Template, parse_template
 
 __all__ = [
@@ -48,10 +57,14 @@ class SegmentRequest:
         mean; with a prompt (at most one) it is mixed as ``w*text + (1-w)*visual``,
         w = ``text_weight`` (0.5 when None). conditionals: float [N, D] ready
         conditioning vectors, one row each.
-    threshold: in [0, 1]; None means the checkpoint's calibrated threshold.
+    threshold: in [0, 1], or one per positive row; None means the checkpoint's
+        calibrated threshold.
     soft: also return each mask's probability map (8-bit).
     runs: also return each mask's COCO RLE run lengths, found on the device (for RLE
         answers: the host then only writes the counts string).
+    post: the post-processing steps (``model.postprocess.PostProcess``).
+    guide: the image at ``size``, uint8 [3, H, W] (or [1, H, W]); needed when
+        ``post.refine`` is not none (``Predictor.prepare_image(..., guide=True)``).
     """
 
     pixels: torch.Tensor | DeferredJpeg
@@ -63,10 +76,12 @@ class SegmentRequest:
     supports: torch.Tensor | None = None
     text_weight: float | None = None
     conditionals: torch.Tensor | None = None
-    threshold: float | None = None
+    threshold: float | tuple[float, ...] | None = None
     combine: Combine = Combine.NONE
     soft: bool = False
     runs: bool = False
+    post: PostProcess = PostProcess()
+    guide: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
         # Accept lists and strings from callers; store the canonical immutable forms.
@@ -75,6 +90,11 @@ class SegmentRequest:
         object.__setattr__(self, "template", parse_template(self.template))
         object.__setattr__(self, "combine", Combine(self.combine))
         object.__setattr__(self, "size", check_size(self.size))
+        if self.threshold is not None:
+            checked = check_thresholds(self.threshold)
+            if isinstance(checked, tuple) and len(checked) == 1:
+                checked = checked[0]
+            object.__setattr__(self, "threshold", checked)
         _check_request(self)
 
     @property
@@ -92,9 +112,14 @@ class SegmentRequest:
         return len(self.text_rows) + (self.supports is not None) + given
 
     @property
+    def background_row(self) -> bool:
+        """Whether a hidden ``BACKGROUND_PROMPT`` row follows the negatives."""
+        return self.post.background is Background.PROMPT
+
+    @property
     def rows(self) -> int:
-        """Decoder rows: positives, then negatives."""
-        return self.positive_rows + len(self.negative_prompts)
+        """Decoder rows: positives, then negatives, then the background prompt's."""
+        return self.positive_rows + len(self.negative_prompts) + self.background_row
 
     @property
     def mask_count(self) -> int:
@@ -137,10 +162,43 @@ def _check_request(request: SegmentRequest) -> None:
             raise InvalidPromptError("text_weight needs a support and a prompt (a hybrid)")
         if not 0.0 <= request.text_weight <= 1.0:
             raise InvalidPromptError(f"text_weight {request.text_weight} is not in [0, 1]")
-    if request.threshold is not None and not 0.0 <= request.threshold <= 1.0:
-        raise ValueError(f"threshold must be in [0, 1], got {request.threshold}")
     if request.positive_rows == 0:
         raise InvalidPromptError("a request needs at least one prompt, support or conditional")
+    if isinstance(request.threshold, tuple) and len(request.threshold) != request.positive_rows:
+        raise InvalidPromptError(
+            f"{len(request.threshold)} thresholds for {request.positive_rows} prompts: give "
+            "one, or one per prompt"
+        )
+    _check_post(request)
+
+
+def _check_post(request: SegmentRequest) -> None:
+    """The post-processing steps fit the request (its combine, threshold and guide)."""
+    post = request.post
+    if post.background is Background.PROMPT:
+        if request.combine is not Combine.ARGMAX:
+            raise InvalidPromptError("background=prompt needs combine=argmax")
+        if request.threshold is not None:
+            raise InvalidPromptError(
+                "background=prompt replaces the threshold by the background prompt's score; "
+                "give one or the other"
+            )
+    if post.refine is Refine.NONE:
+        return
+    guide = request.guide
+    if guide is None:
+        raise ValueError(f"refine={post.refine.value} needs the full-size image as guide")
+    height, width = request.size
+    if (
+        guide.dtype != torch.uint8
+        or guide.ndim != 3
+        or guide.shape[0] not in (1, 3)
+        or tuple(guide.shape[1:]) != (height, width)
+    ):
+        raise ValueError(
+            f"guide must be uint8 [3 or 1, {height}, {width}], got {guide.dtype} "
+            f"{tuple(guide.shape)}"
+        )
 
 
 @dataclass(frozen=True)
@@ -154,6 +212,10 @@ class Segmentation:
     soft: uint8 [M, H, W] ``round(p * 255)`` of each map when the request asked for it.
     runs: M int64 [R_m] run lengths when the request asked for them: COCO's uncompressed
     counts (column-major, starting with background), what ``encode_rle`` would derive.
+    threshold: the threshold used (one per positive row when the request gave several;
+    None with ``background=prompt``, which has none). instances: per mask, its connected
+    components (``model.mask_ops.Instances``) when the request asked for them.
+    feather: the width of the alpha ramp of ``alpha`` (0: hard masks).
     """
 
     packed_masks: np.ndarray
@@ -162,9 +224,11 @@ class Segmentation:
     areas: np.ndarray
     boxes: np.ndarray
     labels: tuple[str, ...]
-    threshold: float
+    threshold: float | tuple[float, ...] | None
     soft: np.ndarray | None = None
     runs: tuple[np.ndarray, ...] | None = None
+    instances: tuple[Instances, ...] | None = None
+    feather: int = 0
 
     def mask(self, index: int) -> np.ndarray:
         """bool [H, W]: mask ``index`` unpacked (one at a time keeps memory low)."""
@@ -176,6 +240,27 @@ class Segmentation:
         """bool [M, H, W], every mask unpacked (M * H * W bytes)."""
         width = self.size[1]
         return np.unpackbits(self.packed_masks, axis=-1, count=width).view(bool)
+
+    def mask_threshold(self, index: int) -> float | list[float] | None:
+        """The threshold behind mask ``index``: one number, or the per-prompt list behind
+        the one mask of a union/intersection of prompts with thresholds of their own."""
+        if not isinstance(self.threshold, tuple):
+            return self.threshold
+        if len(self.labels) == 1 and len(self.threshold) > 1:
+            return list(self.threshold)
+        return self.threshold[index]
+
+    def alpha(self, index: int, instance: int | None = None) -> np.ndarray:
+        """uint8 [H, W] alpha matte of mask ``index`` (or of one of its instances), its
+        edge feathered over ``feather`` pixels (``model.mask_ops.feather_alpha``)."""
+        from .mask_ops import feather_alpha
+
+        if instance is None:
+            mask = self.mask(index)
+        else:
+            assert self.instances is not None
+            mask = self.instances[index].mask(instance)
+        return feather_alpha(mask, self.feather)
 
 
 # ------------------------------------------------------------------------------ the plan
@@ -222,10 +307,17 @@ class RequestSpan:
     soft: bool
     labels: tuple[str, ...]
     runs: bool = False
+    post: PostProcess = PostProcess()
+    guide: torch.Tensor | None = None
+
+    @property
+    def background(self) -> bool:
+        """Whether the span's last row is the background prompt's."""
+        return self.post.background is Background.PROMPT
 
     @property
     def stop(self) -> int:
-        return self.start + self.positives + self.negatives
+        return self.start + self.positives + self.negatives + self.background
 
 
 @dataclass(frozen=True)
@@ -273,6 +365,9 @@ def plan_batch(requests: Sequence[SegmentRequest]) -> BatchPlan:
             conditionals[position] = request.conditionals
             rows += [GivenRow(position, i) for i in range(int(request.conditionals.shape[0]))]
         rows += [TextRow(request.template, p) for p in request.negative_prompts]
+        if request.background_row:
+            own[BACKGROUND_PROMPT] = None
+            rows.append(TextRow(request.template, BACKGROUND_PROMPT))
         row_image += [image_ids[request.image_key]] * (len(rows) - start)
         spans.append(_span(request, start))
     return BatchPlan(
@@ -304,4 +399,6 @@ def _span(request: SegmentRequest, start: int) -> RequestSpan:
         soft=request.soft,
         labels=request.labels(),
         runs=request.runs,
+        post=request.post,
+        guide=request.guide,
     )

@@ -1,4 +1,19 @@
-"""Post-processing: CLIPSeg logits out, binary masks in the image's own size.
+"""Post-processing: CLIPSeg logits out, masks at the image's own size in.
+
+The pipeline (``PostProcess`` says which steps a request wants), in this order:
+
+1. **maps**: ``sigmoid`` of the model's square logits, then to the image's size — bilinear
+   (``refine=none``, the reference evaluation), or edge-aware (``refine=guided|pamr``,
+   ``model.refine``, guided by the full-size image). On the device, band by band
+   (``model.render``).
+2. **labels**: threshold (one, or one per prompt), negatives, ``combine``; for exclusive
+   labels the background is either the threshold or a "background" prompt's probability
+   times ``background_factor`` (``Background``). On the device.
+3. **shape**, on the host with OpenCV (``model.mask_ops``): drop components smaller than
+   ``min_area``, ``fill_holes``, ``erode`` then ``dilate`` (Euclidean discs).
+4. **instances**: split each mask into connected components, scored and sorted.
+5. **feather**: the final mask's alpha matte, a linear ramp ``feather`` pixels wide centred
+   on its edge (for compositing; PNG output).
 
 The order follows CLIPSeg's reference evaluation exactly: ``sigmoid`` on the model's
 square logits, BILINEAR upsampling (``align_corners=False``) of the *probability* map to the
@@ -15,11 +30,32 @@ This module imports torch only; it never touches the web stack.
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Combine", "check_size", "combine_masks", "mask_scores", "probabilities_at_size"]
+__all__ = [
+    "BACKGROUND_PROMPT",
+    "Background",
+    "Combine",
+    "PostProcess",
+    "Refine",
+    "check_size",
+    "check_thresholds",
+    "combine_masks",
+    "mask_scores",
+    "probabilities_at_size",
+]
+
+#: The text of the background row for ``background=prompt`` (the paper's evaluation).
+BACKGROUND_PROMPT = "background"
+#: Upper bounds of the pixel-sized parameters: beyond them a request's host work is not
+#: bounded by its pixels any more (a disc of radius r costs r^2 per pixel done naively).
+MAX_MORPHOLOGY_PX = 512
+MAX_INSTANCES = 255  # instance ids are stored as uint8 (0 = none)
 
 
 def probabilities_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -92,11 +128,126 @@ class Combine(str, enum.Enum):
     ARGMAX = "argmax"
 
 
+class Refine(str, enum.Enum):
+    """How the maps reach the image's size: ``NONE`` bilinear (the reference), ``GUIDED``
+    the fast guided filter, ``PAMR`` pixel-adaptive refinement then the guided filter."""
+
+    NONE = "none"
+    GUIDED = "guided"
+    PAMR = "pamr"
+
+
+class Background(str, enum.Enum):
+    """The background's score for ``combine=argmax``: ``THRESHOLD`` (a constant, the
+    threshold) or ``PROMPT`` (``background_factor`` x the probability of a
+    ``BACKGROUND_PROMPT`` row: CLIPSeg's multi-label evaluation, factor 3)."""
+
+    THRESHOLD = "threshold"
+    PROMPT = "prompt"
+
+
+@dataclass(frozen=True)
+class PostProcess:
+    """Which post-processing steps a request wants (the module docstring has the order).
+
+    refine / radius / eps / pamr_iterations: ``model.refine``; radius is the guided
+        window's in full-size pixels (None: ``auto_radius``, 1/64 of the long side), eps
+        its regularisation in squared [0, 1] guide units.
+    min_area: components of fewer pixels are dropped (8-connected); 0 keeps all.
+    fill_holes: fill background regions that do not touch the image border.
+    erode / dilate: pixels, by Euclidean discs, erosion first.
+    feather: width in pixels of the alpha ramp across the edge (0: hard 0/255 masks).
+    background / background_factor: ``Background`` (argmax only).
+    instances: one entry per connected component; at most ``max_instances`` per mask,
+        the highest-scoring ones.
+    """
+
+    refine: Refine = Refine.NONE
+    radius: int | None = None
+    eps: float = 1e-3
+    pamr_iterations: int = 10
+    min_area: int = 0
+    fill_holes: bool = False
+    erode: int = 0
+    dilate: int = 0
+    feather: int = 0
+    background: Background = Background.THRESHOLD
+    background_factor: float = 3.0
+    instances: bool = False
+    max_instances: int = 100
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "refine", Refine(self.refine))
+        object.__setattr__(self, "background", Background(self.background))
+        _check_int("radius", self.radius, 1, MAX_MORPHOLOGY_PX, optional=True)
+        _check_int("pamr_iterations", self.pamr_iterations, 1, 50)
+        _check_int("min_area", self.min_area, 0, None)
+        for name in ("erode", "dilate", "feather"):
+            _check_int(name, getattr(self, name), 0, MAX_MORPHOLOGY_PX)
+        _check_int("max_instances", self.max_instances, 1, MAX_INSTANCES)
+        if not (isinstance(self.eps, int | float) and 0.0 < self.eps <= 1.0):
+            raise ValueError(f"eps must be a number in (0, 1], got {self.eps!r}")
+        factor = self.background_factor
+        if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
+            raise ValueError(f"background_factor must be a positive number, got {factor!r}")
+
+    @property
+    def on_host(self) -> bool:
+        """Whether any step after the labels runs (they need the masks on the host)."""
+        shape = self.min_area or self.fill_holes or self.erode or self.dilate
+        return bool(shape or self.feather or self.instances)
+
+    @property
+    def reshapes(self) -> bool:
+        """Whether the binary masks change after the labels (device runs then go stale)."""
+        return bool(self.min_area or self.fill_holes or self.erode or self.dilate)
+
+
+def _check_int(
+    name: str, value: object, low: int, high: int | None, *, optional: bool = False
+) -> None:
+    if value is None and optional:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    if value < low or (high is not None and value > high):
+        bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
+        raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+def check_thresholds(
+    threshold: float | Sequence[float], prompts: int | None = None
+) -> float | tuple[float, ...]:
+    """A threshold in [0, 1], or one per prompt (``prompts`` of them when given)."""
+    if isinstance(threshold, Sequence) and not isinstance(threshold, str):
+        values = tuple(_one_threshold(t) for t in threshold)
+        if not values:
+            raise ValueError("thresholds must not be empty")
+        if prompts is not None and len(values) != prompts:
+            raise ValueError(
+                f"{len(values)} thresholds for {prompts} prompts: give one, or one per prompt"
+            )
+        return values
+    return _one_threshold(threshold)
+
+
+def _one_threshold(value: object) -> float:
+    try:
+        t = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        raise ValueError(f"threshold must be a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= t <= 1.0:  # also rejects NaN
+        raise ValueError(f"threshold must be a number in [0, 1], got {value!r}")
+    return t
+
+
 def combine_masks(
     probs: torch.Tensor,
-    threshold: float,
+    threshold: float | Sequence[float],
     combine: Combine | str,
     negative_probs: torch.Tensor | None = None,
+    background_probs: torch.Tensor | None = None,
+    background_factor: float = 3.0,
 ) -> torch.Tensor:
     """Threshold probability maps into boolean masks and combine them.
 
@@ -114,10 +265,14 @@ def combine_masks(
     Args:
         probs: ``[P, h, w]`` float probabilities in [0, 1] (from ``probabilities_at_size``),
             ``P >= 1``.
-        threshold: in [0, 1]; also the background score for ``ARGMAX``.
+        threshold: in [0, 1], or P of them (one per prompt); for ``ARGMAX`` the winning
+            prompt's threshold is the background's score.
         combine: a ``Combine`` member or its string value.
         negative_probs: optional ``[N, h, w]`` probabilities of negative prompts, same
             ``h, w`` and device as ``probs``; ``N == 0`` is the same as ``None``.
+        background_probs: optional ``[h, w]`` probability of a background prompt
+            (``ARGMAX`` only): the background's score is then ``background_factor`` times
+            it, and the threshold is not used (CLIPSeg's multi-label evaluation).
 
     Returns:
         bool tensor on ``probs.device``: ``[P, h, w]`` for ``NONE`` and ``ARGMAX``,
@@ -128,25 +283,30 @@ def combine_masks(
             no positive prompt, or tensors on different devices.
     """
     combine = Combine(combine)  # accepts the string values; ValueError otherwise
-    try:
-        t = float(threshold)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}") from None
-    if not 0.0 <= t <= 1.0:  # also rejects NaN
-        raise ValueError(f"threshold must be a number in [0, 1], got {threshold!r}")
-    threshold = t
     _check_probs(probs, "probs")
     if probs.shape[0] == 0:
         raise ValueError("probs must hold at least one prompt (got P = 0)")
+    checked = check_thresholds(threshold, int(probs.shape[0]) if _is_list(threshold) else None)
+    # [P, 1, 1] (or a float): one comparison per prompt against its own threshold.
+    t = (
+        torch.tensor(checked, dtype=probs.dtype, device=probs.device).view(-1, 1, 1)
+        if isinstance(checked, tuple)
+        else checked
+    )
     negative_max = _negative_max(probs, negative_probs)
+    if background_probs is not None and combine is not Combine.ARGMAX:
+        raise ValueError("a background prompt competes only with combine=argmax")
 
     if combine is Combine.ARGMAX:
-        return _argmax_masks(probs, threshold, negative_max)
+        background = None
+        if background_probs is not None:
+            background = background_probs * float(background_factor)
+        return _argmax_masks(probs, t, negative_max, background)
 
-    masks = probs > threshold
+    masks = probs > t
     if negative_max is not None:
         # [h, w] vs [P, h, w] broadcasts: one comparison covers every positive prompt.
-        suppressed = (negative_max > threshold) & (negative_max >= probs)
+        suppressed = (negative_max > t) & (negative_max >= probs)
         masks &= ~suppressed
     if combine is Combine.UNION:
         return masks.any(dim=0, keepdim=True)
@@ -155,18 +315,35 @@ def combine_masks(
     return masks
 
 
+def _is_list(threshold: object) -> bool:
+    return isinstance(threshold, Sequence) and not isinstance(threshold, str)
+
+
 def _argmax_masks(
-    probs: torch.Tensor, threshold: float, negative_max: torch.Tensor | None
+    probs: torch.Tensor,
+    threshold: float | torch.Tensor,
+    negative_max: torch.Tensor | None,
+    background: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Exclusive masks: one label per pixel among prompts, negatives and background."""
+    """Exclusive masks: one label per pixel among prompts, negatives and background.
+
+    threshold: a float or [P, 1, 1] (the winner's own); background: [h, w] scores that
+    replace the threshold as the background's (ties go to the background).
+    """
     # torch.max returns the first maximal index on ties, so equal positives go to the
     # lower prompt index, deterministically.
     best, label = probs.max(dim=0)  # [h, w] each
-    assigned = best > threshold  # the threshold is the background's score
+    if background is not None:
+        floor = background
+    elif isinstance(threshold, torch.Tensor):
+        floor = threshold.view(-1)[label]  # each pixel's winning prompt's threshold
+    else:
+        floor = threshold
+    assigned = best > floor  # the floor is the background's score
     if negative_max is not None:
         # Equivalent to adding the negatives as labels ordered before the positives
         # (they win ties) and then dropping them: only the strongest negative matters.
-        assigned &= ~((negative_max > threshold) & (negative_max >= best))
+        assigned &= ~((negative_max > floor) & (negative_max >= best))
     prompt_ids = torch.arange(probs.shape[0], device=probs.device).view(-1, 1, 1)
     return (label.unsqueeze(0) == prompt_ids) & assigned.unsqueeze(0)
 

@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 
@@ -50,9 +51,10 @@ from .device_decode import (
     device_decode_available,
 )
 from .errors import InvalidMaskError, InvalidPromptError
+from .finish import finish_on_host
 from .image_formats import ALLOWED_FORMATS, open_image, read_bytes
 from .image_modes import SWAPPING_ORIENTATIONS, exif_orientation
-from .postprocess import Combine, check_size
+from .postprocess import Combine, PostProcess, Refine, check_size
 from .render import RenderedMasks, render_masks
 from .support import prepare_support_input
 from .text import Template, parse_template
@@ -77,10 +79,12 @@ class PreparedImage:
         ``DeferredJpeg`` when the predictor decodes JPEGs on its device.
     size: (height, width) of the original image after EXIF orientation — masks come back
         at this size.
+    guide: the upright image at ``size``, uint8 [3, H, W], when asked for (refinement).
     """
 
     pixels: torch.Tensor | DeferredJpeg
     size: tuple[int, int]
+    guide: torch.Tensor | None = None
 
 
 @dataclass
@@ -188,20 +192,25 @@ class Predictor:
         """Format, size and mode from the header (no pixels decoded; same guards)."""
         return probe_image(source, max_pixels=self.max_pixels)
 
-    def prepare_image(self, source) -> PreparedImage:
+    def prepare_image(self, source, *, guide: bool = False) -> PreparedImage:
         """Decode any image (bytes, path, PIL) into model input; see ``PreparedImage``.
 
         With device decoding, an RGB or grayscale JPEG (bytes or path) only has its header
         checked here (the same guards as ``decode_image``); it is decoded in the batch.
+        ``guide``: also keep the full-size image, for refinement (decoded in full on the
+        CPU, where a JPEG otherwise decodes at a reduced draft scale).
         """
-        if self.decode == "device" and not isinstance(source, Image.Image):
+        if self.decode == "device" and not guide and not isinstance(source, Image.Image):
             deferred = self._defer_jpeg(read_bytes(source))
             if deferred is not None:
                 return deferred
         cfg = self.config
-        decoded = decode_image(source, max_pixels=self.max_pixels, draft_size=cfg.input_size)
+        draft = None if guide else cfg.input_size
+        decoded = decode_image(source, max_pixels=self.max_pixels, draft_size=draft)
         width, height = decoded.original_size
-        return PreparedImage(to_model_pixels(decoded.image, cfg.input_size), (height, width))
+        pixels = to_model_pixels(decoded.image, cfg.input_size)
+        full = _guide_tensor(decoded.image) if guide else None
+        return PreparedImage(pixels, (height, width), full)
 
     def _defer_jpeg(self, data: bytes) -> PreparedImage | None:
         """A ``DeferredJpeg`` for an RGB/grayscale JPEG of at most ``DEVICE_MAX_PIXELS``
@@ -295,9 +304,13 @@ class Predictor:
             return images
         return normalize_pixels(images, self.config.mean, self.config.std)
 
-    def resolve_threshold(self, threshold: float | None) -> float:
-        """``threshold``, or the checkpoint's calibrated one when None."""
-        return self.config.threshold if threshold is None else float(threshold)
+    def resolve_threshold(
+        self, threshold: float | tuple[float, ...] | None
+    ) -> float | tuple[float, ...]:
+        """``threshold`` (one, or one per prompt), or the checkpoint's calibrated one."""
+        if threshold is None:
+            return self.config.threshold
+        return tuple(threshold) if isinstance(threshold, tuple) else float(threshold)
 
     def render(
         self,
@@ -310,14 +323,21 @@ class Predictor:
         soft: bool = False,
         labels: Sequence[str] | None = None,
         runs: bool = False,
+        post: PostProcess | None = None,
+        guide: torch.Tensor | None = None,
+        background_logits: torch.Tensor | None = None,
     ) -> Segmentation:
         """Logits [P, S, S] (+ negatives [N, S, S]) -> masks at ``size`` (height, width).
 
-        Sigmoid, bilinear upsample, then threshold — never the other way round — one band
-        of rows at a time on the device (``model.render``); the host receives bit-packed
-        masks, scores, areas, boxes and, with ``soft``, 8-bit probability maps; with
-        ``runs``, each mask's COCO RLE run lengths (found on the device).
+        Sigmoid, upsample (bilinear, or refined with ``post.refine`` and the uint8
+        [C, H, W] ``guide``), then threshold — never the other way round — one band of
+        rows at a time on the device (``model.render``), then ``post``'s host steps
+        (``model.finish``); the host receives bit-packed masks, scores, areas, boxes and,
+        with ``soft``, 8-bit probability maps; with ``runs``, each mask's COCO RLE run
+        lengths. ``background_logits`` [1, S, S]: the background prompt's row, for
+        ``post.background=prompt``.
         """
+        post = post or PostProcess()
         span = RequestSpan(
             start=0,
             positives=int(logits.shape[0]),
@@ -328,8 +348,11 @@ class Predictor:
             soft=soft,
             labels=tuple(labels) if labels is not None else (),
             runs=runs,
+            post=post,
+            guide=guide,
         )
-        rows = logits if negative_logits is None else torch.cat([logits, negative_logits])
+        extra = [t for t in (negative_logits, background_logits) if t is not None]
+        rows = torch.cat([logits, *extra]) if extra else logits
         rendered = self._render_span(rows, span)
         copy = self.transfers.to_host(_tensors(rendered))
         return self._segmentation(_host_rendered(rendered, copy.wait()), span)
@@ -435,33 +458,45 @@ class Predictor:
         return torch.stack(rows)
 
     def _render_span(self, rows: torch.Tensor, span: RequestSpan) -> RenderedMasks:
-        """A request's rows of logits (positives, then negatives) -> its masks, on the device."""
+        """A request's rows of logits (positives, negatives, then the background prompt's)
+        -> its masks, on the device."""
+        post = span.post
+        negatives = rows[span.positives : span.positives + span.negatives]
+        guide = None
+        if post.refine is not Refine.NONE and span.guide is not None:
+            guide = self.transfers.to_device(span.guide)
         with torch.inference_mode():
             return render_masks(
                 rows[: span.positives],
                 span.size,
                 self.resolve_threshold(span.threshold),
                 span.combine,
-                rows[span.positives :] if span.negatives else None,
-                soft=span.soft,
-                runs=span.runs,
+                negatives if span.negatives else None,
+                # Instances are scored by the maps; reshaped masks need runs made afresh.
+                soft=span.soft or post.instances,
+                runs=span.runs and not post.reshapes,
+                post=post,
+                guide=guide,
+                background_logits=rows[-1:] if span.background else None,
             )
 
     def _segmentation(self, rendered: RenderedMasks, span: RequestSpan) -> Segmentation:
         """Host-side ``RenderedMasks`` -> the request's ``Segmentation``."""
         count = int(rendered.scores.shape[0])
         labels = span.labels or tuple(str(i) for i in range(count))
-        return Segmentation(
+        threshold = None if span.background else self.resolve_threshold(span.threshold)
+        result = Segmentation(
             packed_masks=rendered.packed.numpy(),
             size=(int(span.size[0]), int(span.size[1])),
             scores=rendered.scores.numpy(),
             areas=rendered.areas.numpy(),
             boxes=rendered.boxes.numpy(),
             labels=tuple(labels),
-            threshold=self.resolve_threshold(span.threshold),
+            threshold=threshold,
             soft=None if rendered.soft is None else rendered.soft.numpy(),
             runs=None if rendered.runs is None else tuple(r.numpy() for r in rendered.runs),
         )
+        return finish_on_host(result, span.post, keep_soft=span.soft)
 
     # ----------------------------------------------------------------- end to end
     def segment(
@@ -472,18 +507,23 @@ class Predictor:
         conditionals: torch.Tensor | None = None,
         negative_prompts: Sequence[str] = (),
         template: Template | str = Template.NONE,
-        threshold: float | None = None,
+        threshold: float | Sequence[float] | None = None,
         combine: Combine | str = Combine.NONE,
         soft: bool = False,
+        post: PostProcess | None = None,
     ) -> Segmentation:
         """Segment one image for text ``prompts`` and/or given ``conditionals`` [N, D].
 
         Returns masks at the image's original size (see ``Segmentation``; ``soft`` adds
         8-bit probability maps) through the same code path as the service's batches.
+        ``threshold``: one, or one per prompt; ``post``: refinement and post-processing
+        (``model.postprocess.PostProcess``).
         """
         if not prompts and conditionals is None:
             raise InvalidPromptError("give at least one prompt or conditioning vector")
-        prepared = self.prepare_image(image)
+        post = post or PostProcess()
+        refine = post.refine is not Refine.NONE
+        prepared = self.prepare_image(image, guide=refine)
         request = SegmentRequest(
             pixels=prepared.pixels,
             size=prepared.size,
@@ -494,9 +534,13 @@ class Predictor:
             conditionals=None if conditionals is None else conditionals.reshape(
                 -1, conditionals.shape[-1]
             ),
-            threshold=threshold,
+            threshold=None if threshold is None else (
+                float(threshold) if isinstance(threshold, int | float) else tuple(threshold)
+            ),
             combine=Combine(combine),
             soft=soft,
+            post=post,
+            guide=prepared.guide,
         )  # fmt: skip
         result = self.segment_batch([request])[0]
         assert result is not None  # nothing was skipped
@@ -543,6 +587,11 @@ def _host_rendered(rendered: RenderedMasks, host: list[torch.Tensor]) -> Rendere
     soft = rest.pop(0) if rendered.soft is not None else None
     runs = rest if rendered.runs is not None else None
     return RenderedMasks(packed, scores, areas, boxes, soft, runs=runs)
+
+
+def _guide_tensor(image: Image.Image) -> torch.Tensor:
+    """An upright RGB PIL image -> uint8 [3, H, W] (the refinement's guide)."""
+    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def _resolve_decode(decode: str, device: torch.device) -> str:

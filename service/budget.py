@@ -24,6 +24,8 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from model.postprocess import PostProcess, Refine
+
 from .config import Settings
 from .cost import Work, work_for
 from .errors import ApiError
@@ -47,9 +49,10 @@ class ImageHeader:
         return self.width * self.height
 
 
-def decode_bytes(header: ImageHeader, model_size: int) -> int:
-    """Peak bytes to decode ``header``'s image for the model (decoded + 8-bit RGB copy)."""
-    if header.format in _DRAFTED:
+def decode_bytes(header: ImageHeader, model_size: int, full: bool = False) -> int:
+    """Peak bytes to decode ``header``'s image for the model (decoded + 8-bit RGB copy);
+    ``full``: decoded at full size whatever the format (a refinement's guide)."""
+    if header.format in _DRAFTED and not full:
         scale = 1
         while scale < 8 and min(header.width, header.height) // (scale * 2) >= model_size:
             scale *= 2
@@ -63,14 +66,19 @@ class RequestShape:
     """What a request asks for, known before decoding."""
 
     query: ImageHeader
-    rows: int  # decoder rows (prompts, negatives, the visual row)
+    rows: int  # decoder rows (prompts, negatives, the visual row, the background row)
     masks: int  # masks in the answer
     soft: bool
     supports: tuple[ImageHeader, ...] = ()
+    post: PostProcess = PostProcess()
 
     def work(self) -> Work:
         """What it asks of the model, for the scheduler (before anything is decoded)."""
-        return work_for(self.query.pixels, self.rows, self.masks, self.soft, len(self.supports))
+        post = self.post
+        return work_for(
+            self.query.pixels, self.rows, self.masks, self.soft, len(self.supports),
+            refine=post.refine.value, host_steps=post.on_host,
+        )  # fmt: skip
 
 
 def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> int:
@@ -95,6 +103,14 @@ def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> in
             "max_soft_pixels",
             settings.max_soft_pixels,
         )
+    refine = shape.post.refine is not Refine.NONE
+    if refine and query.pixels > settings.max_refine_pixels:
+        raise _too_costly(
+            f"refine={shape.post.refine.value} on a {query.width}x{query.height} image "
+            f"({query.pixels} pixels)",
+            "max_refine_pixels",
+            settings.max_refine_pixels,
+        )
     support = sum(h.pixels for h in shape.supports)
     if support > settings.max_support_pixels:
         raise _too_costly(
@@ -107,15 +123,22 @@ def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> in
 
 def estimated_bytes(shape: RequestShape, model_size: int) -> int:
     """Peak host memory of a request from upload to response (an upper estimate)."""
-    query = shape.query
-    decode = decode_bytes(query, model_size)
+    query, post = shape.query, shape.post
+    refine = post.refine is not Refine.NONE
+    decode = decode_bytes(query, model_size, full=refine)
     for header in shape.supports:  # decoded one after the other, mask at full size
         decode = max(decode, decode_bytes(header, model_size) + 3 * header.pixels)
+    guide = 3 * query.pixels if refine else 0  # kept until the batch has rendered
     packed = shape.masks * query.height * math.ceil(query.width / 8)
-    soft = shape.masks * query.pixels if shape.soft else 0
+    soft = shape.masks * query.pixels if (shape.soft or post.instances) else 0
+    instances = shape.masks * query.pixels if post.instances else 0  # uint8 ids per mask
     encode = 2 * query.pixels  # one unpacked mask + its 8-bit image / column-major copy
-    body = 2 * (packed + soft)  # PNG/RLE bytes, base64 in JSON (generous)
-    return decode + packed + soft + encode + body
+    if post.on_host:
+        # OpenCV's int32 labels or two float32 distance maps (+ a signed copy), one mask
+        # at a time: the host steps' transient.
+        encode += 13 * query.pixels
+    body = 2 * (packed + soft) + (query.pixels if post.feather else 0)  # alpha PNGs
+    return decode + guide + packed + soft + instances + encode + body
 
 
 def _too_costly(what: str, setting: str, limit: int) -> ApiError:
@@ -190,13 +213,17 @@ def shape_of(
     combine_one: bool,
     soft: bool,
     supports: Sequence[ImageHeader] = (),
+    post: PostProcess | None = None,
 ) -> RequestShape:
     """The shape of a text (``visual=False``) or visual request."""
+    post = post or PostProcess()
     positives = 1 if visual else prompts
+    background = post.background.value == "prompt"
     return RequestShape(
         query=query,
-        rows=positives + negatives,
+        rows=positives + negatives + background,
         masks=1 if combine_one else positives,
         soft=soft,
         supports=tuple(supports),
+        post=post,
     )

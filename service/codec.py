@@ -11,7 +11,14 @@ import hashlib
 import torch
 
 from model.batch import Segmentation
-from model.masks import encode_png_gray, encode_png_packed, encode_rle, encode_rle_runs
+from model.masks import (
+    encode_png_gray,
+    encode_png_mask,
+    encode_png_packed,
+    encode_rle,
+    encode_rle_runs,
+)
+from model.polygons import mask_to_polygons
 from model.predictor import Predictor, PreparedImage
 
 from .budget import ImageHeader
@@ -48,10 +55,16 @@ def probe(predictor: Predictor, uploads: list[tuple[bytes, str]]) -> list[ImageH
     return headers
 
 
-def prepare_query(predictor: Predictor, data: bytes) -> tuple[PreparedImage, str]:
-    """Decode the query image; also return a content key for in-batch de-duplication."""
+def prepare_query(
+    predictor: Predictor, data: bytes, guide: bool = False
+) -> tuple[PreparedImage, str]:
+    """Decode the query image (``guide``: keep it at full size, for refinement); also
+    return a content key for in-batch de-duplication. A full decode gives the model
+    slightly different pixels than a drafted one, so it is a different image there."""
     _require_bytes(data, "image")
-    return predictor.prepare_image(data), hashlib.blake2b(data, digest_size=16).hexdigest()
+    key = hashlib.blake2b(data, digest_size=16).hexdigest() + (":full" if guide else "")
+    prepared = predictor.prepare_image(data, guide=True) if guide else predictor.prepare_image(data)
+    return prepared, key
 
 
 def prepare_supports(predictor: Predictor, pairs: list[tuple[bytes, bytes]]) -> torch.Tensor:
@@ -74,33 +87,86 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def mask_entries(result: Segmentation, fmt: str, png_bits: int = 8) -> list[dict]:
-    """One JSON entry per output mask (see the README's response schema), encoded one mask
-    at a time so only one unpacked mask exists at once; mask PNGs have ``png_bits``."""
+def mask_entries(
+    result: Segmentation, fmt: str, png_bits: int = 8, tolerance: float = 1.0
+) -> list[dict]:
+    """One JSON entry per output mask — or per instance of each, when the result has
+    instances — (see the README's response schema), encoded one mask at a time so only
+    one unpacked mask exists at once; mask PNGs have ``png_bits`` (alpha mattes when the
+    result is feathered); polygons are simplified to ``tolerance`` pixels."""
     entries = []
-    width = result.size[1]
     for i, label in enumerate(result.labels):
+        if result.instances is not None:
+            entries += _instance_entries(result, i, fmt, tolerance)
+            continue
         entry: dict = {
             "prompt": label,
             "score": round(float(result.scores[i]), 6),
             "area": int(result.areas[i]),
             "bbox": [int(v) for v in result.boxes[i]],
-            "threshold": result.threshold,
+            "threshold": result.mask_threshold(i),
         }
         if fmt == "rle" and result.runs is not None:
             # Runs found on the device: only the counts string is written here.
             entry["rle"] = encode_rle_runs(result.runs[i], result.size)
-        elif fmt == "rle":
-            entry["rle"] = encode_rle(result.mask(i))
         else:
-            entry["png"] = _b64(encode_png_packed(result.packed_masks[i], width, png_bits))
+            entry.update(_encoded(result, fmt, png_bits, tolerance, i, None))
         if result.soft is not None:
             entry["soft_png"] = _b64(encode_png_gray(result.soft[i]))
         entries.append(entry)
     return entries
 
 
+def _instance_entries(result: Segmentation, index: int, fmt: str, tolerance: float) -> list:
+    """The entries of mask ``index``'s instances, best first."""
+    assert result.instances is not None
+    found = result.instances[index]
+    entries = []
+    for k in range(len(found)):
+        entry: dict = {
+            "prompt": result.labels[index],
+            "instance": k,
+            "score": round(float(found.scores[k]), 6),
+            "max_score": round(float(found.max_scores[k]), 6),
+            "area": int(found.areas[k]),
+            "bbox": [int(v) for v in found.boxes[k]],
+            "threshold": result.mask_threshold(index),
+        }
+        entry.update(_encoded(result, fmt, 8, tolerance, index, k))
+        entries.append(entry)
+    return entries
+
+
+def _encoded(
+    result: Segmentation,
+    fmt: str,
+    png_bits: int,
+    tolerance: float,
+    index: int,
+    instance: int | None,
+) -> dict:
+    """``{"rle" | "segmentation" | "png": ...}`` of one mask or one of its instances."""
+    if instance is None:
+        mask = None
+    else:
+        assert result.instances is not None
+        mask = result.instances[index].mask(instance)
+    if fmt == "rle":
+        return {"rle": encode_rle(result.mask(index) if mask is None else mask)}
+    if fmt == "polygon":
+        whole = result.mask(index) if mask is None else mask
+        return {"segmentation": mask_to_polygons(whole, tolerance)}
+    if result.feather:
+        return {"png": _b64(encode_png_gray(result.alpha(index, instance)))}
+    if mask is not None:
+        return {"png": _b64(encode_png_mask(mask))}
+    width = result.size[1]
+    return {"png": _b64(encode_png_packed(result.packed_masks[index], width, png_bits))}
+
+
 def single_png(result: Segmentation, png_bits: int = 8) -> bytes:
     """The body of a single-mask PNG response at the query's size: mode L, 0/255
-    (``png_bits=8``) or mode 1 (``png_bits=1``)."""
+    (``png_bits=8``) or mode 1 (``png_bits=1``); the alpha matte when feathered."""
+    if result.feather:
+        return encode_png_gray(result.alpha(0))
     return encode_png_packed(result.packed_masks[0], result.size[1], png_bits)

@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     max_support_pixels: int = Field(
         100_000_000, ge=1, description="per request: pixels of all support images"
     )
+    max_refine_pixels: int = Field(
+        25_000_000, ge=1, description="per request with refine: image pixels (the guide)"
+    )
+    max_instances: int = Field(
+        100, ge=1, le=255, description="instances kept per mask with instances=true (best first)"
+    )
     memory_budget_mb: int = Field(
         2048, ge=1, description="host memory all requests in flight may reserve (429 beyond)"
     )

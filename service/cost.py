@@ -68,11 +68,34 @@ class Work:
         return np.array([batches, self.images, self.rows, self.megapixels, self.supports])
 
 
-def work_for(pixels: int, rows: int, masks: int, soft: bool, supports: int) -> Work:
+#: Refinement's cost in bilinear-map equivalents per row at full size (``model.refine``,
+#: measured on 2 CPU cores for a 2 MP map: bilinear 2.1 ms, guided 12 ms).
+REFINE_MAPS = {"none": 0.0, "guided": 5.0, "pamr": 5.0}
+#: PAMR's fixed cost per row in full-size megapixel equivalents: it runs at <= 384 px on
+#: the long side whatever the image (~110 ms on 2 CPU cores, ~50x a 1 MP bilinear map).
+PAMR_MEGAPIXELS = 50.0
+#: The host steps (components, distance transforms) per mask, in map equivalents.
+HOST_STEP_MAPS = 4.0
+
+
+def work_for(
+    pixels: int,
+    rows: int,
+    masks: int,
+    soft: bool,
+    supports: int,
+    refine: str = "none",
+    host_steps: bool = False,
+) -> Work:
     """The cost model's view of a request: one image, its decoder rows, the full-size maps
-    it renders (each row, plus each mask again when soft maps are returned), supports."""
-    maps = rows + (masks if soft else 0)
-    return Work(images=1.0, rows=float(rows), megapixels=pixels * maps / 1e6, supports=supports)
+    it renders (each row, plus each mask again when soft maps are returned, plus what
+    ``refine`` (none | guided | pamr) and the ``host_steps`` cost in maps), supports."""
+    maps = rows * (1.0 + REFINE_MAPS[refine]) + (masks if soft else 0)
+    maps += masks * HOST_STEP_MAPS if host_steps else 0.0
+    megapixels = pixels * maps / 1e6
+    if refine == "pamr":
+        megapixels += rows * PAMR_MEGAPIXELS
+    return Work(images=1.0, rows=float(rows), megapixels=megapixels, supports=supports)
 
 
 def batch_work(parts: Iterable[tuple[Work, Hashable]]) -> Work:

@@ -10,6 +10,7 @@ is decoded) and the memory budget; decode (threadpool) into one frozen
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import enum
 import math
 import time
@@ -18,12 +19,12 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, File, Form, Request, UploadFile
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.batch import Segmentation, SegmentRequest
-from model.postprocess import Combine
+from model.postprocess import Background, Combine, PostProcess, Refine
 from model.predictor import PreparedImage
 from model.text import Template
 
@@ -31,6 +32,7 @@ from . import codec
 from .budget import ImageHeader, RequestShape, check_limits, shape_of
 from .errors import ApiError
 from .jobs import SegmentJob
+from .post_form import PostFields, check_answer, post_fields
 from .schemas import ERROR_RESPONSES, SegmentResponse
 from .state import ServiceState, get_state
 
@@ -47,10 +49,21 @@ Threshold = Annotated[
     float | None,
     Form(ge=0.0, le=1.0, description="mask threshold; default: the checkpoint's calibrated one"),
 ]
-Format = Annotated[
-    Literal["png", "rle"],
-    Form(description="png: a PNG per mask (the raw body when there is one mask); rle: COCO RLE"),
+Thresholds = Annotated[
+    list[Annotated[float, Form(ge=0.0, le=1.0)]] | None,
+    Form(
+        description="mask threshold: one for every prompt, or repeated once per prompt (in "
+        "their order); default: the checkpoint's calibrated one"
+    ),
 ]
+Format = Annotated[
+    Literal["png", "rle", "polygon"],
+    Form(
+        description="png: a PNG per mask (the raw body when there is one mask); rle: COCO "
+        "RLE; polygon: COCO polygon lists (holes keyholed in; see polygon_tolerance)"
+    ),
+]
+Post = Annotated[PostFields, Depends(post_fields)]
 Soft = Annotated[bool, Form(description="also return each probability map as an 8-bit PNG")]
 
 
@@ -72,10 +85,13 @@ PngBitsField = Annotated[
 
 @dataclass(frozen=True)
 class Answer:
-    """How the masks are sent: ``format`` (png | rle) and the PNGs' bits per pixel."""
+    """How the masks are sent: ``format`` (png | rle | polygon), the PNGs' bits per pixel,
+    the polygons' tolerance, and whether the answer is one entry per instance."""
 
     format: str
     png_bits: int = 8
+    polygon_tolerance: float = 1.0
+    instances: bool = False
 
 
 PNG_OR_JSON = {
@@ -181,8 +197,9 @@ async def _serve(
     nbytes = check_limits(state.settings, shape, predictor.config.input_size)
     batcher.check(shape.work(), deadline)  # refuse before decoding anything
     reservation = state.memory.reserve(nbytes)
+    guide = shape.post.refine is not Refine.NONE
     try:
-        prepared, key = await run_in_threadpool(codec.prepare_query, predictor, query)
+        prepared, key = await run_in_threadpool(codec.prepare_query, predictor, query, guide)
         supports = None
         if pairs:
             supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
@@ -208,13 +225,14 @@ async def _respond(
         len(result.labels) == 1
         and answer.format == "png"
         and result.soft is None
+        and result.instances is None
         and _accepts_png(request)
     )
     if single_png:
         body = await run_in_threadpool(codec.single_png, result, answer.png_bits)
     else:
         entries = await run_in_threadpool(
-            codec.mask_entries, result, answer.format, answer.png_bits
+            codec.mask_entries, result, answer.format, answer.png_bits, answer.polygon_tolerance
         )
     encoded = time.perf_counter()
     timings = {
@@ -230,15 +248,15 @@ async def _respond(
     headers = {"Server-Timing": server_timing}
     if single_png:
         headers["X-Mask-Score"] = f"{float(result.scores[0]):.6f}"
-        headers["X-Mask-Threshold"] = str(result.threshold)
+        headers["X-Mask-Threshold"] = str(result.mask_threshold(0))
         return Response(body, media_type="image/png", headers=headers)
     height, width = result.size
-    payload = {
-        "width": width,
-        "height": height,
-        "masks": entries,
-        "timings_ms": {k: round(v * 1000, 3) for k, v in timings.items()},
-    }
+    payload: dict = {"width": width, "height": height, "masks": entries}
+    if result.instances is not None:
+        payload["instances_dropped"] = {
+            label: found.dropped for label, found in zip(result.labels, result.instances)
+        }
+    payload["timings_ms"] = {k: round(v * 1000, 3) for k, v in timings.items()}
     return JSONResponse(payload, headers=headers)
 
 
@@ -285,6 +303,7 @@ async def segment_text(
     request: Request,
     image: Annotated[UploadFile, File(description="the image to segment")],
     prompt: Annotated[list[str], Form(description="text prompt; repeat for several masks")],
+    fields: Post,
     negative_prompt: Annotated[
         list[str] | None, Form(description="remove what matches; repeatable")
     ] = None,
@@ -292,7 +311,7 @@ async def segment_text(
         Literal["none", "union", "intersection", "argmax"],
         Form(description="none: a mask per prompt; union/intersection: one; argmax: exclusive"),
     ] = "none",
-    threshold: Threshold = None,
+    threshold: Thresholds = None,
     template: Annotated[
         Literal["none", "photo", "ensemble"],
         Form(description="none: raw phrase; photo: 'a photo of a {}.'; ensemble: 9 templates"),
@@ -300,11 +319,26 @@ async def segment_text(
     format: Format = "png",
     soft: Soft = False,
     png_bits: PngBitsField = PngBits.EIGHT,
+    background: Annotated[
+        Literal["threshold", "prompt"],
+        Form(
+            description="combine=argmax: the background's score is the threshold, or "
+            "background_factor x the probability of the prompt 'background' (CLIPSeg's "
+            "multi-label evaluation; then no threshold is used)"
+        ),
+    ] = "threshold",
+    background_factor: Annotated[
+        float, Form(gt=0.0, le=100.0, description="background=prompt: its multiplier")
+    ] = 3.0,
 ) -> Response:
     state, started = _start(request)
     prompts, negatives = tuple(prompt), tuple(negative_prompt or ())
     _check_prompts(state, prompts, negatives)
     mode = Combine(combine)
+    thresholds = _thresholds(threshold, len(prompts))
+    post = _with_settings(state, fields, background=background, factor=background_factor)
+    _check_background(post, mode, thresholds)
+    check_answer(post, format, int(png_bits), soft)
     data = await _read(image, "image")
     (header,) = await _probe(state, [(data, "image")])
     shape = shape_of(
@@ -314,6 +348,7 @@ async def segment_text(
         visual=False,
         combine_one=mode in (Combine.UNION, Combine.INTERSECTION),
         soft=soft,
+        post=post,
     )
 
     def make(prepared: PreparedImage, key: str, _: torch.Tensor | None) -> SegmentRequest:
@@ -324,13 +359,16 @@ async def segment_text(
             prompts=prompts,
             negative_prompts=negatives,
             template=Template(template),
-            threshold=threshold,
+            threshold=thresholds,
             combine=mode,
             soft=soft,
             runs=format == "rle",
+            post=post,
+            guide=prepared.guide,
         )
 
-    return await _serve(request, shape, data, [], make, Answer(format, int(png_bits)), started)
+    answer = _answer(format, png_bits, fields, post)
+    return await _serve(request, shape, data, [], make, answer, started)
 
 
 @router.post(
@@ -356,6 +394,7 @@ async def segment_visual(
         list[UploadFile],
         File(description="its mask (nonzero = object), same size as its support image"),
     ],
+    fields: Post,
     prompt: Annotated[str | None, Form(description="optional text for a hybrid prompt")] = None,
     text_weight: Annotated[
         float | None, Form(ge=0.0, le=1.0, description="hybrid: w*text + (1-w)*visual")
@@ -366,6 +405,8 @@ async def segment_visual(
     png_bits: PngBitsField = PngBits.EIGHT,
 ) -> Response:
     state, started = _start(request)
+    post = _with_settings(state, fields)
+    check_answer(post, format, int(png_bits), soft)
     if len(support_image) != len(support_mask):
         raise ApiError(
             422,
@@ -395,7 +436,7 @@ async def segment_visual(
     ]
     shape = shape_of(
         header, prompts=1, negatives=0, visual=True, combine_one=True, soft=soft,
-        supports=support_headers,
+        supports=support_headers, post=post,
     )  # fmt: skip
 
     def make(prepared: PreparedImage, key: str, supports: torch.Tensor | None) -> SegmentRequest:
@@ -409,6 +450,60 @@ async def segment_visual(
             threshold=threshold,
             soft=soft,
             runs=format == "rle",
+            post=post,
+            guide=prepared.guide,
         )
 
-    return await _serve(request, shape, data, pairs, make, Answer(format, int(png_bits)), started)
+    answer = _answer(format, png_bits, fields, post)
+    return await _serve(request, shape, data, pairs, make, answer, started)
+
+
+def _answer(fmt: str, png_bits: PngBits, fields: PostFields, post: PostProcess) -> Answer:
+    return Answer(fmt, int(png_bits), fields.polygon_tolerance, post.instances)
+
+
+def _thresholds(values: list[float] | None, prompts: int) -> float | tuple[float, ...] | None:
+    """None, one threshold for every prompt, or one per prompt; 422 for other counts."""
+    if not values:
+        return None
+    if len(values) == 1:
+        return values[0]
+    if len(values) != prompts:
+        raise ApiError(
+            422,
+            "invalid_field",
+            f"{len(values)} thresholds for {prompts} prompts: give one, or one per prompt",
+        )
+    return tuple(values)
+
+
+def _with_settings(
+    state: ServiceState,
+    fields: PostFields,
+    *,
+    background: str = "threshold",
+    factor: float = 3.0,
+) -> PostProcess:
+    """The request's steps with the server's instance cap and the background choice."""
+    return dataclasses.replace(
+        fields.post,
+        max_instances=state.settings.max_instances,
+        background=Background(background),
+        background_factor=factor,
+    )
+
+
+def _check_background(
+    post: PostProcess, combine: Combine, thresholds: float | tuple[float, ...] | None
+) -> None:
+    if post.background is not Background.PROMPT:
+        return
+    if combine is not Combine.ARGMAX:
+        raise ApiError(422, "invalid_field", "background=prompt needs combine=argmax")
+    if thresholds is not None:
+        raise ApiError(
+            422,
+            "invalid_field",
+            "background=prompt replaces the threshold by the background prompt's score; "
+            "give one or the other",
+        )

@@ -1,0 +1,119 @@
+"""The post-processing form fields both endpoints share, as one FastAPI dependency.
+
+The fields map one to one onto ``model.postprocess.PostProcess`` (the library's and the
+CLI's spelling of the same steps); their ranges are checked by FastAPI (422 naming the
+field) and the combinations that cannot mean anything by ``check_answer``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+from fastapi import Form
+
+from model.postprocess import MAX_MORPHOLOGY_PX, PostProcess
+
+from .errors import ApiError
+
+__all__ = ["PostFields", "check_answer", "post_fields"]
+
+Pixels = Annotated[int, Form(ge=0, le=MAX_MORPHOLOGY_PX)]
+
+
+@dataclass(frozen=True)
+class PostFields:
+    """The parsed fields: the steps, and the polygon tolerance (an output option)."""
+
+    post: PostProcess
+    polygon_tolerance: float
+
+
+def post_fields(
+    refine: Annotated[
+        Literal["none", "guided", "pamr"],
+        Form(
+            description="how the 352x352 prediction reaches the image's size: none "
+            "(bilinear, the reference), guided (fast guided filter on the full-size image: "
+            "edges follow the image), pamr (pixel-adaptive affinity refinement, then guided)"
+        ),
+    ] = "none",
+    refine_radius: Annotated[
+        int | None,
+        Form(
+            ge=1,
+            le=MAX_MORPHOLOGY_PX,
+            description="guided filter window radius in image pixels; default 1/64 of the "
+            "image's long side",
+        ),
+    ] = None,
+    refine_eps: Annotated[
+        float,
+        Form(
+            gt=0.0,
+            le=1.0,
+            description="guided filter regularisation (colour variance, 0-1 units): larger "
+            "keeps only strong edges",
+        ),
+    ] = 1e-3,
+    pamr_iterations: Annotated[
+        int, Form(ge=1, le=50, description="refine=pamr: affinity propagation steps")
+    ] = 10,
+    min_area: Annotated[
+        int, Form(ge=0, description="drop connected pieces of fewer pixels (after threshold)")
+    ] = 0,
+    fill_holes: Annotated[
+        bool, Form(description="fill holes (background not connected to the border)")
+    ] = False,
+    erode: Annotated[Pixels, Form(description="shrink masks by a disc of this radius (px)")] = 0,
+    dilate: Annotated[
+        Pixels, Form(description="grow masks by a disc of this radius (px), after erode")
+    ] = 0,
+    feather: Annotated[
+        Pixels,
+        Form(
+            description="soft edge for compositing: mask PNGs become 8-bit alpha mattes "
+            "ramping over this many pixels across the edge (format=png, png_bits=8)"
+        ),
+    ] = 0,
+    instances: Annotated[
+        bool,
+        Form(
+            description="one entry per connected piece of each mask (score, bbox, area), "
+            "best first, at most CLIPSEG_MAX_INSTANCES per mask"
+        ),
+    ] = False,
+    polygon_tolerance: Annotated[
+        float,
+        Form(ge=0.0, le=100.0, description="format=polygon: simplification tolerance in px"),
+    ] = 1.0,
+) -> PostFields:
+    """The shared fields as a ``PostFields`` (``max_instances`` is set by the route)."""
+    post = PostProcess(
+        refine=refine,
+        radius=refine_radius,
+        eps=refine_eps,
+        pamr_iterations=pamr_iterations,
+        min_area=min_area,
+        fill_holes=fill_holes,
+        erode=erode,
+        dilate=dilate,
+        feather=feather,
+        instances=instances,
+    )
+    return PostFields(post, polygon_tolerance)
+
+
+def check_answer(post: PostProcess, fmt: str, png_bits: int, soft: bool) -> None:
+    """422 for post-processing that the requested answer cannot carry."""
+    if post.feather:
+        if fmt != "png":
+            _invalid(f"feather makes alpha mattes, which format={fmt} cannot hold; use png")
+        if png_bits != 8:
+            _invalid("feather makes 8-bit alpha mattes; use png_bits=8")
+    if post.instances and soft:
+        _invalid("soft maps are per prompt, not per instance: use soft or instances")
+
+
+def _invalid(message: str) -> None:
+    raise ApiError(422, "invalid_field", message)
