@@ -43,8 +43,8 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
     python bench/mask_quality.py --weights runs/shapes/best --json mask_quality.json
     python bench/mask_quality.py --smoke --json smoke.json   # tiny scale, for the tests
 
-Until ``model.postprocess.PostProcess`` exists (issue 13), only refine="none" is run (by
-the same calls without ``post``/``guide``); the other modes' rows say "n/a".
+Each mode is ``PostProcess(refine=mode)`` with its defaults (guided: radius 1/64 of the long
+side, eps 1e-3; pamr: 10 iterations, then the guided filter) and no other step.
 """
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import this checkout's packages
     sys.path.insert(0, str(ROOT))
 
+from model.batch import Segmentation  # noqa: E402
+from model.postprocess import PostProcess, Refine  # noqa: E402
+from model.predictor import Predictor  # noqa: E402
 from training.datasets.sampling import split_seed  # noqa: E402
 from training.datasets.synthetic import (  # noqa: E402
     _GAP,
@@ -82,7 +85,7 @@ from training.datasets.synthetic import (  # noqa: E402
 )
 from training.metrics import fg_iou as official_fg_iou  # noqa: E402
 
-MODES: tuple[str, ...] = ("none", "guided", "pamr")
+MODES: tuple[str, ...] = tuple(r.value for r in Refine)  # none, guided, pamr
 PHOTOS = ROOT / "tests" / "data" / "photos"
 #: The README's demo recipe (Training section), minus ``--output``.
 TRAIN_RECIPE: tuple[str, ...] = (
@@ -92,16 +95,8 @@ TRAIN_RECIPE: tuple[str, ...] = (
 TOLERANCE_PX = 2.0
 SUPERSAMPLE = 4
 COST_SIZE = (1080, 1920)
-
-try:  # issue 13's API; without it only refine="none" runs (see the module docstring)
-    from model.postprocess import PostProcess
-except ImportError:  # pragma: no cover - depends on the checkout
-    PostProcess = None
-
-
-def available_modes() -> tuple[str, ...]:
-    """The refine modes this checkout can run."""
-    return MODES if PostProcess is not None else ("none",)
+#: What ``quality`` scores: an image (PIL, bytes or path), its prompts, one truth each.
+Item = tuple[Any, Sequence[str], Sequence[np.ndarray]]
 
 
 # ---------------------------------------------------------------------------- metrics
@@ -292,28 +287,13 @@ def train_tiny(output: Path, steps: int) -> Path:
     return output / "best"
 
 
-def segmenter(predictor: Any, mode: str) -> Callable[[Any, Sequence[str]], Any]:
-    """``segment(image, phrases)`` with refine ``mode``.
-
-    Adapter until issue 13's ``post=`` lands on main: without ``PostProcess`` only
-    "none" exists and is the plain call.
-    """
-    if PostProcess is None:
-        if mode != "none":
-            raise RuntimeError(f"refine={mode!r} needs model.postprocess.PostProcess")
-        return lambda image, phrases: predictor.segment(image, phrases)
-    post = PostProcess(refine=mode)
-    return lambda image, phrases: predictor.segment(image, phrases, post=post)
-
-
-def quality(
-    predictor: Any, mode: str, items: Sequence[tuple[Any, Sequence[str], Sequence[np.ndarray]]]
-) -> tuple[Scores, float]:
-    """Scores of ``mode`` over (image, phrases, truths) items, and the seconds it took."""
-    segment, scores = segmenter(predictor, mode), Scores()
+def quality(predictor: Predictor, mode: str, items: Sequence[Item]) -> tuple[Scores, float]:
+    """Scores of refine ``mode`` over (image, phrases, truths) items, and the seconds the
+    segmentations took (the image's decoding included: refinement needs it in full)."""
+    post, scores = PostProcess(refine=mode), Scores()
     start = time.perf_counter()
     for image, phrases, truths in items:
-        result = segment(image, list(phrases))
+        result = predictor.segment(image, list(phrases), post=post)
         if tuple(result.size) != truths[0].shape:
             raise RuntimeError(f"mask size {result.size} != image size {truths[0].shape}")
         for i, truth in enumerate(truths):
@@ -321,9 +301,7 @@ def quality(
     return scores, time.perf_counter() - start
 
 
-def quality_rows(
-    predictor: Any, items: Sequence[tuple[Any, Sequence[str], Sequence[np.ndarray]]]
-) -> list[dict[str, Any]]:
+def quality_rows(predictor: Predictor, items: Sequence[Item]) -> list[dict[str, Any]]:
     """One row per mode: fg IoU, mean boundary F, both relative to "none", seconds."""
     rows: list[dict[str, Any]] = []
     base: dict[str, Any] | None = None
@@ -331,17 +309,18 @@ def quality_rows(
         row: dict[str, Any] = {"mode": mode, "fg_iou": None, "boundary_f": None,
                                "fg_iou_vs_none": None, "boundary_f_vs_none": None,
                                "seconds": None, "masks": 0, "error": None}  # fmt: skip
-        if mode not in available_modes():
-            row["error"] = "n/a: this checkout has no model.postprocess.PostProcess"
+        try:
+            scores, seconds = quality(predictor, mode, items)
+        except Exception as exc:  # one failing mode still leaves the others' figures
+            row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
             continue
-        scores, seconds = quality(predictor, mode, items)
         row.update(fg_iou=scores.fg_iou, boundary_f=scores.mean_boundary_f, seconds=seconds,
                    masks=len(scores.boundary_fs), counts=scores.counts.tolist(),
                    boundary_f_per_mask=scores.boundary_fs)  # fmt: skip
-        if base is None:
+        if base is None and mode == "none":
             base = row
-        else:
+        elif base is not None:
             row["fg_iou_vs_none"] = _relative(row["fg_iou"], base["fg_iou"])
             row["boundary_f_vs_none"] = _relative(row["boundary_f"], base["boundary_f"])
         rows.append(row)
@@ -359,17 +338,18 @@ def cost_scene(seed: int) -> Scene:
     return render_scene(rng, *COST_SIZE, shapes=(1, 1))
 
 
-def cost_rows(predictor: Any, repeats: int, warmup: int, seed: int) -> list[dict[str, Any]]:
+def cost_rows(predictor: Predictor, repeats: int, warmup: int, seed: int) -> list[dict[str, Any]]:
     """Per mode: ms per ``Predictor.render`` of one 2 MP mask (median, min, max), and the
     median minus refine="none"'s."""
     import torch
 
     scene = cost_scene(seed)
-    prepared = predictor.prepare_image(scene.image)
+    prepared = predictor.prepare_image(scene.image, guide=True)  # what segment() does
     with torch.inference_mode():
         conditionals = predictor.text_embeddings(list(scene.phrases))
         logits = predictor.logits(prepared.pixels.unsqueeze(0), conditionals)
-    guide = torch.from_numpy(np.array(scene.image)).permute(2, 0, 1).contiguous()
+    guide = prepared.guide
+    assert guide is not None and guide.shape == (3, *COST_SIZE) and guide.dtype == torch.uint8
     rows: list[dict[str, Any]] = []
     base: float | None = None
     for mode in MODES:
@@ -377,30 +357,37 @@ def cost_rows(predictor: Any, repeats: int, warmup: int, seed: int) -> list[dict
                                "max_ms": None, "added_ms": None, "repeats": repeats,
                                "prompt": scene.phrases[0], "mask_area": None,
                                "error": None}  # fmt: skip
-        if mode not in available_modes():
-            row["error"] = "n/a: this checkout has no model.postprocess.PostProcess"
+        post = PostProcess(refine=mode)
+
+        def call(post: PostProcess = post) -> Segmentation:
+            return predictor.render(logits, COST_SIZE, post=post, guide=guide)
+
+        try:
+            times = _timed(call, repeats, warmup)
+            area = int(call().areas[0])  # not empty: the cost of a real mask
+        except Exception as exc:  # one failing mode still leaves the others' figures
+            row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
             continue
-        if PostProcess is None:
-            call = lambda: predictor.render(logits, COST_SIZE)  # noqa: E731
-        else:
-            post = PostProcess(refine=mode)
-            call = lambda post=post: predictor.render(logits, COST_SIZE, post=post, guide=guide)  # noqa: E731
-        for _ in range(warmup):
-            call()
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            call()
-            times.append((time.perf_counter() - start) * 1e3)
         median = statistics.median(times)
-        area = int(call().areas[0])  # the mask is not empty: the cost of a real one
         row.update(median_ms=median, min_ms=min(times), max_ms=max(times), mask_area=area)
-        if base is None:
+        if base is None and mode == "none":
             base = median
-        row["added_ms"] = median - base
+        row["added_ms"] = None if base is None else median - base
         rows.append(row)
     return rows
+
+
+def _timed(call: Callable[[], object], repeats: int, warmup: int) -> list[float]:
+    """Milliseconds of each of ``repeats`` calls, after ``warmup`` untimed ones."""
+    for _ in range(warmup):
+        call()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        call()
+        times.append((time.perf_counter() - start) * 1e3)
+    return times
 
 
 # ---------------------------------------------------------------------------- reports
@@ -409,25 +396,26 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def quality_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| refine | fg IoU | vs none | boundary F (2 px) | vs none | masks | s |",
-             "|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| refine | fg IoU | vs none | boundary F (2 px) | vs none | masks | s | note |",
+             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['mode']} | {_fmt(r['fg_iou'], '.4f')} | {_fmt(r['fg_iou_vs_none'], '+.1%')} "
             f"| {_fmt(r['boundary_f'], '.4f')} | {_fmt(r['boundary_f_vs_none'], '+.1%')} "
-            f"| {r['masks']} | {_fmt(r['seconds'], '.1f')} |"
+            f"| {r['masks']} | {_fmt(r['seconds'], '.1f')} | {r['error'] or ''} |"
         )
     return "\n".join(lines)
 
 
 def cost_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| refine | ms per 2 MP mask, median (min-max) | added vs none, ms |",
-             "|---|---|---|"]  # fmt: skip
+    lines = ["| refine | ms per 2 MP mask, median (min-max) | added vs none, ms | note |",
+             "|---|---|---|---|"]  # fmt: skip
     for r in rows:
         spread = "n/a" if r["median_ms"] is None else (
             f"{r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f})"
         )  # fmt: skip
-        lines.append(f"| {r['mode']} | {spread} | {_fmt(r['added_ms'], '+.1f')} |")
+        added = _fmt(r["added_ms"], "+.1f")
+        lines.append(f"| {r['mode']} | {spread} | {added} | {r['error'] or ''} |")
     return "\n".join(lines)
 
 
@@ -442,7 +430,7 @@ def environment(threads: int) -> dict[str, Any]:
                 break
     return {"cpu": cpu, "host_cpus": os.cpu_count(), "torch_threads": threads,
             "torch": torch.__version__, "python": platform.python_version(),
-            "modes_available": list(available_modes())}  # fmt: skip
+            "modes": list(MODES)}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -466,8 +454,6 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from model.predictor import Predictor
-
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mask-quality-") as tmp:
@@ -480,7 +466,9 @@ def main(argv: list[str] | None = None) -> int:
     synthetic_rows = quality_rows(predictor, [(s.image, s.phrases, s.masks) for s in synthetic])
     photo_items = [(path, [prompt], [truth]) for _, path, prompt, truth in photos()]
     photo_rows = quality_rows(predictor, photo_items)
+    load_before = os.getloadavg()
     costs = cost_rows(predictor, repeats, warmup, args.seed)
+    env["load_average_around_cost"] = [load_before[0], os.getloadavg()[0]]
 
     result = {
         "bench": "mask_quality",
@@ -507,6 +495,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### CPU cost of Predictor.render, one {COST_SIZE[1]}x{COST_SIZE[0]} mask, "
           f"{args.threads} torch threads, {repeats} repeats\n")  # fmt: skip
     print(cost_table(costs))
+    before, after = env["load_average_around_cost"]
+    print(f"\n1-min load average {before:.2f} before, {after:.2f} after the cost section"
+          f" ({os.cpu_count()} CPUs): other work on the cores makes these times noisy")  # fmt: skip
     print(f"\nwall time {result['wall_s']:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -92,7 +92,9 @@ def test_smoke_run_gives_every_mode_finite_scores(tmp_path):
     out = tmp_path / "quality.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT), "PYTHONWARNINGS": "ignore"}
     done = subprocess.run(
-        [sys.executable, "bench/mask_quality.py", "--smoke", "--json", str(out)],
+        # One torch thread: the scores do not depend on it, and two threads on a shared
+        # 2-core CI machine can be 100x slower (each op waits for a descheduled thread).
+        [sys.executable, "bench/mask_quality.py", "--smoke", "--threads", "1", "--json", str(out)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -102,20 +104,11 @@ def test_smoke_run_gives_every_mode_finite_scores(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "wall time" in done.stdout and "smoke check only" in done.stdout, done.stdout
     result = json.loads(out.read_text())
-    try:
-        from model.postprocess import PostProcess  # noqa: F401
-
-        expected = list(MODES)
-    except ImportError:  # before issue 13's API: only refine="none" can run
-        expected = ["none"]
-    assert result["environment"]["modes_available"] == expected
+    assert result["environment"]["modes"] == list(MODES) == ["none", "guided", "pamr"]
     for section in ("synthetic", "photos"):
         rows = {r["mode"]: r for r in result[section]["rows"]}
         assert set(rows) == set(MODES), rows
         for mode, row in rows.items():
-            if mode not in expected:
-                assert row["error"] and row["fg_iou"] is None, row
-                continue
             assert row["error"] is None, (section, mode, row["error"])
             for key in ("fg_iou", "boundary_f"):
                 value = row[key]
@@ -123,7 +116,6 @@ def test_smoke_run_gives_every_mode_finite_scores(tmp_path):
             assert row["masks"] > 0
     costs = {r["mode"]: r for r in result["cost"]["rows"]}
     assert set(costs) == set(MODES)
-    for mode in expected:
-        row = costs[mode]
+    for row in costs.values():
         assert row["error"] is None and row["median_ms"] > 0
         assert row["min_ms"] <= row["median_ms"] <= row["max_ms"]
