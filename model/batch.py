@@ -23,6 +23,7 @@ from .errors import InvalidPromptError
 from .mask_ops import Instances
 from .postprocess import (
     BACKGROUND_PROMPT,
+    DEFAULT_POST,
     Background,
     Combine,
     PostProcess,
@@ -80,7 +81,7 @@ class SegmentRequest:
     combine: Combine = Combine.NONE
     soft: bool = False
     runs: bool = False
-    post: PostProcess = PostProcess()
+    post: PostProcess = DEFAULT_POST
     guide: torch.Tensor | None = None
 
     def __post_init__(self) -> None:
@@ -307,7 +308,7 @@ class RequestSpan:
     soft: bool
     labels: tuple[str, ...]
     runs: bool = False
-    post: PostProcess = PostProcess()
+    post: PostProcess = DEFAULT_POST
     guide: torch.Tensor | None = None
 
     @property

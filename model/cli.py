@@ -31,12 +31,21 @@ def run(args: argparse.Namespace) -> list[dict]:
     """Load the model, segment ``args.image``, write the masks; one summary per mask."""
     # Imported here, not at the top: torch and open_clip take seconds to import, and
     # --help or a bad argument must not wait for them.
-    from .masks import encode_png_gray, encode_png_mask
+    from .masks import encode_png_gray
+    from .postprocess import PostProcess
     from .predictor import Predictor
 
     problem = input_error(args)
     if problem:
         raise ClipSegError(problem)
+    post = PostProcess(
+        refine=args.refine, radius=args.refine_radius, eps=args.refine_eps,
+        pamr_iterations=args.pamr_iterations, min_area=args.min_area,
+        fill_holes=args.fill_holes, erode=args.erode, dilate=args.dilate,
+        feather=args.feather, instances=args.instances, max_instances=args.max_instances,
+        background=args.background, background_factor=args.background_factor,
+    )  # fmt: skip
+    thresholds = args.threshold or None
     predictor = Predictor.from_source(
         args.weights, variant=args.variant, backbone=args.backbone, device=args.device,
         dtype=args.dtype,
@@ -56,25 +65,60 @@ def run(args: argparse.Namespace) -> list[dict]:
         conditionals=conditionals,
         negative_prompts=args.negative_prompt,
         template=args.template,
-        threshold=args.threshold,
+        threshold=thresholds[0] if thresholds and len(thresholds) == 1 else thresholds,
         combine=args.combine,
         soft=args.soft,
+        post=post,
     )
     out = Path(args.output)
     out.mkdir(parents=True, exist_ok=True)
     summaries = []
     for i, label in enumerate(result.labels):
-        path = out / f"{i:02d}_{slug(label)}.png"
-        path.write_bytes(encode_png_mask(result.mask(i)))
-        summary = {"label": label, "path": str(path), "area": int(result.areas[i])}
-        summary["bbox"] = [int(v) for v in result.boxes[i]]
-        summary["score"] = round(float(result.scores[i]), 4)
+        if result.instances is not None:
+            summaries += [
+                _write(out, f"{i:02d}_{slug(label)}_{k:02d}", result, i, k, args)
+                for k in range(len(result.instances[i]))
+            ]
+            continue
+        summary = _write(out, f"{i:02d}_{slug(label)}", result, i, None, args)
         if result.soft is not None:
             soft = out / f"{i:02d}_{slug(label)}_soft.png"
             soft.write_bytes(encode_png_gray(result.soft[i]))
             summary["soft_path"] = str(soft)
         summaries.append(summary)
     return summaries
+
+
+def _write(out: Path, stem: str, result, index: int, instance: int | None, args) -> dict:
+    """Write one mask (or instance) as ``stem``.png (+ .json polygons); its summary."""
+    from .masks import encode_png_gray, encode_png_mask
+    from .polygons import mask_to_polygons
+
+    if instance is None:
+        mask = result.mask(index)
+        area, box, score = result.areas[index], result.boxes[index], result.scores[index]
+    else:
+        found = result.instances[index]
+        mask = found.mask(instance)
+        area, box, score = found.areas[instance], found.boxes[instance], found.scores[instance]
+    path = out / f"{stem}.png"
+    alpha = result.alpha(index, instance) if result.feather else None
+    path.write_bytes(encode_png_mask(mask) if alpha is None else encode_png_gray(alpha))
+    summary: dict = {"label": result.labels[index], "path": str(path), "area": int(area)}
+    if instance is not None:
+        summary["instance"] = instance
+    summary["bbox"] = [int(v) for v in box]
+    summary["score"] = round(float(score), 4)
+    if args.polygons:
+        polygons = out / f"{stem}.json"
+        annotation = {
+            "segmentation": mask_to_polygons(mask, args.polygon_tolerance),
+            "bbox": summary["bbox"],
+            "area": summary["area"],
+        }
+        polygons.write_text(json.dumps(annotation))
+        summary["polygons_path"] = str(polygons)
+    return summary
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -18,6 +18,8 @@ DEFAULT_WEIGHTS = "CIDAS/clipseg-rd64-refined"
 # importing those modules imports torch; tests/test_cli_help.py keeps them equal.
 TEMPLATES = ("none", "photo", "ensemble")
 COMBINES = ("none", "union", "intersection", "argmax")
+REFINES = ("none", "guided", "pamr")
+BACKGROUNDS = ("threshold", "prompt")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,6 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prompt_options(parser)
     _add_model_options(parser)
     _add_output_options(parser)
+    _add_post_options(parser)
     return parser
 
 
@@ -103,8 +106,10 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold",
         type=float,
+        action="append",
         default=None,
-        help="probability threshold 0..1 (default: the checkpoint's calibrated one, else 0.4)",
+        help="probability threshold 0..1 (default: the checkpoint's calibrated one, else "
+        "0.4); repeat it once per --prompt for a threshold each",
     )
     parser.add_argument(
         "--combine",
@@ -121,6 +126,67 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _add_post_options(parser: argparse.ArgumentParser) -> None:
+    """Refinement and post-processing: model.postprocess.PostProcess, flag for field."""
+    group = parser.add_argument_group(
+        "refinement and post-processing",
+        "Applied in this order: refine, threshold and combine, min-area, fill-holes, "
+        "erode, dilate, instances, feather.",
+    )
+    group.add_argument(
+        "--refine", choices=REFINES, default="none",
+        help="none: bilinear (the reference); guided: edges follow the image (fast guided "
+        "filter); pamr: affinity refinement, then guided (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--refine-radius", type=int, default=None,
+        help="guided filter window radius in pixels (default: 1/64 of the long side)",
+    )  # fmt: skip
+    group.add_argument(
+        "--refine-eps", type=float, default=1e-3,
+        help="guided filter regularisation; larger keeps only strong edges (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--pamr-iterations", type=int, default=10,
+        help="--refine pamr: propagation steps (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--min-area", type=int, default=0, help="drop connected pieces of fewer pixels"
+    )
+    group.add_argument("--fill-holes", action="store_true", help="fill holes in masks")
+    group.add_argument("--erode", type=int, default=0, help="shrink masks by N pixels")
+    group.add_argument("--dilate", type=int, default=0, help="grow masks by N pixels")
+    group.add_argument(
+        "--feather", type=int, default=0,
+        help="write alpha mattes whose edge ramps over N pixels (for compositing)",
+    )  # fmt: skip
+    group.add_argument(
+        "--instances", action="store_true",
+        help="one PNG per connected piece of each mask, best first",
+    )  # fmt: skip
+    group.add_argument(
+        "--max-instances", type=int, default=100,
+        help="--instances: at most N per mask (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--background", choices=BACKGROUNDS, default="threshold",
+        help="--combine argmax: the background's score is the threshold, or 'factor x the "
+        "probability of the prompt background' (the paper's evaluation; default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--background-factor", type=float, default=3.0,
+        help="--background prompt: its multiplier (default: %(default)s)",
+    )  # fmt: skip
+    group.add_argument(
+        "--polygons", action="store_true",
+        help="also write each mask's COCO polygons (<mask>.json: segmentation, bbox, area)",
+    )  # fmt: skip
+    group.add_argument(
+        "--polygon-tolerance", type=float, default=1.0,
+        help="--polygons: simplification tolerance in pixels (default: %(default)s)",
+    )  # fmt: skip
+
+
 def input_error(args: argparse.Namespace) -> str | None:
     """Why these arguments cannot run, in one line, or None: checked before any model loads."""
     if len(args.support_image) != len(args.support_mask):
@@ -129,6 +195,9 @@ def input_error(args: argparse.Namespace) -> str | None:
         return "give at least one --prompt or --support-image/--support-mask"
     if args.support_image and args.text_weight is not None and len(args.prompt) != 1:
         return "--text-weight mixes exactly one --prompt with the supports"
+    thresholds = args.threshold or []
+    if len(thresholds) > 1 and len(thresholds) != len(args.prompt):
+        return f"{len(thresholds)} --threshold for {len(args.prompt)} --prompt: one, or one each"
     files = [("image", args.image)]
     files += [("--support-image", p) for p in args.support_image]
     files += [("--support-mask", p) for p in args.support_mask]

@@ -39,7 +39,7 @@ def drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     """bool [H, W] without its 8-connected components of fewer than ``min_area`` pixels."""
     if min_area <= 1 or not mask.any():
         return mask
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(_u8(mask), connectivity=8)
+    _, labels, stats, _ = cv2.connectedComponentsWithStats(_u8(mask), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area
     keep[0] = False  # label 0 is the background
     if keep[1:].all():

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 __all__ = [
     "BACKGROUND_PROMPT",
+    "DEFAULT_POST",
     "Background",
     "Combine",
     "PostProcess",
@@ -213,6 +214,10 @@ def _check_int(
     if value < low or (high is not None and value > high):
         bound = f"in [{low}, {high}]" if high is not None else f">= {low}"
         raise ValueError(f"{name} must be {bound}, got {value}")
+
+
+#: No refinement, no host steps: the reference pipeline (frozen, so one shared instance).
+DEFAULT_POST = PostProcess()
 
 
 def check_thresholds(

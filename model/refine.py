@@ -198,13 +198,16 @@ def _solve_colour(
     inv_gb = rb * rg - rr * gb
     inv_bb = rr * gg - rg * rg
     det = rr * inv_rr + rg * inv_rg + rb * inv_rb
-    inverse = torch.stack(
-        [
-            torch.stack([inv_rr, inv_rg, inv_rb]),
-            torch.stack([inv_rg, inv_gg, inv_gb]),
-            torch.stack([inv_rb, inv_gb, inv_bb]),
-        ]
-    ) / det  # [3, 3, h, w]
+    inverse = (
+        torch.stack(
+            [
+                torch.stack([inv_rr, inv_rg, inv_rb]),
+                torch.stack([inv_rg, inv_gg, inv_gb]),
+                torch.stack([inv_rb, inv_gb, inv_bb]),
+            ]
+        )
+        / det
+    )  # [3, 3, h, w]
     # a[m, c] = sum_k inverse[c, k] * cov_ip[m, k]
     return torch.einsum("ckhw,mkhw->mchw", inverse, cov_ip)
 

@@ -168,9 +168,7 @@ def _refined_coefficients(
     if post.refine is Refine.PAMR:
         scale = min(1.0, PAMR_LONG_SIDE / max(size))
         pamr_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
-        maps = pamr(
-            resample(maps, pamr_size), _guide_at(guide, pamr_size), post.pamr_iterations
-        )
+        maps = pamr(resample(maps, pamr_size), _guide_at(guide, pamr_size), post.pamr_iterations)
     return guided_coefficients(
         resample(maps, small), _guide_at(guide, small), small_radius, post.eps
     )
@@ -249,12 +247,9 @@ def _bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     # The reference evaluation's interpolation: bilinear, align_corners=False, no antialias.
     # Maps as the channels of one image, not a batch of one-channel images: the same
     # values bit for bit (tested), up to 2x faster on a CPU for several maps.
-    return (
-        F.interpolate(
-            maps.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=False
-        )[0]
-        .clamp_(0.0, 1.0)
-    )
+    return F.interpolate(
+        maps.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=False
+    )[0].clamp_(0.0, 1.0)
 
 
 def _mask_maps(positive: torch.Tensor, combine: Combine) -> torch.Tensor:

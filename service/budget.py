@@ -24,7 +24,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.postprocess import PostProcess, Refine
+from model.postprocess import DEFAULT_POST, PostProcess, Refine
 
 from .config import Settings
 from .cost import Work, work_for
@@ -70,7 +70,7 @@ class RequestShape:
     masks: int  # masks in the answer
     soft: bool
     supports: tuple[ImageHeader, ...] = ()
-    post: PostProcess = PostProcess()
+    post: PostProcess = DEFAULT_POST
 
     def work(self) -> Work:
         """What it asks of the model, for the scheduler (before anything is decoded)."""

@@ -253,9 +253,11 @@ async def _respond(
     height, width = result.size
     payload: dict = {"width": width, "height": height, "masks": entries}
     if result.instances is not None:
-        payload["instances_dropped"] = {
-            label: found.dropped for label, found in zip(result.labels, result.instances)
-        }
+        # Components beyond CLIPSEG_MAX_INSTANCES, per mask: nothing is dropped silently.
+        payload["instances_dropped"] = [
+            {"prompt": label, "dropped": found.dropped}
+            for label, found in zip(result.labels, result.instances, strict=True)
+        ]
     payload["timings_ms"] = {k: round(v * 1000, 3) for k, v in timings.items()}
     return JSONResponse(payload, headers=headers)
 
