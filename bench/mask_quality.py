@@ -27,7 +27,15 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
      transform) of a ground-truth boundary pixel; recall the other way round; F = 2PR /
      (P + R). Conventions (as DAVIS): both boundaries empty -> 1.0, exactly one empty ->
      0.0.
-   * "vs none": the relative change (mode - none) / none.
+   * "vs none": the relative change (mode - none) / none; "area pred/true": predicted over
+     true foreground pixels, (TP + FP) / (TP + FN), > 1 when the masks grow.
+
+   The same scenes are then scored with **oracle maps** in place of the model's: each
+   truth area-averaged to the released models' 352x352 grid (as logits; the tiny model
+   predicts on a 96x96 one), rendered by
+   ``Predictor.render`` with the image as guide at threshold 0.5. That is the best map a
+   352-grid model could give, so this table shows what each refiner does on its own,
+   apart from the tiny model's errors (a refiner that is right should keep or raise it).
 
 2. **The same metrics on real photos** (``tests/data/photos``: public-domain photos with
    hand-made masks, see its SOURCES.md), printed in a separate table. It is a smoke check
@@ -35,8 +43,8 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
 
 3. **The added CPU cost per 2 MP mask**: ``Predictor.render(logits, (1080, 1920),
    post=PostProcess(refine=mode), guide=guide)`` with ``logits`` float [1, 352, 352] from
-   the model on a 1920x1080 synthetic test image and ``guide`` its uint8 [3, 1080, 1920]
-   pixels, torch on 2 threads, after warm-up calls; median and min-max of ``--repeats``
+   the model on a 1920x1080 synthetic test image (the tiny model's 96x96 map resized to
+   the released models' 352 grid) and ``guide`` its uint8 [3, 1080, 1920] pixels, torch on 2 threads, after warm-up calls; median and min-max of ``--repeats``
    (>= 15) calls per mode, and the median minus refine="none"'s.
 
     python bench/mask_quality.py                      # trains the tiny model (~30 s) first
@@ -64,6 +72,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+import torch.nn.functional as F
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
@@ -95,6 +105,9 @@ TRAIN_RECIPE: tuple[str, ...] = (
 TOLERANCE_PX = 2.0
 SUPERSAMPLE = 4
 COST_SIZE = (1080, 1920)
+#: The released CLIPSeg models' logit grid (the tiny test model's is 96): the oracle maps
+#: and the cost section's logits are at this size.
+GRID = 352
 #: What ``quality`` scores: an image (PIL, bytes or path), its prompts, one truth each.
 Item = tuple[Any, Sequence[str], Sequence[np.ndarray]]
 
@@ -173,6 +186,12 @@ class Scores:
     @property
     def mean_boundary_f(self) -> float:
         return float(np.mean(self.boundary_fs)) if self.boundary_fs else float("nan")
+
+    @property
+    def area_ratio(self) -> float:
+        """Predicted over true foreground pixels, (TP + FP) / (TP + FN): > 1 grows."""
+        tp, fp, fn, _ = (int(c) for c in self.counts)
+        return (tp + fp) / max(tp + fn, 1)
 
 
 # ----------------------------------------------------------------------------- scenes
@@ -287,35 +306,63 @@ def train_tiny(output: Path, steps: int) -> Path:
     return output / "best"
 
 
-def quality(predictor: Predictor, mode: str, items: Sequence[Item]) -> tuple[Scores, float]:
+def oracle_logits(truth: np.ndarray, side: int) -> torch.Tensor:
+    """float [1, side, side]: the logit of ``truth`` area-averaged to the model's grid —
+    the best map a model of that resolution could give (clipped to logit(1e-3..1-1e-3))."""
+    mask = torch.from_numpy(truth.astype(np.float32))[None, None]
+    small = F.interpolate(mask, size=(side, side), mode="area")[0]
+    return torch.logit(small.clamp(1e-3, 1 - 1e-3))
+
+
+def quality(
+    predictor: Predictor, mode: str, items: Sequence[Item], oracle: bool = False
+) -> tuple[Scores, float]:
     """Scores of refine ``mode`` over (image, phrases, truths) items, and the seconds the
-    segmentations took (the image's decoding included: refinement needs it in full)."""
+    segmentations took (the image's decoding included: refinement needs it in full).
+
+    ``oracle``: the model's maps are replaced by ``oracle_logits`` of each truth and
+    rendered (``Predictor.render`` with the image as guide) at threshold 0.5.
+    """
     post, scores = PostProcess(refine=mode), Scores()
     start = time.perf_counter()
     for image, phrases, truths in items:
-        result = predictor.segment(image, list(phrases), post=post)
-        if tuple(result.size) != truths[0].shape:
-            raise RuntimeError(f"mask size {result.size} != image size {truths[0].shape}")
-        for i, truth in enumerate(truths):
-            scores.add(result.mask(i), truth)
+        if oracle:
+            guide = predictor.prepare_image(image, guide=True).guide
+            masks = [
+                predictor.render(oracle_logits(truth, GRID), truth.shape, threshold=0.5,
+                                 post=post, guide=guide).mask(0)
+                for truth in truths
+            ]  # fmt: skip
+        else:
+            result = predictor.segment(image, list(phrases), post=post)
+            masks = [result.mask(i) for i in range(len(truths))]
+        for mask, truth in zip(masks, truths, strict=True):
+            if mask.shape != truth.shape:
+                raise RuntimeError(f"mask size {mask.shape} != image size {truth.shape}")
+            scores.add(mask, truth)
     return scores, time.perf_counter() - start
 
 
-def quality_rows(predictor: Predictor, items: Sequence[Item]) -> list[dict[str, Any]]:
-    """One row per mode: fg IoU, mean boundary F, both relative to "none", seconds."""
+def quality_rows(
+    predictor: Predictor, items: Sequence[Item], oracle: bool = False
+) -> list[dict[str, Any]]:
+    """One row per mode: fg IoU, mean boundary F, both relative to "none", the area
+    ratio, seconds (``oracle``: see ``quality``)."""
     rows: list[dict[str, Any]] = []
     base: dict[str, Any] | None = None
     for mode in MODES:
         row: dict[str, Any] = {"mode": mode, "fg_iou": None, "boundary_f": None,
                                "fg_iou_vs_none": None, "boundary_f_vs_none": None,
-                               "seconds": None, "masks": 0, "error": None}  # fmt: skip
+                               "area_ratio": None, "seconds": None, "masks": 0,
+                               "error": None}  # fmt: skip
         try:
-            scores, seconds = quality(predictor, mode, items)
+            scores, seconds = quality(predictor, mode, items, oracle)
         except Exception as exc:  # one failing mode still leaves the others' figures
             row["error"] = f"{type(exc).__name__}: {exc}"
             rows.append(row)
             continue
         row.update(fg_iou=scores.fg_iou, boundary_f=scores.mean_boundary_f, seconds=seconds,
+                   area_ratio=scores.area_ratio,
                    masks=len(scores.boundary_fs), counts=scores.counts.tolist(),
                    boundary_f_per_mask=scores.boundary_fs)  # fmt: skip
         if base is None and mode == "none":
@@ -341,13 +388,13 @@ def cost_scene(seed: int) -> Scene:
 def cost_rows(predictor: Predictor, repeats: int, warmup: int, seed: int) -> list[dict[str, Any]]:
     """Per mode: ms per ``Predictor.render`` of one 2 MP mask (median, min, max), and the
     median minus refine="none"'s."""
-    import torch
-
     scene = cost_scene(seed)
     prepared = predictor.prepare_image(scene.image, guide=True)  # what segment() does
     with torch.inference_mode():
         conditionals = predictor.text_embeddings(list(scene.phrases))
         logits = predictor.logits(prepared.pixels.unsqueeze(0), conditionals)
+    if logits.shape[-1] != GRID:  # the tiny model's 96 grid: time the released models'
+        logits = F.interpolate(logits[None], size=(GRID, GRID), mode="bilinear")[0]
     guide = prepared.guide
     assert guide is not None and guide.shape == (3, *COST_SIZE) and guide.dtype == torch.uint8
     rows: list[dict[str, Any]] = []
@@ -396,13 +443,14 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def quality_table(rows: Sequence[dict[str, Any]]) -> str:
-    lines = ["| refine | fg IoU | vs none | boundary F (2 px) | vs none | masks | s | note |",
-             "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    lines = ["| refine | fg IoU | vs none | boundary F (2 px) | vs none | area pred/true "
+             "| masks | s | note |", "|---|---|---|---|---|---|---|---|---|"]  # fmt: skip
     for r in rows:
         lines.append(
             f"| {r['mode']} | {_fmt(r['fg_iou'], '.4f')} | {_fmt(r['fg_iou_vs_none'], '+.1%')} "
             f"| {_fmt(r['boundary_f'], '.4f')} | {_fmt(r['boundary_f_vs_none'], '+.1%')} "
-            f"| {r['masks']} | {_fmt(r['seconds'], '.1f')} | {r['error'] or ''} |"
+            f"| {_fmt(r['area_ratio'], '.3f')} | {r['masks']} | {_fmt(r['seconds'], '.1f')} "
+            f"| {r['error'] or ''} |"
         )
     return "\n".join(lines)
 
@@ -420,8 +468,6 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def environment(threads: int) -> dict[str, Any]:
-    import torch
-
     cpu = platform.processor() or platform.machine()
     with open("/proc/cpuinfo") as handle:
         for line in handle:
@@ -452,8 +498,6 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.smoke else 15)
     warmup = min(args.warmup, 1) if args.smoke else args.warmup
 
-    import torch
-
     torch.set_num_threads(args.threads)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mask-quality-") as tmp:
@@ -463,7 +507,9 @@ def main(argv: list[str] | None = None) -> int:
     env = environment(args.threads)
 
     synthetic = scenes(count, size, args.seed)
-    synthetic_rows = quality_rows(predictor, [(s.image, s.phrases, s.masks) for s in synthetic])
+    synthetic_items = [(s.image, s.phrases, s.masks) for s in synthetic]
+    synthetic_rows = quality_rows(predictor, synthetic_items)
+    oracle_rows = quality_rows(predictor, synthetic_items, oracle=True)
     photo_items = [(path, [prompt], [truth]) for _, path, prompt, truth in photos()]
     photo_rows = quality_rows(predictor, photo_items)
     load_before = os.getloadavg()
@@ -478,6 +524,8 @@ def main(argv: list[str] | None = None) -> int:
         "threshold": predictor.config.threshold,
         "synthetic": {"images": count, "size": [size, size], "supersample": SUPERSAMPLE,
                       "tolerance_px": TOLERANCE_PX, "rows": synthetic_rows},
+        "oracle": {"images": count, "size": [size, size], "threshold": 0.5,
+                   "rows": oracle_rows},
         "photos": {"images": [name for name, *_ in photos()], "rows": photo_rows},
         "cost": {"size": list(COST_SIZE), "repeats": repeats, "warmup": warmup,
                  "prompt": costs[0]["prompt"], "rows": costs},
@@ -489,6 +537,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### Synthetic scenes: {count} at {size}x{size}, anti-aliased "
           f"({SUPERSAMPLE}x supersampled), held-out seeds\n")  # fmt: skip
     print(quality_table(synthetic_rows))
+    print(
+        "\n### The same scenes, oracle maps: each truth area-averaged to the released "
+        f"models' {GRID}x{GRID} grid, threshold 0.5 (the refiners alone)\n"
+    )
+    print(quality_table(oracle_rows))
     print("\n### Real photos (smoke check only: a model trained on shapes, not a quality "
           f"claim): {', '.join(result['photos']['images'])}\n")  # fmt: skip
     print(quality_table(photo_rows))

@@ -1,7 +1,8 @@
 """The mask-quality bench (``bench/mask_quality.py``) at smoke scale, and its metrics.
 
 The smoke run is the bench's whole code path (20 training steps of the tiny model, three
-256x256 scenes, the photos, three timed renders per mode) as a subprocess like a person
+256x256 scenes with the model's and with oracle maps, the photos, three timed renders per
+mode) as a subprocess like a person
 runs it: every refine mode must have its row with finite scores in [0, 1]. The boundary-F
 unit tests pin its tolerance and its conventions for empty masks.
 """
@@ -105,7 +106,7 @@ def test_smoke_run_gives_every_mode_finite_scores(tmp_path):
     assert "wall time" in done.stdout and "smoke check only" in done.stdout, done.stdout
     result = json.loads(out.read_text())
     assert result["environment"]["modes"] == list(MODES) == ["none", "guided", "pamr"]
-    for section in ("synthetic", "photos"):
+    for section in ("synthetic", "oracle", "photos"):
         rows = {r["mode"]: r for r in result[section]["rows"]}
         assert set(rows) == set(MODES), rows
         for mode, row in rows.items():
@@ -114,6 +115,8 @@ def test_smoke_run_gives_every_mode_finite_scores(tmp_path):
                 value = row[key]
                 assert value is not None and math.isfinite(value) and 0 <= value <= 1, row
             assert row["masks"] > 0
+    oracle = {r["mode"]: r for r in result["oracle"]["rows"]}
+    assert oracle["none"]["fg_iou"] > 0.95  # the truth at 352 px, upsampled
     costs = {r["mode"]: r for r in result["cost"]["rows"]}
     assert set(costs) == set(MODES)
     for row in costs.values():
