@@ -44,8 +44,11 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
 3. **The added CPU cost per 2 MP mask**: ``Predictor.render(logits, (1080, 1920),
    post=PostProcess(refine=mode), guide=guide)`` with ``logits`` float [1, 352, 352] from
    the model on a 1920x1080 synthetic test image (the tiny model's 96x96 map resized to
-   the released models' 352 grid) and ``guide`` its uint8 [3, 1080, 1920] pixels, torch on 2 threads, after warm-up calls; median and min-max of ``--repeats``
-   (>= 15) calls per mode, and the median minus refine="none"'s.
+   the released models' 352 grid) and ``guide`` its uint8 [3, 1080, 1920] pixels, torch
+   on 2 threads, after warm-up calls; median and min-max of ``--repeats`` (>= 15) calls
+   per mode, and the median minus refine="none"'s. Other work on the cores makes these
+   times noisy (two torch threads on two shared cores can be 100x slower): the 1-min load
+   average before and after is printed and kept in the JSON.
 
     python bench/mask_quality.py                      # trains the tiny model (~30 s) first
     python bench/mask_quality.py --weights runs/shapes/best --json mask_quality.json
