@@ -106,9 +106,9 @@ def test_smoke_run_gives_every_mode_finite_scores(tmp_path):
     assert "wall time" in done.stdout and "smoke check only" in done.stdout, done.stdout
     result = json.loads(out.read_text())
     assert result["environment"]["modes"] == list(MODES) == ["none", "guided", "pamr"]
-    for section, key in (("synthetic", "rows"), ("oracle", "rows"), ("photos", "rows"),
+    for section, rows_key in (("synthetic", "rows"), ("oracle", "rows"), ("photos", "rows"),
                          ("photos", "oracle_rows")):  # fmt: skip
-        rows = {r["mode"]: r for r in result[section][key]}
+        rows = {r["mode"]: r for r in result[section][rows_key]}
         assert set(rows) == set(MODES), rows
         for mode, row in rows.items():
             assert row["error"] is None, (section, mode, row["error"])
