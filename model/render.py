@@ -153,7 +153,8 @@ def _map_bands(
     # Small bands (4 MB): the full-size step is a few passes of elementwise work, and
     # larger temporaries come from fresh mmap-ed pages on every call (glibc's threshold),
     # whose page faults cost more than the filter (a 2 MP map: 14.6 vs 41.5 ms in all).
-    for start, band in _bands(stacked, height, width, min(band_elements, REFINE_BAND)):
+    bands = _bands(stacked, height, width, min(band_elements, REFINE_BAND), clamp=False)
+    for start, band in bands:
         rows = guide_to_float(guide[:, start : start + band.shape[1]])
         yield start, GuidedCoefficients.apply(band, rows)
 
@@ -192,11 +193,13 @@ def _check(logits: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
     return check_size(size)
 
 
-def _bands(probs: torch.Tensor, height: int, width: int, band_elements: int):
-    """Yield ``(first_row, maps [M, rows, width])`` covering rows 0..height of the output."""
+def _bands(probs: torch.Tensor, height: int, width: int, band_elements: int, clamp: bool = True):
+    """Yield ``(first_row, maps [M, rows, width])`` covering rows 0..height of the output.
+
+    ``clamp``: clip to [0, 1] (probabilities; not the guided filter's coefficients)."""
     rows_per_band = max(1, band_elements // (probs.shape[0] * width))
     if rows_per_band >= height:
-        yield 0, _bilinear(probs, (height, width))
+        yield 0, _bilinear(probs, (height, width), clamp)
         return
     first, second, weight = _row_weights(probs.shape[1], height, probs.device)
     # The band's three full-size temporaries live in one buffer made once and reused: a
@@ -212,13 +215,14 @@ def _bands(probs: torch.Tensor, height: int, width: int, band_elements: int):
         lo, hi = int(first[start]), int(second[stop - 1]) + 1
         # Only the source rows this band reads, interpolated along the width (the height
         # keeps its size, so that pass is the identity).
-        across = _bilinear(probs[:, lo:hi], (hi - lo, width))
+        across = _bilinear(probs[:, lo:hi], (hi - lo, width), clamp)
         shape = (count, stop - start, width)
         top, bottom, out = (b[: count * shape[1] * width].view(shape) for b in buffers)
         torch.index_select(across, 1, first[start:stop] - lo, out=top)
         torch.index_select(across, 1, second[start:stop] - lo, out=bottom)
         w = weight[start:stop].view(1, -1, 1)
-        yield start, torch.lerp(top, bottom, w, out=out).clamp_(0.0, 1.0)
+        band = torch.lerp(top, bottom, w, out=out)
+        yield start, band.clamp_(0.0, 1.0) if clamp else band
 
 
 def _row_weights(source: int, height: int, device) -> tuple[torch.Tensor, ...]:
@@ -240,16 +244,18 @@ def _row_weights(source: int, height: int, device) -> tuple[torch.Tensor, ...]:
     return first.to(device), second.to(device), weight.to(device)
 
 
-def _bilinear(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """[M, h, w] probabilities -> [M, *size], clamped to [0, 1] like probabilities_at_size."""
+def _bilinear(maps: torch.Tensor, size: tuple[int, int], clamp: bool = True) -> torch.Tensor:
+    """[M, h, w] maps -> [M, *size]; probabilities are clamped to [0, 1] like
+    probabilities_at_size (``clamp``; the guided filter's coefficients are not)."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     # The reference evaluation's interpolation: bilinear, align_corners=False, no antialias.
     # Maps as the channels of one image, not a batch of one-channel images: the same
     # values bit for bit (tested), up to 2x faster on a CPU for several maps.
-    return F.interpolate(
+    out = F.interpolate(
         maps.unsqueeze(0), size=size, mode="bilinear", align_corners=False, antialias=False
-    )[0].clamp_(0.0, 1.0)
+    )[0]
+    return out.clamp_(0.0, 1.0) if clamp else out
 
 
 def _mask_maps(positive: torch.Tensor, combine: Combine) -> torch.Tensor:
