@@ -153,8 +153,6 @@ def _map_bands(
     # Small bands (4 MB): the full-size step is a few passes of elementwise work, and
     # larger temporaries come from fresh mmap-ed pages on every call (glibc's threshold),
     # whose page faults cost more than the filter (a 2 MP map: 14.6 vs 41.5 ms in all).
-    # The coefficients are no probabilities (a < 0 at a dark-on-light edge, b > 1): they
-    # must be interpolated unclamped, or the output grows past the edges.
     bands = _bands(stacked, height, width, min(band_elements, REFINE_BAND), clamp=False)
     for start, band in bands:
         rows = guide_to_float(guide[:, start : start + band.shape[1]])
@@ -196,8 +194,9 @@ def _check(logits: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
 
 
 def _bands(probs: torch.Tensor, height: int, width: int, band_elements: int, clamp: bool = True):
-    """Yield ``(first_row, maps [M, rows, width])`` covering rows 0..height of the output;
-    ``clamp``: to [0, 1] (probabilities; not for the guided filter's coefficients)."""
+    """Yield ``(first_row, maps [M, rows, width])`` covering rows 0..height of the output.
+
+    ``clamp``: clip to [0, 1] (probabilities; not the guided filter's coefficients)."""
     rows_per_band = max(1, band_elements // (probs.shape[0] * width))
     if rows_per_band >= height:
         yield 0, _bilinear(probs, (height, width), clamp)
@@ -246,8 +245,8 @@ def _row_weights(source: int, height: int, device) -> tuple[torch.Tensor, ...]:
 
 
 def _bilinear(maps: torch.Tensor, size: tuple[int, int], clamp: bool = True) -> torch.Tensor:
-    """[M, h, w] probabilities -> [M, *size], clamped to [0, 1] like probabilities_at_size
-    (``clamp=False``: any values, e.g. the guided filter's coefficients)."""
+    """[M, h, w] maps -> [M, *size]; probabilities are clamped to [0, 1] like
+    probabilities_at_size (``clamp``; the guided filter's coefficients are not)."""
     if tuple(maps.shape[-2:]) == tuple(size):
         return maps
     # The reference evaluation's interpolation: bilinear, align_corners=False, no antialias.
