@@ -50,7 +50,9 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
    on 2 threads, after warm-up calls; median and min-max of ``--repeats`` (>= 15) calls
    per mode, and the median minus refine="none"'s. Other work on the cores makes these
    times noisy (two torch threads on two shared cores can be 100x slower): the 1-min load
-   average before and after is printed and kept in the JSON.
+   average before and after is printed and kept in the JSON. Training and scoring run on
+   ``--work-threads`` (1): on 2 shared cores, 2 threads made the 600 training steps take
+   15 min instead of ~30 s.
 
     python bench/mask_quality.py                      # trains the tiny model (~30 s) first
     python bench/mask_quality.py --weights runs/shapes/best --json mask_quality.json
@@ -472,7 +474,7 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def environment(threads: int) -> dict[str, Any]:
+def environment(threads: int, work_threads: int) -> dict[str, Any]:
     cpu = platform.processor() or platform.machine()
     with open("/proc/cpuinfo") as handle:
         for line in handle:
@@ -480,6 +482,7 @@ def environment(threads: int) -> dict[str, Any]:
                 cpu = line.split(":", 1)[1].strip()
                 break
     return {"cpu": cpu, "host_cpus": os.cpu_count(), "torch_threads": threads,
+            "work_threads": work_threads,
             "torch": torch.__version__, "python": platform.python_version(),
             "modes": list(MODES)}  # fmt: skip
 
@@ -492,7 +495,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, help="scene side in px (default 1024; smoke 256)")
     parser.add_argument("--repeats", type=int, help="timed renders per mode (default 15)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed renders per mode")
-    parser.add_argument("--threads", type=int, default=2, help="torch threads")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads, cost section")
+    parser.add_argument(
+        "--work-threads", type=int, default=1, help="torch threads for training and scoring"
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny scale, for the tests")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
@@ -503,13 +509,13 @@ def main(argv: list[str] | None = None) -> int:
     repeats = args.repeats or (3 if args.smoke else 15)
     warmup = min(args.warmup, 1) if args.smoke else args.warmup
 
-    torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.work_threads)
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mask-quality-") as tmp:
         weights = args.weights or str(train_tiny(Path(tmp) / "run", steps))
         predictor = Predictor.from_source(weights, device="cpu")
     trained_s = time.monotonic() - started
-    env = environment(args.threads)
+    env = environment(args.threads, args.work_threads)
 
     synthetic = scenes(count, size, args.seed)
     synthetic_items = [(s.image, s.phrases, s.masks) for s in synthetic]
@@ -519,6 +525,7 @@ def main(argv: list[str] | None = None) -> int:
     photo_rows = quality_rows(predictor, photo_items)
     photo_oracle_rows = quality_rows(predictor, photo_items, oracle=True)
     load_before = os.getloadavg()
+    torch.set_num_threads(args.threads)
     costs = cost_rows(predictor, repeats, warmup, args.seed)
     env["load_average_around_cost"] = [load_before[0], os.getloadavg()[0]]
 
@@ -539,7 +546,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_s": None if args.weights else trained_s,
         "wall_s": time.monotonic() - started,
     }  # fmt: skip
-    print(f"mask quality: {env['cpu']}, torch {env['torch']} on {args.threads} threads; "
+    print(f"mask quality: {env['cpu']}, torch {env['torch']}, {args.work_threads} thread(s) "
+          f"for training and scoring, {args.threads} for the cost section; "
           f"weights: {result['weights']}, threshold {result['threshold']:.2f}")  # fmt: skip
     print(f"\n### Synthetic scenes: {count} at {size}x{size}, anti-aliased "
           f"({SUPERSAMPLE}x supersampled), held-out seeds\n")  # fmt: skip
