@@ -32,10 +32,10 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
 
    The same scenes are then scored with **oracle maps** in place of the model's: each
    truth area-averaged to the released models' 352x352 grid (as logits; the tiny model
-   predicts on a 96x96 one), rendered by
-   ``Predictor.render`` with the image as guide at threshold 0.5. That is the best map a
-   352-grid model could give, so this table shows what each refiner does on its own,
-   apart from the tiny model's errors (a refiner that is right should keep or raise it).
+   predicts on a 96x96 one), rendered by ``Predictor.render`` with the image as guide at
+   threshold 0.5. That is the best map a 352-grid model could give, so this table shows
+   what each refiner does on its own, apart from the tiny model's errors (a refiner that
+   is right should keep or raise it).
 
 2. **The same metrics on real photos** (``tests/data/photos``: public-domain photos with
    hand-made masks, see its SOURCES.md), printed in a separate table. It is a smoke check
@@ -52,9 +52,9 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
    times noisy (two torch threads on two shared cores can be 100x slower): the 1-min load
    average before and after is printed and kept in the JSON. Training and scoring run on
    ``--work-threads`` (1): on 2 shared cores, 2 threads made the 600 training steps take
-   15 min instead of ~30 s.
+   15 min instead of 12 s.
 
-    python bench/mask_quality.py                      # trains the tiny model (~30 s) first
+    python bench/mask_quality.py        # trains the tiny model first; ~70 s on 2 cores
     python bench/mask_quality.py --weights runs/shapes/best --json mask_quality.json
     python bench/mask_quality.py --smoke --json smoke.json   # tiny scale, for the tests
 
