@@ -330,7 +330,7 @@ def quality(
     ``oracle``: the model's maps are replaced by ``oracle_logits`` of each truth and
     rendered (``Predictor.render`` with the image as guide) at threshold 0.5.
     """
-    post, scores = PostProcess(refine=mode), Scores()
+    post, scores = PostProcess(refine=Refine(mode)), Scores()
     start = time.perf_counter()
     for image, phrases, truths in items:
         if oracle:
@@ -397,9 +397,11 @@ def cost_rows(predictor: Predictor, repeats: int, warmup: int, seed: int) -> lis
     median minus refine="none"'s."""
     scene = cost_scene(seed)
     prepared = predictor.prepare_image(scene.image, guide=True)  # what segment() does
+    pixels = prepared.pixels
+    assert isinstance(pixels, torch.Tensor)  # a PIL image is decoded on the CPU
     with torch.inference_mode():
         conditionals = predictor.text_embeddings(list(scene.phrases))
-        logits = predictor.logits(prepared.pixels.unsqueeze(0), conditionals)
+        logits = predictor.logits(pixels.unsqueeze(0), conditionals)
     if logits.shape[-1] != GRID:  # the tiny model's 96 grid: time the released models'
         logits = F.interpolate(logits[None], size=(GRID, GRID), mode="bilinear")[0]
     guide = prepared.guide
@@ -411,7 +413,7 @@ def cost_rows(predictor: Predictor, repeats: int, warmup: int, seed: int) -> lis
                                "max_ms": None, "added_ms": None, "repeats": repeats,
                                "prompt": scene.phrases[0], "mask_area": None,
                                "error": None}  # fmt: skip
-        post = PostProcess(refine=mode)
+        post = PostProcess(refine=Refine(mode))
 
         def call(post: PostProcess = post) -> Segmentation:
             return predictor.render(logits, COST_SIZE, post=post, guide=guide)
