@@ -38,7 +38,7 @@ from .refine import (
 )
 from .runs import ColumnRuns, unpack_bits
 
-__all__ = ["BAND_ELEMENTS", "RenderedMasks", "pack_bits", "render_masks"]
+__all__ = ["BAND_ELEMENTS", "RenderedMasks", "pack_bits", "render_masks", "render_probabilities"]
 
 #: Floats per band across all of a request's maps (16 MB in float32). Big enough that a
 #: 2 MP image with one prompt is one band (a handful of kernels on a GPU), small enough that
@@ -131,6 +131,25 @@ def render_masks(
         )
         out.add(masks, _mask_maps(positive, combine), start)
     return out.result()
+
+
+def render_probabilities(
+    logits: torch.Tensor,
+    size: tuple[int, int],
+    post: PostProcess | None = None,
+    guide: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """float32 [P, H, W] probability maps at ``size``, bilinear or refined as ``post``
+    asks (uint8 [C, H, W] ``guide``): what ``render_masks`` thresholds, whole — for an
+    evaluation that sweeps thresholds. Memory is ``4 * P * H * W`` bytes."""
+    height, width = _check(logits, size)
+    probs = torch.sigmoid(logits.float())
+    out = torch.empty((probs.shape[0], height, width), dtype=torch.float32, device=probs.device)
+    for start, block in _map_bands(
+        probs, (height, width), BAND_ELEMENTS, post or PostProcess(), guide
+    ):
+        out[:, start : start + block.shape[1]] = block
+    return out
 
 
 def _map_bands(

@@ -73,6 +73,19 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation), photo = 'a photo of a {}.', ensemble = the mean over the training "
         "templates. Default: %(default)s",
     )  # fmt: skip
+    parser.add_argument(
+        "--refine", choices=("none", "guided", "pamr"), default="none",
+        help="how the maps reach each image's size: none = bilinear (the reference "
+        "evaluation), guided / pamr = the service's refinement. Default: %(default)s",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refine-radius", type=int, default=None,
+        help="guided filter window radius in pixels. Default: 1/64 of the long side",
+    )  # fmt: skip
+    parser.add_argument(
+        "--refine-eps", type=float, default=1e-3,
+        help="guided filter regularisation. Default: %(default)s",
+    )  # fmt: skip
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--output", default=None, help="write the full result as JSON here")
     parser.add_argument(

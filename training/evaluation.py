@@ -1,7 +1,9 @@
 """A model's metrics on a dataset, predicted as the reference evaluation does.
 
 Sigmoid, bilinear upsample of the 352x352 map to each image's own size, then threshold
-over the fixed grid of ``training.metrics`` (whose docstring has the definitions).
+over the fixed grid of ``training.metrics`` (whose docstring has the definitions). With
+``refine`` the maps reach the image's size through the service's own refinement
+(``model.render.render_probabilities``), so its effect is measured with the same metrics.
 """
 
 from __future__ import annotations
@@ -9,15 +11,17 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+import numpy as np
 import torch
 
 from model.clipseg import ClipSeg
-from model.postprocess import probabilities_at_size
+from model.postprocess import PostProcess, Refine, probabilities_at_size
+from model.render import render_probabilities
 from model.text import Template
 from model.weights.loader import load_model
 
 from .batching import image_batch
-from .data import SampleDataset
+from .data import Sample, SampleDataset
 from .datasets import build_dataset
 from .metrics import SegmentationMetrics
 from .progress import progress
@@ -33,12 +37,15 @@ def evaluate_dataset(
     batch_size: int = 16,
     template: Template | str = Template.NONE,
     show_progress: bool = False,
+    post: PostProcess | None = None,
 ) -> dict[str, Any]:
     """``SegmentationMetrics.compute()`` of ``model`` (text prompts) on the first
     ``max_samples`` of ``dataset``; the samples' ``label`` is the class for mIoU.
 
     ``show_progress``: a progress bar (or log lines) on stderr, one step per sample.
+    ``post``: its refinement (the threshold-free steps) is applied to the maps.
     """
+    post = post or PostProcess()
     config, mode = model.config, Template(template)
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     if count == 0:
@@ -53,7 +60,7 @@ def evaluate_dataset(
             images = image_batch([s.image for s in samples], config).to(device)
             logits = model(images, model.embed_phrases([s.phrase for s in samples], mode))
             for sample, row in zip(samples, logits, strict=True):
-                probs = probabilities_at_size(row[None], sample.mask.shape)
+                probs = _probabilities(row[None], sample, post, device)
                 target = torch.from_numpy(sample.mask.astype(bool))[None]
                 metrics.update(probs.cpu(), target, [sample.phrase], [sample.label])
             if bar is not None:
@@ -63,6 +70,17 @@ def evaluate_dataset(
         if bar is not None:
             bar.close()
     return metrics.compute()
+
+
+def _probabilities(
+    logits: torch.Tensor, sample: Sample, post: PostProcess, device: torch.device
+) -> torch.Tensor:
+    """[1, H, W] maps at the sample's size: the reference's bilinear, or refined."""
+    if post.refine is Refine.NONE:
+        return probabilities_at_size(logits, sample.mask.shape)
+    pixels = torch.from_numpy(np.array(sample.image.convert("RGB")))
+    guide = pixels.permute(2, 0, 1).contiguous().to(device)
+    return render_probabilities(logits, sample.mask.shape, post, guide)
 
 
 def load_and_evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -79,4 +97,5 @@ def load_and_evaluate(args: argparse.Namespace, device: torch.device) -> dict[st
         batch_size=args.batch_size,
         template=args.template,
         show_progress=args.progress,
+        post=PostProcess(refine=args.refine, radius=args.refine_radius, eps=args.refine_eps),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 from PIL import Image
@@ -76,3 +77,38 @@ def test_bad_arguments_fail_before_the_model_loads(tmp_path, monkeypatch, capsys
         assert main(args) == 2
         (line,) = capsys.readouterr().err.splitlines()
         assert line.startswith("clipseg-predict: error: ") and message in line
+
+
+def test_post_processing_flags(tmp_path, tiny_model, capsys):
+    from pycocotools import mask as coco
+
+    from model.cli_args import BACKGROUNDS, REFINES
+    from model.postprocess import Background, Refine
+
+    assert tuple(r.value for r in Refine) == REFINES
+    assert tuple(b.value for b in Background) == BACKGROUNDS
+    weights = native.save_checkpoint(tiny_model, tmp_path / "ckpt", backbone_source="random:0")
+    image = tmp_path / "photo.png"
+    random_image(64, 48, seed=3).save(image)
+    args = [str(image), "--weights", str(weights), "--device", "cpu", "--prompt", "a cat"]
+    out = tmp_path / "inst"
+    code = main([*args, "--threshold", "0.0", "--refine", "guided", "--instances",
+                 "--polygons", "--polygon-tolerance", "0", "-o", str(out)])  # fmt: skip
+    assert code == 0
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert line["instance"] == 0 and line["bbox"] == [0, 0, 64, 48]  # threshold 0: all on
+    annotation = json.loads(Path(line["polygons_path"]).read_text())
+    decoded = coco.decode(coco.merge(coco.frPyObjects(annotation["segmentation"], 48, 64)))
+    assert decoded.all()
+    out = tmp_path / "feather"
+    assert main([*args, "--prompt", "grass", "--threshold", "0.45", "--threshold", "0.5",
+                 "--feather", "8", "-o", str(out)]) == 0  # fmt: skip
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert len(lines) == 2
+    for entry in lines:
+        alpha = np.asarray(Image.open(entry["path"]))
+        assert alpha.shape == (48, 64) and int((alpha >= 128).sum()) == entry["area"]
+    assert main([*args, "--threshold", "0.4", "--threshold", "0.5", "-o", str(out)]) == 2
+    assert "2 --threshold for 1 --prompt" in capsys.readouterr().err
+    assert main([*args, "--dilate", "-1", "-o", str(out)]) == 2
+    assert "dilate" in capsys.readouterr().err

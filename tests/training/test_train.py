@@ -116,6 +116,21 @@ def test_clipseg_eval_reports_and_writes_json(trained, tmp_path, capsys):
     assert "eval" in captured.err and "64/64" in captured.err  # the progress bar
 
 
+def test_clipseg_eval_measures_refinement(trained, tmp_path, capsys):
+    results = {}
+    for refine in ("none", "guided"):
+        out = tmp_path / f"{refine}.json"
+        code = eval_main(["--weights", str(trained / "best"), "--dataset", "synthetic",
+                          "--max-samples", "16", "--device", "cpu", "--refine", refine,
+                          "--output", str(out), "--no-progress"])  # fmt: skip
+        assert code == 0
+        results[refine] = json.loads(out.read_text())
+    capsys.readouterr()
+    none, guided = results["none"], results["guided"]
+    assert 0.0 <= guided["best_fg_iou"] <= 1.0 and 0.0 <= guided["ap"] <= 1.0
+    assert guided["ap"] != none["ap"]  # the maps really went through the guided filter
+
+
 def _decoder_state(output: Path) -> dict[str, torch.Tensor]:
     return load_model(output / "final").model.decoder.state_dict()
 
