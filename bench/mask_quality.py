@@ -58,8 +58,9 @@ What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``n
     python bench/mask_quality.py --weights runs/shapes/best --json mask_quality.json
     python bench/mask_quality.py --smoke --json smoke.json   # tiny scale, for the tests
 
-Each mode is ``PostProcess(refine=mode)`` with its defaults (guided: radius 1/64 of the long
-side, eps 1e-3; pamr: 10 iterations, then the guided filter) and no other step.
+Each mode is ``PostProcess(refine=mode)`` with its defaults (guided: radius half a token of
+the model's patch grid, eps 1e-3; pamr: 10 iterations, then the guided filter) and no
+other step.
 """
 
 from __future__ import annotations

@@ -140,7 +140,8 @@ def _add_post_options(parser: argparse.ArgumentParser) -> None:
     )  # fmt: skip
     group.add_argument(
         "--refine-radius", type=int, default=None,
-        help="guided filter window radius in pixels (default: 1/64 of the long side)",
+        help="guided filter window radius in pixels (default: half a token of the model's "
+        "patch grid: the long side / 44 for ViT-B/16)",
     )  # fmt: skip
     group.add_argument(
         "--refine-eps", type=float, default=1e-3,

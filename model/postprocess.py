@@ -152,7 +152,7 @@ class PostProcess:
     """Which post-processing steps a request wants (the module docstring has the order).
 
     refine / radius / eps / pamr_iterations: ``model.refine``; radius is the guided
-        window's in full-size pixels (None: ``auto_radius``, 1/64 of the long side), eps
+        window's in full-size pixels (None: ``auto_radius``, half a token of the model's grid), eps
         its regularisation in squared [0, 1] guide units.
     min_area: components of fewer pixels are dropped (8-connected); 0 keeps all.
     fill_holes: fill background regions that do not touch the image border.

@@ -478,6 +478,7 @@ class Predictor:
                 post=post,
                 guide=guide,
                 background_logits=rows[-1:] if span.background else None,
+                grid=self.config.grid_size,
             )
 
     def _segmentation(self, rendered: RenderedMasks, span: RequestSpan) -> Segmentation:

@@ -40,10 +40,14 @@ __all__ = [
     "pamr",
 ]
 
-#: Default radius of the guided filter's window, as a fraction of the image's long side:
-#: about a third of a token of CLIPSeg's 22x22 grid, wide enough to span the ramp a
-#: bilinear upsampling leaves at an edge.
-RADIUS_FRACTION = 1 / 64
+#: Default radius of the guided filter's window, in tokens of the model's patch grid as
+#: they fall on the image (a 22x22 grid on a 1920-px side: 87 px a token). The map ramps
+#: over about a token at every edge (the decoder upsamples each token with a 16x16
+#: transposed convolution, then bilinear takes it to the image), and a window must span
+#: the ramp to move the edge onto the image's: see ``auto_radius``.
+RADIUS_TOKENS = 0.5
+#: The released models' grid (ViT-B/16 at 352), when the caller does not say.
+DEFAULT_GRID = 22
 #: Working scale of the fast guided filter: coefficients at ``radius / 4`` pixels per cell,
 #: He & Sun's recommendation (the output changes by < 1 % of a level).
 SUBSAMPLE_PER_RADIUS = 4
@@ -55,9 +59,10 @@ PAMR_LONG_SIDE = 384
 _EIGHT = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
-def auto_radius(size: tuple[int, int]) -> int:
-    """The default window radius in full-size pixels for an image of ``size`` (h, w)."""
-    return max(2, round(max(size) * RADIUS_FRACTION))
+def auto_radius(size: tuple[int, int], grid: int = DEFAULT_GRID) -> int:
+    """The default window radius in full-size pixels for an image of ``size`` (h, w) and
+    a model whose patch grid is ``grid`` tokens a side: ``RADIUS_TOKENS`` of a token."""
+    return max(2, round(max(size) / grid * RADIUS_TOKENS))
 
 
 def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from .postprocess import Combine, PostProcess, Refine, check_size, combine_masks
 from .refine import (
+    DEFAULT_GRID,
     PAMR_LONG_SIDE,
     GuidedCoefficients,
     auto_radius,
@@ -87,6 +88,7 @@ def render_masks(
     post: PostProcess | None = None,
     guide: torch.Tensor | None = None,
     background_logits: torch.Tensor | None = None,
+    grid: int = DEFAULT_GRID,
 ) -> RenderedMasks:
     """Sigmoid, upsample to ``size``, threshold, combine — band by band.
 
@@ -106,6 +108,8 @@ def render_masks(
         guide: the image at ``size``, uint8 [C, H, W] (C = 1 or 3) on the logits' device;
             needed when ``post.refine`` is not none.
         background_logits: [1, S, S], the background prompt's row (``background=prompt``).
+        grid: the model's patch grid side (``ClipSegConfig.grid_size``), which scales the
+            default refinement radius.
 
     Returns:
         ``RenderedMasks`` on ``logits.device``; with ``refine=none`` equal to thresholding
@@ -122,7 +126,8 @@ def render_masks(
     negatives = 0 if negative_logits is None else int(negative_logits.shape[0])
     count = 1 if combine in (Combine.UNION, Combine.INTERSECTION) else prompts
     out = _Outputs(count, height, width, soft, logits.device, runs)
-    for start, block in _map_bands(probs, (height, width), band_elements, post, guide):
+    bands = _map_bands(probs, (height, width), band_elements, post, guide, grid)
+    for start, block in bands:
         positive = block[:prompts]
         negative = block[prompts : prompts + negatives] if negatives else None
         background = block[-1] if background_logits is not None else None
@@ -138,16 +143,17 @@ def render_probabilities(
     size: tuple[int, int],
     post: PostProcess | None = None,
     guide: torch.Tensor | None = None,
+    grid: int = DEFAULT_GRID,
 ) -> torch.Tensor:
     """float32 [P, H, W] probability maps at ``size``, bilinear or refined as ``post``
-    asks (uint8 [C, H, W] ``guide``): what ``render_masks`` thresholds, whole — for an
-    evaluation that sweeps thresholds. Memory is ``4 * P * H * W`` bytes."""
+    asks (uint8 [C, H, W] ``guide``, ``grid`` as ``render_masks``): what ``render_masks``
+    thresholds, whole — for an evaluation that sweeps thresholds. Memory is
+    ``4 * P * H * W`` bytes."""
     height, width = _check(logits, size)
     probs = torch.sigmoid(logits.float())
     out = torch.empty((probs.shape[0], height, width), dtype=torch.float32, device=probs.device)
-    for start, block in _map_bands(
-        probs, (height, width), BAND_ELEMENTS, post or PostProcess(), guide
-    ):
+    post = post or PostProcess()
+    for start, block in _map_bands(probs, (height, width), BAND_ELEMENTS, post, guide, grid):
         out[:, start : start + block.shape[1]] = block
     return out
 
@@ -158,6 +164,7 @@ def _map_bands(
     band_elements: int,
     post: PostProcess,
     guide: torch.Tensor | None,
+    grid: int = DEFAULT_GRID,
 ):
     """Yield ``(first_row, maps [M, rows, W])``: the [M, S, S] maps at ``size``, bilinear
     or refined (``model.refine``), one band of rows at a time."""
@@ -167,7 +174,7 @@ def _map_bands(
         return
     if guide is None or tuple(guide.shape[-2:]) != (height, width):
         raise ValueError(f"refine={post.refine.value} needs the image at {size} as its guide")
-    coefficients = _refined_coefficients(probs, size, post, guide)
+    coefficients = _refined_coefficients(probs, size, post, guide, grid)
     stacked = coefficients.stacked  # [M * (C + 1), h, w]
     # Small bands (4 MB): the full-size step is a few passes of elementwise work, and
     # larger temporaries come from fresh mmap-ed pages on every call (glibc's threshold),
@@ -179,10 +186,14 @@ def _map_bands(
 
 
 def _refined_coefficients(
-    probs: torch.Tensor, size: tuple[int, int], post: PostProcess, guide: torch.Tensor
+    probs: torch.Tensor,
+    size: tuple[int, int],
+    post: PostProcess,
+    guide: torch.Tensor,
+    grid: int = DEFAULT_GRID,
 ) -> GuidedCoefficients:
     """The guided filter's coefficients for the maps (after PAMR when asked for)."""
-    radius = post.radius or auto_radius(size)
+    radius = post.radius or auto_radius(size, grid)
     small, small_radius = working_size(size, radius)
     maps = probs
     if post.refine is Refine.PAMR:

@@ -12,7 +12,7 @@ from typing import Annotated, Literal
 
 from fastapi import Form
 
-from model.postprocess import MAX_MORPHOLOGY_PX, PostProcess
+from model.postprocess import MAX_MORPHOLOGY_PX, PostProcess, Refine
 
 from .errors import ApiError
 
@@ -43,8 +43,8 @@ def post_fields(
         Form(
             ge=1,
             le=MAX_MORPHOLOGY_PX,
-            description="guided filter window radius in image pixels; default 1/64 of the "
-            "image's long side",
+            description="guided filter window radius in image pixels; default half a token "
+            "of the model's patch grid (the long side / 44 for ViT-B/16)",
         ),
     ] = None,
     refine_eps: Annotated[
@@ -90,7 +90,7 @@ def post_fields(
 ) -> PostFields:
     """The shared fields as a ``PostFields`` (``max_instances`` is set by the route)."""
     post = PostProcess(
-        refine=refine,
+        refine=Refine(refine),
         radius=refine_radius,
         eps=refine_eps,
         pamr_iterations=pamr_iterations,

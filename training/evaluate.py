@@ -80,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--refine-radius", type=int, default=None,
-        help="guided filter window radius in pixels. Default: 1/64 of the long side",
+        help="guided filter window radius in pixels. Default: half a token of the "
+        "model's patch grid",
     )  # fmt: skip
     parser.add_argument(
         "--refine-eps", type=float, default=1e-3,

@@ -60,7 +60,7 @@ def evaluate_dataset(
             images = image_batch([s.image for s in samples], config).to(device)
             logits = model(images, model.embed_phrases([s.phrase for s in samples], mode))
             for sample, row in zip(samples, logits, strict=True):
-                probs = _probabilities(row[None], sample, post, device)
+                probs = _probabilities(row[None], sample, post, device, config.grid_size)
                 target = torch.from_numpy(sample.mask.astype(bool))[None]
                 metrics.update(probs.cpu(), target, [sample.phrase], [sample.label])
             if bar is not None:
@@ -73,14 +73,14 @@ def evaluate_dataset(
 
 
 def _probabilities(
-    logits: torch.Tensor, sample: Sample, post: PostProcess, device: torch.device
+    logits: torch.Tensor, sample: Sample, post: PostProcess, device: torch.device, grid: int
 ) -> torch.Tensor:
     """[1, H, W] maps at the sample's size: the reference's bilinear, or refined."""
     if post.refine is Refine.NONE:
         return probabilities_at_size(logits, sample.mask.shape)
     pixels = torch.from_numpy(np.array(sample.image.convert("RGB")))
     guide = pixels.permute(2, 0, 1).contiguous().to(device)
-    return render_probabilities(logits, sample.mask.shape, post, guide)
+    return render_probabilities(logits, sample.mask.shape, post, guide, grid)
 
 
 def load_and_evaluate(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
