@@ -66,6 +66,8 @@ other step.
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import json
 import math
 import os
@@ -90,8 +92,12 @@ if str(ROOT) not in sys.path:  # run as a script: import this checkout's package
     sys.path.insert(0, str(ROOT))
 
 from model.batch import Segmentation  # noqa: E402
+from model.finish import shape_mask  # noqa: E402
+from model.mask_ops import feather_alpha, split_instances  # noqa: E402
+from model.polygons import mask_to_polygons  # noqa: E402
 from model.postprocess import PostProcess, Refine  # noqa: E402
 from model.predictor import Predictor  # noqa: E402
+from model.refine import DEFAULT_GRID, auto_radius  # noqa: E402
 from training.datasets.sampling import split_seed  # noqa: E402
 from training.datasets.synthetic import (  # noqa: E402
     _GAP,
@@ -336,9 +342,12 @@ def quality(
     for image, phrases, truths in items:
         if oracle:
             guide = predictor.prepare_image(image, guide=True).guide
+            # The default radius follows the model's patch grid (the tiny model's is 6);
+            # these maps stand for the released models', so they get those models' radius.
+            fair = dataclasses.replace(post, radius=auto_radius(truths[0].shape, DEFAULT_GRID))
             masks = [
                 predictor.render(oracle_logits(truth, GRID), truth.shape, threshold=0.5,
-                                 post=post, guide=guide).mask(0)
+                                 post=fair, guide=guide).mask(0)
                 for truth in truths
             ]  # fmt: skip
         else:
@@ -433,6 +442,51 @@ def cost_rows(predictor: Predictor, repeats: int, warmup: int, seed: int) -> lis
         row["added_ms"] = None if base is None else median - base
         rows.append(row)
     return rows
+
+
+def host_cost_rows(
+    predictor: Predictor, repeats: int, warmup: int, seed: int
+) -> list[dict[str, Any]]:
+    """ms of the host-side pieces for the cost scene (one 2 MP mask): the JPEG decode a
+    guide needs (vs the drafted one), each shape step, instances, feather, polygons."""
+    scene = cost_scene(seed)
+    buffer = io.BytesIO()
+    scene.image.save(buffer, format="JPEG", quality=90)
+    jpeg = buffer.getvalue()
+    small = scene.masks[0]
+    # The steps work on the mask's bounding box: a whole-frame mask is their worst case.
+    whole = ~small
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("decode 2 MP JPEG, drafted (no refine)", lambda: predictor.prepare_image(jpeg)),
+        ("decode 2 MP JPEG, full + guide (refine)",
+         lambda: predictor.prepare_image(jpeg, guide=True)),
+    ]  # fmt: skip
+    for label, mask in (("one shape", small), ("whole frame", whole)):
+        soft = (mask * 200).astype(np.uint8)
+        steps += [
+            (f"{label}: min_area=100", lambda m=mask: shape_mask(m, PostProcess(min_area=100))),
+            (f"{label}: fill_holes", lambda m=mask: shape_mask(m, PostProcess(fill_holes=True))),
+            (f"{label}: erode=8", lambda m=mask: shape_mask(m, PostProcess(erode=8))),
+            (f"{label}: dilate=8", lambda m=mask: shape_mask(m, PostProcess(dilate=8))),
+            (f"{label}: instances", lambda m=mask, s=soft: split_instances(m, s, 100)),
+            (f"{label}: feather=8", lambda m=mask: feather_alpha(m, 8)),
+            (f"{label}: polygon, tolerance 1", lambda m=mask: mask_to_polygons(m, 1.0)),
+        ]
+    rows = []
+    for name, call in steps:
+        times = _timed(call, repeats, warmup)
+        rows.append({"step": name, "median_ms": statistics.median(times),
+                     "min_ms": min(times), "max_ms": max(times)})  # fmt: skip
+    return rows
+
+
+def host_cost_table(rows: Sequence[dict[str, Any]]) -> str:
+    lines = ["| step | ms per 2 MP mask, median (min-max) |", "|---|---|"]
+    for r in rows:
+        lines.append(
+            f"| {r['step']} | {r['median_ms']:.1f} ({r['min_ms']:.1f}-{r['max_ms']:.1f}) |"
+        )
+    return "\n".join(lines)
 
 
 def _timed(call: Callable[[], object], repeats: int, warmup: int) -> list[float]:
@@ -530,6 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     load_before = os.getloadavg()
     torch.set_num_threads(args.threads)
     costs = cost_rows(predictor, repeats, warmup, args.seed)
+    host_costs = host_cost_rows(predictor, repeats, warmup, args.seed)
     env["load_average_around_cost"] = [load_before[0], os.getloadavg()[0]]
 
     result = {
@@ -545,7 +600,7 @@ def main(argv: list[str] | None = None) -> int:
         "photos": {"images": [name for name, *_ in photos()], "rows": photo_rows,
                    "oracle_rows": photo_oracle_rows},
         "cost": {"size": list(COST_SIZE), "repeats": repeats, "warmup": warmup,
-                 "prompt": costs[0]["prompt"], "rows": costs},
+                 "prompt": costs[0]["prompt"], "rows": costs, "host_rows": host_costs},
         "train_s": None if args.weights else trained_s,
         "wall_s": time.monotonic() - started,
     }  # fmt: skip
@@ -571,6 +626,9 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\n### CPU cost of Predictor.render, one {COST_SIZE[1]}x{COST_SIZE[0]} mask, "
           f"{args.threads} torch threads, {repeats} repeats\n")  # fmt: skip
     print(cost_table(costs))
+    print("\nHost-side pieces (the same mask; decoding is the query image's, which refine "
+          "needs in full)\n")  # fmt: skip
+    print(host_cost_table(host_costs))
     before, after = env["load_average_around_cost"]
     print(f"\n1-min load average {before:.2f} before, {after:.2f} after the cost section"
           f" ({os.cpu_count()} CPUs): other work on the cores makes these times noisy")  # fmt: skip

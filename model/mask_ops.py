@@ -13,6 +13,8 @@ not background — an object cut by the frame is not eroded or feathered from th
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import cv2
@@ -35,10 +37,31 @@ def _u8(mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mask).view(np.uint8)
 
 
+def _cropped(mask: np.ndarray, margin: int, step: Callable[[np.ndarray], np.ndarray]):
+    """``step`` applied to the mask's bounding box grown by ``margin`` pixels, pasted into an
+    empty mask: the same result as on the whole mask when nothing the step reads or
+    writes lies beyond ``margin`` of the box — and the cost follows the object, not the
+    image. An empty mask is passed through whole."""
+    x, y, w, h = cv2.boundingRect(_u8(mask))
+    if w == 0:
+        return step(mask)
+    height, width = mask.shape
+    rows = slice(max(0, y - margin), min(height, y + h + margin))
+    cols = slice(max(0, x - margin), min(width, x + w + margin))
+    done = step(mask[rows, cols])
+    out = np.zeros(mask.shape, dtype=done.dtype)  # bool masks, uint8 mattes
+    out[rows, cols] = done
+    return out
+
+
 def drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     """bool [H, W] without its 8-connected components of fewer than ``min_area`` pixels."""
     if min_area <= 1 or not mask.any():
         return mask
+    return _cropped(mask, 0, lambda crop: _drop_small(crop, min_area))
+
+
+def _drop_small(mask: np.ndarray, min_area: int) -> np.ndarray:
     _, labels, stats, _ = cv2.connectedComponentsWithStats(_u8(mask), connectivity=8)
     keep = stats[:, cv2.CC_STAT_AREA] >= min_area
     keep[0] = False  # label 0 is the background
@@ -51,6 +74,11 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     """bool [H, W] with every background region that does not touch the border filled."""
     if not mask.any():
         return mask
+    # A one-pixel margin: background around the box is connected to the outside.
+    return _cropped(mask, 1, _fill_holes)
+
+
+def _fill_holes(mask: np.ndarray) -> np.ndarray:
     # The background is 4-connected, so a hole is what an 8-connected outline encloses.
     count, labels = cv2.connectedComponents(_u8(~mask), connectivity=4)
     if count <= 1:
@@ -72,7 +100,7 @@ def dilate(mask: np.ndarray, radius: int) -> np.ndarray:
     """bool [H, W] grown by a disc of ``radius`` pixels (pixels within it of the mask)."""
     if radius <= 0 or not mask.any():
         return mask
-    return _distance_to_zero(_u8(~mask)) <= radius
+    return _cropped(mask, radius + 1, lambda crop: _distance_to_zero(_u8(~crop)) <= radius)
 
 
 def erode(mask: np.ndarray, radius: int) -> np.ndarray:
@@ -80,7 +108,7 @@ def erode(mask: np.ndarray, radius: int) -> np.ndarray:
     background than it)."""
     if radius <= 0 or not mask.any():
         return mask
-    return _distance_to_zero(_u8(mask)) > radius
+    return _cropped(mask, 1, lambda crop: _distance_to_zero(_u8(crop)) > radius)
 
 
 def feather_alpha(mask: np.ndarray, width: int) -> np.ndarray:
@@ -91,9 +119,13 @@ def feather_alpha(mask: np.ndarray, width: int) -> np.ndarray:
     is 128 on the edge and reaches 0/255 ``width / 2`` pixels out/in; ``width <= 1`` is the
     hard 0/255 mask.
     """
-    hard = mask.astype(np.uint8) * 255
     if width <= 1 or not mask.any() or mask.all():
-        return hard
+        return mask.astype(np.uint8) * 255
+    # Beyond width / 2 of the edge the matte is 0: the box plus that margin holds the ramp.
+    return _cropped(mask, width // 2 + 2, lambda crop: _feather(crop, width))
+
+
+def _feather(mask: np.ndarray, width: int) -> np.ndarray:
     inside = _distance_to_zero(_u8(mask)) - 0.5  # > 0 on the mask
     outside = _distance_to_zero(_u8(~mask)) - 0.5  # > 0 off it
     signed = np.where(mask, inside, -outside)
@@ -135,14 +167,27 @@ class Instances:
 def split_instances(mask: np.ndarray, soft: np.ndarray, limit: int) -> Instances:
     """Split bool [H, W] into 8-connected components scored by uint8 [H, W] ``soft``
     (``round(p * 255)``): sorted by mean probability, then area, then position; at most
-    ``limit`` (<= 255) kept."""
+    ``limit`` (<= 255) kept. The work is done on the mask's bounding box."""
+    x, y, w, h = cv2.boundingRect(_u8(mask))
+    if w == 0:
+        x = y = 0
+        w, h = mask.shape[1], mask.shape[0]
+    box = (slice(y, y + h), slice(x, x + w))
+    found = _split(mask[box], soft[box], limit)
+    ids = np.zeros(mask.shape, dtype=np.uint8)
+    ids[box] = found.ids
+    boxes = found.boxes + np.array([x, y, 0, 0], dtype=np.int64)
+    return dataclasses.replace(found, ids=ids, boxes=boxes)
+
+
+def _split(mask: np.ndarray, soft: np.ndarray, limit: int) -> Instances:
     count, labels, stats, _ = cv2.connectedComponentsWithStats(_u8(mask), connectivity=8)
     found = count - 1
     if found == 0:
         empty = np.zeros(0, dtype=np.float32)
         ids = np.zeros(mask.shape, dtype=np.uint8)
         return Instances(ids, empty, empty, np.zeros(0, np.int64), np.zeros((0, 4), np.int64))
-    flat, weights = labels.ravel(), soft.ravel()
+    flat, weights = labels.ravel(), np.ascontiguousarray(soft).ravel()
     areas = stats[1:, cv2.CC_STAT_AREA].astype(np.int64)
     sums = np.bincount(flat, weights=weights, minlength=count)[1:]
     means = (sums / areas / 255.0).astype(np.float32)
