@@ -157,7 +157,8 @@ def _encoded(
         whole = result.mask(index) if mask is None else mask
         return {"segmentation": mask_to_polygons(whole, tolerance)}
     if result.feather:
-        return {"png": _b64(encode_png_gray(result.alpha(index, instance)))}
+        matte = encode_png_gray(result.alpha(index, instance))
+        return {"png": _b64(matte), "feather": result.feather}
     if mask is not None:
         return {"png": _b64(encode_png_mask(mask))}
     width = result.size[1]

@@ -22,6 +22,7 @@ from .errors import (
     Unauthorized,
     UnsupportedMedia,
 )
+from .options import PostOptions
 from .results import Mask, Segmentation
 from .retry import NO_RETRY, RetryPolicy
 from .rle import decode_rle
@@ -40,6 +41,7 @@ __all__ = [
     "NotReady",
     "Overloaded",
     "PayloadTooLarge",
+    "PostOptions",
     "RequestTimeout",
     "RetryPolicy",
     "Segmentation",

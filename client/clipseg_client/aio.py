@@ -14,6 +14,7 @@ from .calls import Call, Combine, Format, Support, Template, text_call, visual_c
 from .errors import ClipSegError, NotReady
 from .images import ImageInput
 from .many import map_async, per_image, progress_bar
+from .options import PostOptions
 from .results import Segmentation
 from .retry import NO_RETRY, RetryPolicy
 
@@ -60,10 +61,11 @@ class AsyncClient:
         *,
         negative_prompts: str | Sequence[str] = (),
         combine: Combine = "none",
-        threshold: float | None = None,
+        threshold: float | Sequence[float] | None = None,
         template: Template = "none",
         soft: bool = False,
         format: Format = "rle",
+        post: PostOptions | None = None,
         timeout: float | None = None,
         deadline_s: float | None = None,
         request_id: str | None = None,
@@ -71,7 +73,7 @@ class AsyncClient:
         """Segment ``image`` from text prompts; see ``Client.segment_text``."""
         call = await asyncio.to_thread(
             text_call, image, prompts, negative_prompts=negative_prompts, combine=combine,
-            threshold=threshold, template=template, soft=soft, fmt=format,
+            threshold=threshold, template=template, soft=soft, fmt=format, post=post,
         )  # fmt: skip
         return await self._segment(call, timeout, deadline_s, request_id)
 
@@ -85,6 +87,7 @@ class AsyncClient:
         threshold: float | None = None,
         soft: bool = False,
         format: Format = "rle",
+        post: PostOptions | None = None,
         timeout: float | None = None,
         deadline_s: float | None = None,
         request_id: str | None = None,
@@ -92,7 +95,7 @@ class AsyncClient:
         """Segment what the support masks mark; see ``Client.segment_visual``."""
         call = await asyncio.to_thread(
             visual_call, image, supports, prompt=prompt, text_weight=text_weight,
-            threshold=threshold, soft=soft, fmt=format,
+            threshold=threshold, soft=soft, fmt=format, post=post,
         )  # fmt: skip
         return await self._segment(call, timeout, deadline_s, request_id)
 

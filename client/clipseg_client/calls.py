@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from .images import ImageInput, Upload, to_upload
+from .options import PostOptions
 
 Combine = Literal["none", "union", "intersection", "argmax"]
 Template = Literal["none", "photo", "ensemble"]
@@ -40,10 +41,19 @@ def _prompt_list(prompts: str | Sequence[str], what: str) -> list[str]:
     return items
 
 
-def _common(threshold: float | None, fmt: Format, soft: bool) -> dict[str, str | list[str]]:
+def _common(
+    threshold: float | Sequence[float] | None,
+    fmt: Format,
+    soft: bool,
+    post: PostOptions | None = None,
+) -> dict[str, str | list[str]]:
     data: dict[str, str | list[str]] = {"format": fmt, "soft": "true" if soft else "false"}
-    if threshold is not None:
+    if isinstance(threshold, Sequence):
+        data["threshold"] = [repr(float(t)) for t in threshold]  # one per prompt
+    elif threshold is not None:
         data["threshold"] = repr(float(threshold))
+    if post is not None:
+        data |= post.form()
     return data
 
 
@@ -53,10 +63,11 @@ def text_call(
     *,
     negative_prompts: str | Sequence[str] = (),
     combine: Combine = "none",
-    threshold: float | None = None,
+    threshold: float | Sequence[float] | None = None,
     template: Template = "none",
     soft: bool = False,
     fmt: Format = "rle",
+    post: PostOptions | None = None,
 ) -> Call:
     """The form of a text-prompted request (see ``Client.segment_text``).
 
@@ -66,7 +77,7 @@ def text_call(
     items = _prompt_list(prompts, "prompts")
     if not items:
         raise ValueError("at least one prompt is needed")
-    data = _common(threshold, fmt, soft)
+    data = _common(threshold, fmt, soft, post)
     data |= {"prompt": items, "combine": combine, "template": template}
     negatives = _prompt_list(negative_prompts, "negative_prompts")
     if negatives:
@@ -83,6 +94,7 @@ def visual_call(
     threshold: float | None = None,
     soft: bool = False,
     fmt: Format = "rle",
+    post: PostOptions | None = None,
 ) -> Call:
     """The form of a visual (support image + mask, k-shot) request, optionally hybrid
     with a text ``prompt`` weighted by ``text_weight`` (see ``Client.segment_visual``).
@@ -99,7 +111,7 @@ def visual_call(
             raise ValueError(f"support {i} must be an (image, mask) pair")
         files.append(("support_image", to_upload(pair[0], f"support_{i}")))
         files.append(("support_mask", to_upload(pair[1], f"support_mask_{i}")))
-    data = _common(threshold, fmt, soft)
+    data = _common(threshold, fmt, soft, post)
     if prompt is not None:
         data["prompt"] = prompt
     if text_weight is not None:

@@ -14,6 +14,7 @@ from .calls import Call, Combine, Format, Support, Template, text_call, visual_c
 from .errors import ClipSegError, NotReady
 from .images import ImageInput
 from .many import map_threaded, per_image, progress_bar
+from .options import PostOptions
 from .results import Segmentation
 from .retry import NO_RETRY, RetryPolicy
 
@@ -70,10 +71,11 @@ class Client:
         *,
         negative_prompts: str | Sequence[str] = (),
         combine: Combine = "none",
-        threshold: float | None = None,
+        threshold: float | Sequence[float] | None = None,
         template: Template = "none",
         soft: bool = False,
         format: Format = "rle",
+        post: PostOptions | None = None,
         timeout: float | None = None,
         deadline_s: float | None = None,
         request_id: str | None = None,
@@ -86,11 +88,12 @@ class Client:
             negative_prompts: remove pixels where one of these is likelier.
             combine: ``none`` (a mask per prompt), ``union``/``intersection`` (one mask),
                 ``argmax`` (exclusive masks).
-            threshold: in [0, 1]; default: the server's calibrated one.
+            threshold: in [0, 1], or one per prompt; default: the server's calibrated one.
             template: ``none`` (raw phrase), ``photo`` or ``ensemble``.
             soft: also return each mask's probability map (``Mask.probabilities``).
             format: the wire encoding of the masks, ``rle`` (smaller) or ``png``; the
                 result is the same bool array either way.
+            post: refinement and post-processing (``PostOptions``).
             timeout, deadline_s: override the client's for this call.
             request_id: this call's ``X-Request-ID`` (default: a fresh one).
 
@@ -102,7 +105,7 @@ class Client:
         """
         call = text_call(
             image, prompts, negative_prompts=negative_prompts, combine=combine,
-            threshold=threshold, template=template, soft=soft, fmt=format,
+            threshold=threshold, template=template, soft=soft, fmt=format, post=post,
         )  # fmt: skip
         return self._segment(call, timeout, deadline_s, request_id)
 
@@ -116,6 +119,7 @@ class Client:
         threshold: float | None = None,
         soft: bool = False,
         format: Format = "rle",
+        post: PostOptions | None = None,
         timeout: float | None = None,
         deadline_s: float | None = None,
         request_id: str | None = None,
@@ -137,7 +141,7 @@ class Client:
         """
         call = visual_call(
             image, supports, prompt=prompt, text_weight=text_weight, threshold=threshold,
-            soft=soft, fmt=format,
+            soft=soft, fmt=format, post=post,
         )  # fmt: skip
         return self._segment(call, timeout, deadline_s, request_id)
 

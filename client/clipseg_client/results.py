@@ -23,19 +23,27 @@ class Mask:
         score: the maximum probability in its probability map, in [0, 1].
         area: foreground pixels.
         bbox: ``(x, y, width, height)`` of the foreground.
-        threshold: the threshold the server applied.
+        threshold: the threshold the server applied (a list for a union/intersection of
+            prompts with thresholds of their own; None with ``background="prompt"``).
         mask: bool ``(H, W)`` at the image's own size.
         probabilities: float32 ``(H, W)`` in [0, 1] (8-bit precision) when ``soft=True``
             was asked, else None.
+        instance: with ``PostOptions(instances=True)``, the piece's rank (0 = best); its
+            ``score`` is then the mean probability inside and ``max_score`` the maximum.
+        alpha: uint8 ``(H, W)`` alpha matte with ``PostOptions(feather=...)``; ``mask`` is
+            its >= 128.
     """
 
     prompt: str
     score: float
     area: int
     bbox: tuple[int, int, int, int]
-    threshold: float
+    threshold: float | list[float] | None
     mask: np.ndarray = field(repr=False)
     probabilities: np.ndarray | None = field(default=None, repr=False)
+    instance: int | None = None
+    max_score: float | None = None
+    alpha: np.ndarray | None = field(default=None, repr=False)
 
 
 @dataclass(frozen=True)
@@ -76,12 +84,24 @@ def png_to_array(encoded: str) -> np.ndarray:
         return np.asarray(image.convert("L"))
 
 
-def _mask_pixels(entry: Mapping[str, Any]) -> np.ndarray:
+def _mask_pixels(entry: Mapping[str, Any]) -> tuple[np.ndarray, np.ndarray | None]:
+    """The bool mask, and the alpha matte when the entry's PNG is one (``feather``)."""
     if entry.get("rle") is not None:
-        return decode_rle(entry["rle"])
+        return decode_rle(entry["rle"]), None
     if entry.get("png") is not None:
-        return png_to_array(entry["png"]) > 0
-    raise ValueError("mask entry has neither 'rle' nor 'png'")
+        pixels = png_to_array(entry["png"])
+        if entry.get("feather"):
+            return pixels >= 128, pixels
+        return pixels > 0, None
+    raise ValueError("mask entry has neither 'rle' nor 'png' (format=polygon: see raw)")
+
+
+def _threshold(value: Any) -> float | list[float] | None:
+    if value is None:
+        return None
+    if isinstance(value, list):
+        return [float(v) for v in value]
+    return float(value)
 
 
 def parse_mask(entry: Mapping[str, Any], size: tuple[int, int]) -> Mask:
@@ -90,7 +110,7 @@ def parse_mask(entry: Mapping[str, Any], size: tuple[int, int]) -> Mask:
     Raises:
         ValueError: the mask is not of the image's size, or carries no pixels.
     """
-    pixels = _mask_pixels(entry)
+    pixels, alpha = _mask_pixels(entry)
     if pixels.shape != size:
         raise ValueError(f"mask is {pixels.shape}, the image {size}")
     soft = None
@@ -103,9 +123,12 @@ def parse_mask(entry: Mapping[str, Any], size: tuple[int, int]) -> Mask:
         score=float(entry["score"]),
         area=int(entry["area"]),
         bbox=(x, y, w, h),
-        threshold=float(entry["threshold"]),
+        threshold=_threshold(entry.get("threshold")),
         mask=pixels,
         probabilities=soft,
+        instance=None if entry.get("instance") is None else int(entry["instance"]),
+        max_score=None if entry.get("max_score") is None else float(entry["max_score"]),
+        alpha=alpha,
     )
 
 

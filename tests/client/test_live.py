@@ -288,3 +288,37 @@ def test_segment_many_with_supports_is_a_visual_call_per_image(client, server, p
         client.segment_many([photo], ["a", "b"], supports=[support])
     with pytest.raises(ValueError, match="prompts or supports"):
         client.segment_many([photo])
+
+
+def test_post_options_reach_the_server(client, server, photo, middle):
+    from clipseg_client import PostOptions
+
+    files = [("image", photo_part(photo))]
+    refined = client.segment_text(photo, PROMPTS[0], threshold=middle,
+                                  post=PostOptions(refine="guided", dilate=2))  # fmt: skip
+    expected = server_masks(server.url, "/v1/segment/text", files,
+                            {"prompt": PROMPTS[0], "threshold": repr(middle),
+                             "refine": "guided", "dilate": "2"})  # fmt: skip
+    assert np.array_equal(refined.masks[0].mask, expected[0])
+    plain = client.segment_text(photo, PROMPTS[0], threshold=middle)
+    assert not np.array_equal(plain.masks[0].mask, refined.masks[0].mask)
+
+    pieces = client.segment_text(photo, PROMPTS[0], threshold=middle,
+                                 post=PostOptions(instances=True, min_area=3))  # fmt: skip
+    assert [m.instance for m in pieces.masks] == list(range(len(pieces.masks)))
+    assert all(m.max_score is not None and m.max_score >= m.score for m in pieces.masks)
+    assert "instances_dropped" in pieces.raw
+
+    matte = client.segment_text(photo, PROMPTS[0], threshold=middle, format="png",
+                                post=PostOptions(feather=6))  # fmt: skip
+    mask = matte.masks[0]
+    assert mask.alpha is not None and len(np.unique(mask.alpha)) > 2
+    assert np.array_equal(mask.mask, plain.masks[0].mask)  # the matte's >= 128
+
+    both = client.segment_text(photo, PROMPTS, threshold=[middle, 0.99])
+    assert [m.threshold for m in both.masks] == [middle, 0.99]
+    exclusive = client.segment_text(photo, PROMPTS, combine="argmax",
+                                    post=PostOptions(background="prompt"))  # fmt: skip
+    assert all(m.threshold is None for m in exclusive.masks)
+    with pytest.raises(InvalidInput, match="feather"):
+        client.segment_text(photo, PROMPTS[0], post=PostOptions(feather=4))  # format=rle
