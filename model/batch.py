@@ -20,7 +20,7 @@ import torch
 
 from .device_decode import DeferredJpeg
 from .errors import InvalidPromptError
-from .mask_ops import Instances
+from .mask_ops import Instances, feather_alpha
 from .postprocess import (
     BACKGROUND_PROMPT,
     DEFAULT_POST,
@@ -254,8 +254,6 @@ class Segmentation:
     def alpha(self, index: int, instance: int | None = None) -> np.ndarray:
         """uint8 [H, W] alpha matte of mask ``index`` (or of one of its instances), its
         edge feathered over ``feather`` pixels (``model.mask_ops.feather_alpha``)."""
-        from .mask_ops import feather_alpha
-
         if instance is None:
             mask = self.mask(index)
         else:

@@ -126,17 +126,14 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_post_options(parser: argparse.ArgumentParser) -> None:
-    """Refinement and post-processing: model.postprocess.PostProcess, flag for field."""
-    group = parser.add_argument_group(
-        "refinement and post-processing",
-        "Applied in this order: refine, threshold and combine, min-area, fill-holes, "
-        "erode, dilate, instances, feather.",
-    )
+def add_refine_options(group: argparse._ActionsContainer) -> None:
+    """--refine, --refine-radius, --refine-eps, --pamr-iterations (PostProcess's refine,
+    radius, eps, pamr_iterations): shared by clipseg-predict and clipseg-eval."""
     group.add_argument(
         "--refine", choices=REFINES, default="none",
-        help="none: bilinear (the reference); guided: edges follow the image (fast guided "
-        "filter); pamr: affinity refinement, then guided (default: %(default)s)",
+        help="how the maps reach the image's size: none = bilinear (the reference); "
+        "guided = edges follow the image (fast guided filter); pamr = affinity "
+        "refinement, then guided (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
         "--refine-radius", type=int, default=None,
@@ -151,6 +148,16 @@ def _add_post_options(parser: argparse.ArgumentParser) -> None:
         "--pamr-iterations", type=int, default=10,
         help="--refine pamr: propagation steps (default: %(default)s)",
     )  # fmt: skip
+
+
+def _add_post_options(parser: argparse.ArgumentParser) -> None:
+    """Refinement and post-processing: model.postprocess.PostProcess, flag for field."""
+    group = parser.add_argument_group(
+        "refinement and post-processing",
+        "Applied in this order: refine, threshold and combine, min-area, fill-holes, "
+        "erode, dilate, instances, feather.",
+    )
+    add_refine_options(group)
     group.add_argument(
         "--min-area", type=int, default=0, help="drop connected pieces of fewer pixels"
     )

@@ -26,6 +26,7 @@ This module imports torch only.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -127,10 +128,16 @@ def guide_to_float(guide: torch.Tensor) -> torch.Tensor:
     return guide.float().mul_(1 / 255) if guide.dtype == torch.uint8 else guide.float()
 
 
+#: At most this many pixels at the working scale: a small radius on a huge image would
+#: otherwise solve the filter at full size (~60 bytes a pixel per map).
+MAX_WORK_PIXELS = 1 << 19
+
+
 def working_size(size: tuple[int, int], radius: int) -> tuple[tuple[int, int], int]:
     """(h, w) of the working scale and the radius there, for a full ``size`` and radius."""
-    step = max(1, radius // SUBSAMPLE_PER_RADIUS)
     height, width = size
+    floor = math.ceil(math.sqrt(height * width / MAX_WORK_PIXELS))
+    step = max(1, radius // SUBSAMPLE_PER_RADIUS, floor)
     return (max(1, -(-height // step)), max(1, -(-width // step))), max(1, round(radius / step))
 
 

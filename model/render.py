@@ -48,6 +48,8 @@ BAND_ELEMENTS = 1 << 22
 
 #: Floats per band of the refined path's coefficient maps (see ``_map_bands``).
 REFINE_BAND = 1 << 20
+#: Maps solved together by the guided filter (bounds its working memory).
+REFINE_MAPS_PER_SOLVE = 4
 
 _BIT_WEIGHTS = (128, 64, 32, 16, 8, 4, 2, 1)  # np.packbits' default (big) bit order
 #: numpy >= 2.0's per-byte popcount (None before: areas are then summed from the masks).
@@ -200,9 +202,15 @@ def _refined_coefficients(
         scale = min(1.0, PAMR_LONG_SIDE / max(size))
         pamr_size = (max(1, round(size[0] * scale)), max(1, round(size[1] * scale)))
         maps = pamr(resample(maps, pamr_size), _guide_at(guide, pamr_size), post.pamr_iterations)
-    return guided_coefficients(
-        resample(maps, small), _guide_at(guide, small), small_radius, post.eps
-    )
+    small_guide = _guide_at(guide, small)
+    # A few maps at a time: the solve's temporaries are ~15 floats a working pixel a map.
+    parts = [
+        guided_coefficients(resample(chunk, small), small_guide, small_radius, post.eps)
+        for chunk in maps.split(REFINE_MAPS_PER_SOLVE)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return GuidedCoefficients(torch.cat([p.a for p in parts]), torch.cat([p.b for p in parts]))
 
 
 def _guide_at(guide: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

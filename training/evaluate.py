@@ -19,6 +19,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from model.cli_args import add_refine_options
+
 from .cli import BACKBONE_HELP, DATASET_HELP, DATASET_KINDS, DEVICE_HELP, TEMPLATES, fail
 
 PROG = "clipseg-eval"
@@ -73,20 +75,8 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluation), photo = 'a photo of a {}.', ensemble = the mean over the training "
         "templates. Default: %(default)s",
     )  # fmt: skip
-    parser.add_argument(
-        "--refine", choices=("none", "guided", "pamr"), default="none",
-        help="how the maps reach each image's size: none = bilinear (the reference "
-        "evaluation), guided / pamr = the service's refinement. Default: %(default)s",
-    )  # fmt: skip
-    parser.add_argument(
-        "--refine-radius", type=int, default=None,
-        help="guided filter window radius in pixels. Default: half a token of the "
-        "model's patch grid",
-    )  # fmt: skip
-    parser.add_argument(
-        "--refine-eps", type=float, default=1e-3,
-        help="guided filter regularisation. Default: %(default)s",
-    )  # fmt: skip
+    # The service's refinement, measured with the same metrics (none: the reference's).
+    add_refine_options(parser)
     parser.add_argument("--device", default="auto", help=DEVICE_HELP)
     parser.add_argument("--output", default=None, help="write the full result as JSON here")
     parser.add_argument(

@@ -97,5 +97,10 @@ def load_and_evaluate(args: argparse.Namespace, device: torch.device) -> dict[st
         batch_size=args.batch_size,
         template=args.template,
         show_progress=args.progress,
-        post=PostProcess(refine=args.refine, radius=args.refine_radius, eps=args.refine_eps),
+        post=PostProcess(
+            refine=args.refine,
+            radius=args.refine_radius,
+            eps=args.refine_eps,
+            pamr_iterations=args.pamr_iterations,
+        ),
     )

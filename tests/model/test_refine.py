@@ -128,3 +128,25 @@ def test_refinement_on_cuda_matches_the_cpu():
         cpu = render_masks(logits, (300, 500), 0.5, soft=True, post=post, guide=guide)
         gpu = render_masks(logits.cuda(), (300, 500), 0.5, soft=True, post=post, guide=guide.cuda())
         assert (cpu.soft.int() - gpu.soft.cpu().int()).abs().max() <= 2
+
+
+def test_many_maps_are_solved_in_chunks_like_one_at_a_time():
+    torch.manual_seed(0)
+    guide = torch.randint(0, 256, (3, 60, 90), dtype=torch.uint8)
+    logits = torch.randn(9, 352, 352)  # more than REFINE_MAPS_PER_SOLVE
+    post = PostProcess(refine="guided")
+    together = render_masks(logits, (60, 90), 0.5, soft=True, post=post, guide=guide)
+    alone = [
+        render_masks(logits[i : i + 1], (60, 90), 0.5, soft=True, post=post, guide=guide)
+        for i in range(9)
+    ]
+    assert torch.equal(together.soft, torch.cat([r.soft for r in alone]))
+
+
+def test_the_working_scale_is_bounded_whatever_the_radius():
+    from model.refine import MAX_WORK_PIXELS, working_size
+
+    (h, w), radius = working_size((4000, 6000), 1)
+    assert h * w <= MAX_WORK_PIXELS * 1.01 and radius >= 1
+    (h, w), radius = working_size((1080, 1920), 44)
+    assert (h, w) == (99, 175) and radius == 4  # 11 px a cell: radius / 4
