@@ -85,13 +85,12 @@ PngBitsField = Annotated[
 
 @dataclass(frozen=True)
 class Answer:
-    """How the masks are sent: ``format`` (png | rle | polygon), the PNGs' bits per pixel,
-    the polygons' tolerance, and whether the answer is one entry per instance."""
+    """How the masks are sent: ``format`` (png | rle | polygon), the PNGs' bits per pixel
+    and the polygons' tolerance."""
 
     format: str
     png_bits: int = 8
     polygon_tolerance: float = 1.0
-    instances: bool = False
 
 
 PNG_OR_JSON = {
@@ -369,7 +368,7 @@ async def segment_text(
             guide=prepared.guide,
         )
 
-    answer = _answer(format, png_bits, fields, post)
+    answer = Answer(format, int(png_bits), fields.polygon_tolerance)
     return await _serve(request, shape, data, [], make, answer, started)
 
 
@@ -456,12 +455,8 @@ async def segment_visual(
             guide=prepared.guide,
         )
 
-    answer = _answer(format, png_bits, fields, post)
+    answer = Answer(format, int(png_bits), fields.polygon_tolerance)
     return await _serve(request, shape, data, pairs, make, answer, started)
-
-
-def _answer(fmt: str, png_bits: PngBits, fields: PostFields, post: PostProcess) -> Answer:
-    return Answer(fmt, int(png_bits), fields.polygon_tolerance, post.instances)
 
 
 def _thresholds(values: list[float] | None, prompts: int) -> float | tuple[float, ...] | None:
