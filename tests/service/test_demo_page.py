@@ -221,6 +221,7 @@ def test_two_prompts_overlay_and_threshold_slides_without_a_request(recorded_ser
         (call,) = recorded
         fields = call.fields()
         assert fields["format"] == b"rle" and fields["soft"] == b"true"
+        assert fields["refine"] == b"none"  # the default: as predicted
         assert call.values("prompt") == [b"a red mug", b"a yellow ball"]
         assert fields["image"] == QUERY.read_bytes()
         assert call.headers["accept"] == "application/json"
@@ -320,6 +321,19 @@ def test_painted_support_mask_runs_a_visual_prompt(recorded_serve, browser):
         t = partial_threshold([soft_map(body["masks"][0])])
         page.fill("#threshold", f"{t:.2f}")
         assert_overlay_is(page, soft_map(body["masks"][0]) > t * 255)
+        log.assert_clean(server.url)
+
+
+def test_refine_choice_is_sent_and_its_masks_shown(recorded_serve, browser):
+    with recorded_serve() as (server, recorded):
+        page, log = open_page(browser, server.url)
+        page.set_input_files("#image-input", str(QUERY))
+        type_prompts(page, "a red mug")
+        page.select_option("#refine", "guided")
+        body = segment(page)
+        (call,) = recorded
+        assert call.fields()["refine"] == b"guided"
+        assert_overlay_is(page, coco_mask.decode(body["masks"][0]["rle"]).astype(bool))
         log.assert_clean(server.url)
 
 

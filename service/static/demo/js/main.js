@@ -157,6 +157,8 @@ async function buildRequest() {
   form.append("format", "rle");
   form.append("soft", "true"); // the maps the threshold slider works from
   if (results.local) form.append("threshold", $("#threshold").value);
+  // The soft maps come back refined too, so the slider thresholds the refined maps.
+  form.append("refine", $("#refine").value);
   if (state.mode === "text") {
     const prompts = typedPrompts();
     for (const p of prompts) form.append("prompt", p.text);
