@@ -556,6 +556,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--work-threads", type=int, default=1, help="torch threads for training and scoring"
     )
+    parser.add_argument(
+        "--device", default="cpu",
+        help="where the model, refinement and rendering run (cpu, cuda, ...); training "
+        "always runs on the CPU. Default: %(default)s",
+    )  # fmt: skip
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--smoke", action="store_true", help="tiny scale, for the tests")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
@@ -570,9 +575,12 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mask-quality-") as tmp:
         weights = args.weights or str(train_tiny(Path(tmp) / "run", steps))
-        predictor = Predictor.from_source(weights, device="cpu")
+        predictor = Predictor.from_source(weights, device=args.device)
     trained_s = time.monotonic() - started
     env = environment(args.threads, args.work_threads)
+    env["device"] = str(predictor.device)
+    if predictor.device.type == "cuda":
+        env["gpu"] = torch.cuda.get_device_name(predictor.device)
 
     synthetic = scenes(count, size, args.seed)
     synthetic_items = [(s.image, s.phrases, s.masks) for s in synthetic]
@@ -604,7 +612,8 @@ def main(argv: list[str] | None = None) -> int:
         "train_s": None if args.weights else trained_s,
         "wall_s": time.monotonic() - started,
     }  # fmt: skip
-    print(f"mask quality: {env['cpu']}, torch {env['torch']}, {args.work_threads} thread(s) "
+    where = f"{env['device']}: {env.get('gpu', env['cpu'])}"
+    print(f"mask quality on {where}, torch {env['torch']}, {args.work_threads} thread(s) "
           f"for training and scoring, {args.threads} for the cost section; "
           f"weights: {result['weights']}, threshold {result['threshold']:.2f}")  # fmt: skip
     print(f"\n### Synthetic scenes: {count} at {size}x{size}, anti-aliased "
