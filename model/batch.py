@@ -28,6 +28,7 @@ from .postprocess import (
     Combine,
     PostProcess,
     Refine,
+    check_background,
     check_size,
     check_thresholds,
 )
@@ -165,25 +166,19 @@ def _check_request(request: SegmentRequest) -> None:
             raise InvalidPromptError(f"text_weight {request.text_weight} is not in [0, 1]")
     if request.positive_rows == 0:
         raise InvalidPromptError("a request needs at least one prompt, support or conditional")
-    if isinstance(request.threshold, tuple) and len(request.threshold) != request.positive_rows:
-        raise InvalidPromptError(
-            f"{len(request.threshold)} thresholds for {request.positive_rows} prompts: give "
-            "one, or one per prompt"
-        )
     _check_post(request)
 
 
 def _check_post(request: SegmentRequest) -> None:
-    """The post-processing steps fit the request (its combine, threshold and guide)."""
+    """The thresholds and post-processing steps fit the request (its prompts, combine and
+    guide)."""
     post = request.post
-    if post.background is Background.PROMPT:
-        if request.combine is not Combine.ARGMAX:
-            raise InvalidPromptError("background=prompt needs combine=argmax")
-        if request.threshold is not None:
-            raise InvalidPromptError(
-                "background=prompt replaces the threshold by the background prompt's score; "
-                "give one or the other"
-            )
+    try:
+        if isinstance(request.threshold, tuple):  # one per prompt (one alone is a float)
+            check_thresholds(request.threshold, request.positive_rows)
+        check_background(post, request.combine, request.threshold)
+    except ValueError as exc:
+        raise InvalidPromptError(str(exc)) from None
     if post.refine is Refine.NONE:
         return
     guide = request.guide

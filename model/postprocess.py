@@ -44,6 +44,7 @@ __all__ = [
     "Combine",
     "PostProcess",
     "Refine",
+    "check_background",
     "check_size",
     "check_thresholds",
     "combine_masks",
@@ -234,6 +235,20 @@ def check_thresholds(
             )
         return values
     return _one_threshold(threshold)
+
+
+def check_background(post: PostProcess, combine: Combine | str, threshold: object | None) -> None:
+    """``background=prompt`` fits only ``combine=argmax`` and no threshold (the background
+    prompt's score replaces it); ValueError otherwise."""
+    if post.background is not Background.PROMPT:
+        return
+    if Combine(combine) is not Combine.ARGMAX:
+        raise ValueError("background=prompt needs combine=argmax")
+    if threshold is not None:
+        raise ValueError(
+            "background=prompt replaces the threshold by the background prompt's score; "
+            "give one or the other"
+        )
 
 
 def _one_threshold(value: object) -> float:

@@ -10,11 +10,12 @@ is decoded) and the memory budget; decode (threadpool) into one frozen
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import enum
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -24,7 +25,14 @@ from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 
 from model.batch import Segmentation, SegmentRequest
-from model.postprocess import Background, Combine, PostProcess, Refine
+from model.postprocess import (
+    Background,
+    Combine,
+    PostProcess,
+    Refine,
+    check_background,
+    check_thresholds,
+)
 from model.predictor import PreparedImage
 from model.text import Template
 
@@ -336,9 +344,10 @@ async def segment_text(
     prompts, negatives = tuple(prompt), tuple(negative_prompt or ())
     _check_prompts(state, prompts, negatives)
     mode = Combine(combine)
-    thresholds = _thresholds(threshold, len(prompts))
     post = _with_settings(state, fields, background=background, factor=background_factor)
-    _check_background(post, mode, thresholds)
+    with _invalid_field():  # before any pixel is decoded
+        thresholds = _thresholds(threshold, len(prompts))
+        check_background(post, mode, thresholds)
     check_answer(post, format, int(png_bits), soft)
     data = await _read(image, "image")
     (header,) = await _probe(state, [(data, "image")])
@@ -460,18 +469,23 @@ async def segment_visual(
 
 
 def _thresholds(values: list[float] | None, prompts: int) -> float | tuple[float, ...] | None:
-    """None, one threshold for every prompt, or one per prompt; 422 for other counts."""
+    """None, one threshold for every prompt, or one per prompt (``check_thresholds``)."""
     if not values:
         return None
     if len(values) == 1:
         return values[0]
-    if len(values) != prompts:
-        raise ApiError(
-            422,
-            "invalid_field",
-            f"{len(values)} thresholds for {prompts} prompts: give one, or one per prompt",
-        )
-    return tuple(values)
+    checked = check_thresholds(values, prompts)
+    assert isinstance(checked, tuple)
+    return checked
+
+
+@contextlib.contextmanager
+def _invalid_field() -> Iterator[None]:
+    """The library's ValueError from a field check, as a 422 ``invalid_field``."""
+    try:
+        yield
+    except ValueError as exc:
+        raise ApiError(422, "invalid_field", str(exc)) from None
 
 
 def _with_settings(
@@ -488,19 +502,3 @@ def _with_settings(
         background=Background(background),
         background_factor=factor,
     )
-
-
-def _check_background(
-    post: PostProcess, combine: Combine, thresholds: float | tuple[float, ...] | None
-) -> None:
-    if post.background is not Background.PROMPT:
-        return
-    if combine is not Combine.ARGMAX:
-        raise ApiError(422, "invalid_field", "background=prompt needs combine=argmax")
-    if thresholds is not None:
-        raise ApiError(
-            422,
-            "invalid_field",
-            "background=prompt replaces the threshold by the background prompt's score; "
-            "give one or the other",
-        )
