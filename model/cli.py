@@ -45,7 +45,6 @@ def run(args: argparse.Namespace) -> list[dict]:
         feather=args.feather, instances=args.instances, max_instances=args.max_instances,
         background=args.background, background_factor=args.background_factor,
     )  # fmt: skip
-    thresholds = args.threshold or None
     predictor = Predictor.from_source(
         args.weights, variant=args.variant, backbone=args.backbone, device=args.device,
         dtype=args.dtype,
@@ -65,7 +64,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         conditionals=conditionals,
         negative_prompts=args.negative_prompt,
         template=args.template,
-        threshold=thresholds[0] if thresholds and len(thresholds) == 1 else thresholds,
+        threshold=args.threshold,  # None, or a list: one, or one per prompt
         combine=args.combine,
         soft=args.soft,
         post=post,

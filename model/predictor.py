@@ -26,7 +26,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image, JpegImagePlugin
 
@@ -54,7 +53,7 @@ from .errors import InvalidMaskError, InvalidPromptError
 from .finish import finish_on_host
 from .image_formats import ALLOWED_FORMATS, open_image, read_bytes
 from .image_modes import SWAPPING_ORIENTATIONS, exif_orientation
-from .postprocess import Combine, PostProcess, Refine, check_size
+from .postprocess import DEFAULT_POST, Combine, PostProcess, Refine, check_size
 from .render import RenderedMasks, render_masks
 from .support import prepare_support_input
 from .text import Template, parse_template
@@ -66,6 +65,7 @@ from .transforms import (
     decode_image,
     normalize_pixels,
     probe_image,
+    to_guide_pixels,
     to_model_pixels,
 )
 from .weights.loader import LoadedModel, load_model
@@ -209,7 +209,7 @@ class Predictor:
         decoded = decode_image(source, max_pixels=self.max_pixels, draft_size=draft)
         width, height = decoded.original_size
         pixels = to_model_pixels(decoded.image, cfg.input_size)
-        full = _guide_tensor(decoded.image) if guide else None
+        full = to_guide_pixels(decoded.image) if guide else None
         return PreparedImage(pixels, (height, width), full)
 
     def _defer_jpeg(self, data: bytes) -> PreparedImage | None:
@@ -337,7 +337,7 @@ class Predictor:
         lengths. ``background_logits`` [1, S, S]: the background prompt's row, for
         ``post.background=prompt``.
         """
-        post = post or PostProcess()
+        post = post or DEFAULT_POST
         span = RequestSpan(
             start=0,
             positives=int(logits.shape[0]),
@@ -522,7 +522,7 @@ class Predictor:
         """
         if not prompts and conditionals is None:
             raise InvalidPromptError("give at least one prompt or conditioning vector")
-        post = post or PostProcess()
+        post = post or DEFAULT_POST
         refine = post.refine is not Refine.NONE
         prepared = self.prepare_image(image, guide=refine)
         request = SegmentRequest(
@@ -535,9 +535,9 @@ class Predictor:
             conditionals=None if conditionals is None else conditionals.reshape(
                 -1, conditionals.shape[-1]
             ),
-            threshold=None if threshold is None else (
-                float(threshold) if isinstance(threshold, int | float) else tuple(threshold)
-            ),
+            # SegmentRequest checks it and keeps a float, or a tuple for several
+            threshold=threshold if threshold is None or isinstance(threshold, float | int)
+            else tuple(threshold),
             combine=Combine(combine),
             soft=soft,
             post=post,
@@ -588,11 +588,6 @@ def _host_rendered(rendered: RenderedMasks, host: list[torch.Tensor]) -> Rendere
     soft = rest.pop(0) if rendered.soft is not None else None
     runs = rest if rendered.runs is not None else None
     return RenderedMasks(packed, scores, areas, boxes, soft, runs=runs)
-
-
-def _guide_tensor(image: Image.Image) -> torch.Tensor:
-    """An upright RGB PIL image -> uint8 [3, H, W] (the refinement's guide)."""
-    return torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
 
 
 def _resolve_decode(decode: str, device: torch.device) -> str:

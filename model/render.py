@@ -25,12 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .postprocess import Combine, PostProcess, Refine, check_size, combine_masks
+from .postprocess import DEFAULT_POST, Combine, PostProcess, Refine, check_size, combine_masks
 from .refine import (
     DEFAULT_GRID,
     PAMR_LONG_SIDE,
     GuidedCoefficients,
     auto_radius,
+    downsample,
     guide_to_float,
     guided_coefficients,
     pamr,
@@ -106,7 +107,7 @@ def render_masks(
         runs: also return each mask's COCO RLE run lengths, found on the device.
         band_elements: floats per band over all maps (memory bound, not semantics).
         post: its ``refine`` (and radius, eps, pamr_iterations) and background factor
-            are applied here; None: bilinear, as ``PostProcess()``.
+            are applied here; None: bilinear, as ``DEFAULT_POST``.
         guide: the image at ``size``, uint8 [C, H, W] (C = 1 or 3) on the logits' device;
             needed when ``post.refine`` is not none.
         background_logits: [1, S, S], the background prompt's row (``background=prompt``).
@@ -118,7 +119,7 @@ def render_masks(
         ``probabilities_at_size`` maps and ``combine_masks``.
     """
     combine = Combine(combine)
-    post = post or PostProcess()
+    post = post or DEFAULT_POST
     height, width = _check(logits, size)
     extra = [t for t in (negative_logits, background_logits) if t is not None and len(t)]
     maps = torch.cat([logits, *extra]) if extra else logits
@@ -154,7 +155,7 @@ def render_probabilities(
     height, width = _check(logits, size)
     probs = torch.sigmoid(logits.float())
     out = torch.empty((probs.shape[0], height, width), dtype=torch.float32, device=probs.device)
-    post = post or PostProcess()
+    post = post or DEFAULT_POST
     for start, block in _map_bands(probs, (height, width), BAND_ELEMENTS, post, guide, grid):
         out[:, start : start + block.shape[1]] = block
     return out
@@ -221,8 +222,7 @@ def _guide_at(guide: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         # uint8 antialiased bilinear is a native CPU kernel: no full-size float copy.
         small = F.interpolate(guide.unsqueeze(0), size=size, mode="bilinear", antialias=True)
         return guide_to_float(small[0])
-    full = guide_to_float(guide).unsqueeze(0)
-    return F.interpolate(full, size=size, mode="bilinear", antialias=True)[0]
+    return downsample(guide_to_float(guide), size)
 
 
 def _check(logits: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:

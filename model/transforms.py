@@ -67,6 +67,7 @@ __all__ = [
     "normalize_tensor",
     "probe_image",
     "reduction_factor",
+    "to_guide_pixels",
     "to_model_input",
     "to_model_pixels",
 ]
@@ -251,7 +252,18 @@ def to_model_pixels(image: Image.Image, size: int) -> torch.Tensor:
     rgb = to_rgb(image)
     if rgb.size != (size, size):
         rgb = rgb.resize((size, size), Image.Resampling.BILINEAR)
-    # HWC -> CHW; the copy also detaches from PIL's buffer.
+    return _chw(rgb)
+
+
+def to_guide_pixels(image: Image.Image) -> torch.Tensor:
+    """The image at its own size as uint8 ``[3, H, W]`` on the CPU: the guide of
+    refinement (``model.refine``), converted to RGB as ``to_model_pixels`` does."""
+    return _chw(to_rgb(image))
+
+
+def _chw(rgb: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> uint8 [3, H, W]; HWC -> CHW, the copy also detaches from PIL's
+    buffer."""
     return torch.from_numpy(np.array(rgb)).permute(2, 0, 1).contiguous()
 
 

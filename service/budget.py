@@ -24,7 +24,7 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.postprocess import DEFAULT_POST, PostProcess, Refine
+from model.postprocess import DEFAULT_POST, Background, PostProcess, Refine
 
 from .config import Settings
 from .cost import Work, work_for
@@ -216,9 +216,9 @@ def shape_of(
     post: PostProcess | None = None,
 ) -> RequestShape:
     """The shape of a text (``visual=False``) or visual request."""
-    post = post or PostProcess()
+    post = post or DEFAULT_POST
     positives = 1 if visual else prompts
-    background = post.background.value == "prompt"
+    background = post.background is Background.PROMPT
     return RequestShape(
         query=query,
         rows=positives + negatives + background,

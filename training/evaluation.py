@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import numpy as np
 import torch
 
 from model.clipseg import ClipSeg
-from model.postprocess import PostProcess, Refine, probabilities_at_size
+from model.postprocess import DEFAULT_POST, PostProcess, Refine, probabilities_at_size
 from model.render import render_probabilities
 from model.text import Template
+from model.transforms import to_guide_pixels
 from model.weights.loader import load_model
 
 from .batching import image_batch
@@ -45,7 +45,7 @@ def evaluate_dataset(
     ``show_progress``: a progress bar (or log lines) on stderr, one step per sample.
     ``post``: its refinement (the threshold-free steps) is applied to the maps.
     """
-    post = post or PostProcess()
+    post = post or DEFAULT_POST
     config, mode = model.config, Template(template)
     count = len(dataset) if max_samples is None else min(max_samples, len(dataset))
     if count == 0:
@@ -78,8 +78,7 @@ def _probabilities(
     """[1, H, W] maps at the sample's size: the reference's bilinear, or refined."""
     if post.refine is Refine.NONE:
         return probabilities_at_size(logits, sample.mask.shape)
-    pixels = torch.from_numpy(np.array(sample.image.convert("RGB")))
-    guide = pixels.permute(2, 0, 1).contiguous().to(device)
+    guide = to_guide_pixels(sample.image).to(device)
     return render_probabilities(logits, sample.mask.shape, post, guide, grid)
 
 
