@@ -8,12 +8,12 @@ from __future__ import annotations
 import base64
 import hashlib
 
+import numpy as np
 import torch
 
 from model.batch import Segmentation
 from model.masks import (
     encode_png_gray,
-    encode_png_mask,
     encode_png_packed,
     encode_rle,
     encode_rle_runs,
@@ -97,7 +97,7 @@ def mask_entries(
     entries = []
     for i, label in enumerate(result.labels):
         if result.instances is not None:
-            entries += _instance_entries(result, i, fmt, tolerance)
+            entries += _instance_entries(result, i, fmt, png_bits, tolerance)
             continue
         entry: dict = {
             "prompt": label,
@@ -117,7 +117,9 @@ def mask_entries(
     return entries
 
 
-def _instance_entries(result: Segmentation, index: int, fmt: str, tolerance: float) -> list:
+def _instance_entries(
+    result: Segmentation, index: int, fmt: str, png_bits: int, tolerance: float
+) -> list:
     """The entries of mask ``index``'s instances, best first."""
     assert result.instances is not None
     found = result.instances[index]
@@ -132,7 +134,7 @@ def _instance_entries(result: Segmentation, index: int, fmt: str, tolerance: flo
             "bbox": [int(v) for v in found.boxes[k]],
             "threshold": result.mask_threshold(index),
         }
-        entry.update(_encoded(result, fmt, 8, tolerance, index, k))
+        entry.update(_encoded(result, fmt, png_bits, tolerance, index, k))
         entries.append(entry)
     return entries
 
@@ -145,24 +147,25 @@ def _encoded(
     index: int,
     instance: int | None,
 ) -> dict:
-    """``{"rle" | "segmentation" | "png": ...}`` of one mask or one of its instances."""
+    """``{"rle" | "segmentation" | "png": ...}`` of one mask or one of its instances; each
+    mask is unpacked at most once (a whole mask's PNG needs no unpacking at all)."""
+    if fmt == "png" and result.feather:
+        matte = encode_png_gray(result.alpha(index, instance))
+        return {"png": _b64(matte), "feather": result.feather}
+    width = result.size[1]
+    if fmt == "png" and instance is None:
+        return {"png": _b64(encode_png_packed(result.packed_masks[index], width, png_bits))}
     if instance is None:
-        mask = None
+        mask = result.mask(index)
     else:
         assert result.instances is not None
         mask = result.instances[index].mask(instance)
     if fmt == "rle":
-        return {"rle": encode_rle(result.mask(index) if mask is None else mask)}
+        return {"rle": encode_rle(mask)}
     if fmt == "polygon":
-        whole = result.mask(index) if mask is None else mask
-        return {"segmentation": mask_to_polygons(whole, tolerance)}
-    if result.feather:
-        matte = encode_png_gray(result.alpha(index, instance))
-        return {"png": _b64(matte), "feather": result.feather}
-    if mask is not None:
-        return {"png": _b64(encode_png_mask(mask))}
-    width = result.size[1]
-    return {"png": _b64(encode_png_packed(result.packed_masks[index], width, png_bits))}
+        return {"segmentation": mask_to_polygons(mask, tolerance)}
+    packed = np.packbits(mask, axis=-1)  # an instance's PNG, with the answer's png_bits
+    return {"png": _b64(encode_png_packed(packed, width, png_bits))}
 
 
 def single_png(result: Segmentation, png_bits: int = 8) -> bytes:

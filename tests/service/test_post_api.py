@@ -188,6 +188,24 @@ def test_instances_are_entries_with_boxes_and_a_drop_count(serve, factory):
     assert body["instances_dropped"] == [{"prompt": "a cat", "dropped": found.dropped}]
 
 
+def test_instance_pngs_have_the_answers_png_bits(serve, factory):
+    t = median_threshold(factory)
+    post = PostProcess(instances=True, max_instances=3)
+    found = direct(factory, IMAGE, ["a cat"], threshold=t, post=post).instances[0]
+    with serve(max_instances=3) as server:
+        for bits, mode in (("8", "L"), ("1", "1")):
+            response = post_text(
+                server.url, IMAGE, ["a cat"], threshold=str(t), instances="true",
+                png_bits=bits,
+            )  # fmt: skip
+            entries = response.json()["masks"]
+            assert len(entries) == len(found) >= 1
+            for k, entry in enumerate(entries):
+                png = Image.open(io.BytesIO(base64.b64decode(entry["png"])))
+                assert png.mode == mode
+                assert np.array_equal(np.asarray(png) > 0, found.mask(k))
+
+
 def test_feathered_pngs_are_alpha_mattes(serve, factory):
     t = median_threshold(factory)
     with serve() as server:
