@@ -146,7 +146,7 @@ def export_graphs(model: ClipSeg, folder: str | Path, *, opset: int = OPSET) -> 
     The module is exported in fp32 on the CPU (a copy's device is not changed: the caller's
     module must already be there, ``model.float().cpu()``).
     """
-    import onnx  # noqa: F401  (fail early, with the extra's name, if it is missing)
+    import onnx  # fail early, with the extra's name, if it is missing
 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,22 +169,13 @@ def export_graphs(model: ClipSeg, folder: str | Path, *, opset: int = OPSET) -> 
     manifest = {
         "format": "clipseg-serve split ONNX graphs",
         "opset": opset,
-        "config": _plain(asdict(model.config)),
+        "config": asdict(model.config),  # json writes its tuples as lists
         "graphs": {g: {"inputs": names[g][0], "outputs": names[g][1]} for g in GRAPHS},
         "torch": torch.__version__,
-        "onnx": __import__("onnx").__version__,
+        "onnx": onnx.__version__,
     }
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
     return manifest
-
-
-def _plain(value: Any) -> Any:
-    """JSON-ready copy of a config dict (tuples as lists)."""
-    if isinstance(value, dict):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
-    return value
 
 
 @dataclass(frozen=True)
