@@ -306,7 +306,7 @@ def combine_masks(
     _check_probs(probs, "probs")
     if probs.shape[0] == 0:
         raise ValueError("probs must hold at least one prompt (got P = 0)")
-    checked = check_thresholds(threshold, int(probs.shape[0]) if _is_list(threshold) else None)
+    checked = check_thresholds(threshold, int(probs.shape[0]))  # the count binds lists only
     # [P, 1, 1] (or a float): one comparison per prompt against its own threshold.
     t = (
         torch.tensor(checked, dtype=probs.dtype, device=probs.device).view(-1, 1, 1)
@@ -333,10 +333,6 @@ def combine_masks(
     if combine is Combine.INTERSECTION:
         return masks.all(dim=0, keepdim=True)
     return masks
-
-
-def _is_list(threshold: object) -> bool:
-    return isinstance(threshold, Sequence) and not isinstance(threshold, str)
 
 
 def _argmax_masks(
