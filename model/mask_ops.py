@@ -37,17 +37,26 @@ def _u8(mask: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(mask).view(np.uint8)
 
 
+def _box(mask: np.ndarray, margin: int) -> tuple[slice, slice] | None:
+    """(rows, cols) of the mask's bounding box grown by ``margin`` pixels (inside the
+    image), or None for an empty mask."""
+    x, y, w, h = cv2.boundingRect(_u8(mask))
+    if w == 0:
+        return None
+    height, width = mask.shape
+    rows = slice(max(0, y - margin), min(height, y + h + margin))
+    return rows, slice(max(0, x - margin), min(width, x + w + margin))
+
+
 def _cropped(mask: np.ndarray, margin: int, step: Callable[[np.ndarray], np.ndarray]):
     """``step`` applied to the mask's bounding box grown by ``margin`` pixels, pasted into an
     empty mask: the same result as on the whole mask when nothing the step reads or
     writes lies beyond ``margin`` of the box — and the cost follows the object, not the
     image. An empty mask is passed through whole."""
-    x, y, w, h = cv2.boundingRect(_u8(mask))
-    if w == 0:
+    box = _box(mask, margin)
+    if box is None:
         return step(mask)
-    height, width = mask.shape
-    rows = slice(max(0, y - margin), min(height, y + h + margin))
-    cols = slice(max(0, x - margin), min(width, x + w + margin))
+    rows, cols = box
     done = step(mask[rows, cols])
     out = np.zeros(mask.shape, dtype=done.dtype)  # bool masks, uint8 mattes
     out[rows, cols] = done
@@ -168,15 +177,11 @@ def split_instances(mask: np.ndarray, soft: np.ndarray, limit: int) -> Instances
     """Split bool [H, W] into 8-connected components scored by uint8 [H, W] ``soft``
     (``round(p * 255)``): sorted by mean probability, then area, then position; at most
     ``limit`` (<= 255) kept. The work is done on the mask's bounding box."""
-    x, y, w, h = cv2.boundingRect(_u8(mask))
-    if w == 0:
-        x = y = 0
-        w, h = mask.shape[1], mask.shape[0]
-    box = (slice(y, y + h), slice(x, x + w))
-    found = _split(mask[box], soft[box], limit)
+    rows, cols = _box(mask, 0) or (slice(0, mask.shape[0]), slice(0, mask.shape[1]))
+    found = _split(mask[rows, cols], soft[rows, cols], limit)
     ids = np.zeros(mask.shape, dtype=np.uint8)
-    ids[box] = found.ids
-    boxes = found.boxes + np.array([x, y, 0, 0], dtype=np.int64)
+    ids[rows, cols] = found.ids
+    boxes = found.boxes + np.array([cols.start, rows.start, 0, 0], dtype=np.int64)
     return dataclasses.replace(found, ids=ids, boxes=boxes)
 
 
