@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     )  # fmt: skip
     predictor = Predictor.from_source(
         args.weights, variant=args.variant, backbone=args.backbone, device=args.device,
-        dtype=args.dtype,
+        dtype=args.dtype, backend=args.backend,
     )  # fmt: skip
     prompts, conditionals = list(args.prompt), None
     if args.support_image:

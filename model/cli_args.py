@@ -98,7 +98,15 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default="auto",
-        help="auto (bf16/fp16 on CUDA, fp32 on CPU) | float32 | bfloat16 | float16",
+        help="auto (bf16/fp16 on CUDA; bf16 on CPUs with native bf16, else fp32; onnx: int8 "
+        "if the export passed its check, else fp32) | float32 | bfloat16 | float16 | int8",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="torch, or onnx: ONNX Runtime (--weights may be a clipseg-export folder; other "
+        "weights are exported first) (default: %(default)s)",
     )
 
 

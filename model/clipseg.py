@@ -20,7 +20,7 @@ from torch import nn
 
 from .config import ClipSegConfig
 from .decoder import ClipSegDecoder
-from .text import Template, template_texts, tokenize
+from .text import Template, embed_phrases
 
 
 def build_clip(config: ClipSegConfig) -> nn.Module:
@@ -128,15 +128,15 @@ class ClipSeg(nn.Module):
     def embed_phrases(
         self, phrases: Sequence[str], template: Template | str = Template.NONE
     ) -> torch.Tensor:
-        """Conditioning vectors for user phrases: [N] -> float32 [N, D].
-
-        Each phrase goes through ``template`` (raw / photo / ensemble); an ensemble's
-        vector is the mean of its template embeddings. All texts in one encoder call.
-        """
-        groups = [template_texts(phrase, template) for phrase in phrases]
-        tokens = tokenize([t for g in groups for t in g], self.config.backbone.context_length)
-        embedded = self.embed_text(tokens.to(self.clip.token_embedding.weight.device)).float()
-        return torch.stack([chunk.mean(0) for chunk in embedded.split([len(g) for g in groups])])
+        """Conditioning vectors for user phrases: [N] -> float32 [N, D] (``text.embed_phrases``:
+        raw / photo / ensemble templates, all texts in one encoder call)."""
+        return embed_phrases(
+            self.embed_text,
+            phrases,
+            template,
+            self.config.backbone.context_length,
+            self.clip.token_embedding.weight.device,
+        )
 
     # ----------------------------------------------------------------- segmentation
     def forward(

@@ -1,8 +1,10 @@
-"""Device and precision selection: CUDA with bf16/fp16 autocast when present, else CPU fp32."""
+"""Device and precision selection: bf16/fp16 autocast on CUDA, bf16 autocast on CPUs with
+native bf16 (AVX-512 BF16 or AMX), fp32 elsewhere."""
 
 from __future__ import annotations
 
 import contextlib
+import functools
 
 import torch
 
@@ -19,11 +21,28 @@ def resolve_device(name: str = "auto") -> torch.device:
     return device
 
 
+@functools.cache
+def cpu_bf16_support() -> str | None:
+    """The CPU's native bf16 instructions ("amx" or "avx512_bf16"), or None.
+
+    Without them bf16 matmuls are emulated and slower than fp32, so ``auto`` only picks
+    bf16 on a CPU that has them. torch's own probes (the ones its kernels dispatch on)
+    are private; a torch without them counts as no support.
+    """
+    probes = (("amx", "_is_amx_tile_supported"), ("avx512_bf16", "_is_avx512_bf16_supported"))
+    for name, probe in probes:
+        check = getattr(torch.cpu, probe, None)
+        if check is not None and check():
+            return name
+    return None
+
+
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    """``auto`` -> bf16 on GPUs that support it, fp16 on other GPUs, fp32 on CPU."""
+    """``auto`` -> bf16 on GPUs that support it (fp16 on older ones); on CPU, bf16 where it
+    has native bf16 (``cpu_bf16_support``), fp32 elsewhere."""
     if name == "auto":
         if device.type != "cuda":
-            return torch.float32
+            return torch.bfloat16 if cpu_bf16_support() else torch.float32
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     try:
         dtype = DTYPES[name]

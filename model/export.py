@@ -132,12 +132,14 @@ def _dynamic_shapes(model: ClipSeg) -> dict[str, tuple]:
 
 
 def _modules(model: ClipSeg) -> dict[str, nn.Module]:
-    return {
+    """The graphs' modules, in eval mode (a wrapper is built in training mode)."""
+    modules = {
         "query": _Query(model),
         "visual": _Visual(model),
         "text": _Text(model),
         "decoder": _Decoder(model),
     }
+    return {graph: module.eval() for graph, module in modules.items()}
 
 
 def export_graphs(model: ClipSeg, folder: str | Path, *, opset: int = OPSET) -> dict[str, Any]:

@@ -1,11 +1,16 @@
-"""``clipseg-export``: write a checkpoint's split ONNX graphs and check them.
+"""``clipseg-export``: write a checkpoint's split ONNX graphs, quantise and check them.
 
-    clipseg-export --weights runs/exp1/best --output exported/
+    clipseg-export --weights runs/exp1/best --output exported/ \
+        [--int8 dynamic | --int8 static --calibrate my_images/] [--check val_images/*.jpg]
 
 Writes ``query.onnx``, ``visual.onnx``, ``text.onnx``, ``decoder.onnx`` and
 ``manifest.json`` (``model.export``), then runs every graph with ONNX Runtime against the
 PyTorch model on fresh random inputs and prints the largest difference of each (exit 1 if
-one is over ``--tolerance``). Needs the ``onnx`` extra (``pip install 'clipseg-serve[onnx]'``).
+one is over ``--tolerance``). ``--int8`` adds int8 vision graphs (``model.quantize``);
+``--check IMAGES`` compares the masks of every backend and precision with fp32 PyTorch on
+those images (``model.fidelity``) and marks the int8 graphs recommended — what the onnx
+backend's ``dtype=auto`` then runs — only at a mean mask IoU of at least ``--bar``.
+Needs the ``onnx`` extra (``pip install 'clipseg-serve[onnx]'``).
 
 Only the standard library is imported before the arguments are parsed: --help answers at
 once.
@@ -18,6 +23,7 @@ import contextlib
 import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 from .cli_args import DEFAULT_WEIGHTS
 
@@ -48,14 +54,46 @@ def build_parser() -> argparse.ArgumentParser:
         "output (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--no-check", action="store_true", help="write the graphs without checking them"
+        "--no-graph-check",
+        action="store_true",
+        help="skip the graphs' check against PyTorch on random inputs",
     )
+    parser.add_argument(
+        "--int8", choices=("dynamic", "static"), default=None,
+        help="also write int8 vision graphs: dynamic (no data needed) or static "
+        "(activation ranges calibrated on --calibrate's images)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibrate", metavar="FOLDER", default=None,
+        help="a folder of your images for --int8 static (the first --calibration-images, "
+        "by name)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--calibration-images", type=int, default=64,
+        help="images --calibrate reads at most (default: %(default)s)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--check", nargs="+", metavar="IMAGE", default=None,
+        help="images (or folders of images) to compare every backend's and precision's "
+        "masks with fp32 PyTorch on; gates int8 (--bar)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--prompts", nargs="+", default=None,
+        help="text prompts for --check (default: a few common objects)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--bar", type=float, default=None,
+        help="mean mask IoU against fp32 that int8 needs to be recommended (default: 0.95)",
+    )  # fmt: skip
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Exit 0 (written and within tolerance), 1 (a graph differs), 2 (an error)."""
+    """Exit 0 (written, within tolerance), 1 (a graph differs), 2 (an error)."""
     args = build_parser().parse_args(argv)
+    if args.int8 == "static" and not args.calibrate:
+        print(f"{PROG}: error: --int8 static needs --calibrate FOLDER", file=sys.stderr)
+        return 2
     try:
         from .errors import ClipSegError
         from .export import check_graphs, export_graphs
@@ -68,13 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         # The exporter reports its progress on stdout: keep stdout for the JSON lines.
         with contextlib.redirect_stdout(sys.stderr):
             export_graphs(model.float().cpu(), args.output)
-        if args.no_check:
-            return 0
-        worst = 0.0
-        for check in check_graphs(model, args.output):
-            print(json.dumps({"graph": check.graph, "max_abs_diff": check.max_abs_diff,
-                              "max_abs_value": check.max_abs_value}))  # fmt: skip
-            worst = max(worst, check.max_abs_diff)
+        worst = 0.0 if args.no_graph_check else _check_graphs(check_graphs(model, args.output))
+        if args.int8:
+            _quantize(args, model.config)
+        if args.check:
+            _check_fidelity(args, model)
     except (ClipSegError, ValueError, OSError, ModuleNotFoundError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
@@ -83,6 +119,58 @@ def main(argv: Sequence[str] | None = None) -> int:
               file=sys.stderr)  # fmt: skip
         return 1
     return 0
+
+
+def _check_graphs(checks) -> float:
+    """Print one JSON line per graph; the largest difference."""
+    for check in checks:
+        print(json.dumps({"graph": check.graph, "max_abs_diff": check.max_abs_diff,
+                          "max_abs_value": check.max_abs_value}))  # fmt: skip
+    return max(check.max_abs_diff for check in checks)
+
+
+def _quantize(args: argparse.Namespace, config) -> None:
+    from .quantize import calibration_pixels, quantize_export
+
+    images = None
+    if args.int8 == "static":
+        images = list(calibration_pixels(args.calibrate, config, args.calibration_images))
+        if not images:
+            raise ValueError(f"no readable images in {args.calibrate}")
+    entry = quantize_export(args.output, args.int8, images)
+    print(json.dumps({"int8": entry["method"], "calibration_images": entry["calibration_images"]}))
+
+
+def _check_fidelity(args: argparse.Namespace, model) -> None:
+    """Compare every candidate with fp32 PyTorch; gate int8 in the manifest."""
+    from .fidelity import DEFAULT_BAR, DEFAULT_PROMPTS
+    from .gate import check_export
+
+    bar = DEFAULT_BAR if args.bar is None else args.bar
+    prompts = tuple(args.prompts or DEFAULT_PROMPTS)
+    report = check_export(model, args.output, _image_files(args.check), prompts, bar)
+    for fidelity in report.results:
+        print(json.dumps(fidelity.as_dict()))
+    if report.int8_recommended is not None:
+        print(json.dumps({"int8_recommended": report.int8_recommended, "bar": bar}))
+        if not report.int8_recommended:
+            print(f"{PROG}: int8 is NOT recommended for these weights (mean mask IoU below "
+                  f"{bar} on your images): dtype=auto will run fp32", file=sys.stderr)  # fmt: skip
+
+
+def _image_files(items: Sequence[str]) -> list[Path]:
+    """The --check arguments, folders expanded to their images (sorted)."""
+    from .quantize import IMAGE_SUFFIXES
+
+    files: list[Path] = []
+    for item in map(Path, items):
+        if item.is_dir():
+            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        else:
+            files.append(item)
+    if not files:
+        raise ValueError("--check found no images")
+    return files
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from .batch import (
 from .clipseg import ClipSeg
 from .compiled import BucketedTower
 from .config import ClipSegConfig
-from .device import autocast, resolve_device, resolve_dtype
+from .device import autocast, cpu_bf16_support, resolve_device, resolve_dtype
 from .device_decode import (
     DEVICE_MAX_PIXELS,
     DEVICE_MODES,
@@ -53,6 +53,7 @@ from .errors import InvalidMaskError, InvalidPromptError
 from .finish import finish_on_host
 from .image_formats import ALLOWED_FORMATS, open_image, read_bytes
 from .image_modes import SWAPPING_ORIENTATIONS, exif_orientation
+from .onnx_model import LoadedOnnx, OnnxClipSeg
 from .postprocess import DEFAULT_POST, Combine, PostProcess, Refine, check_size
 from .render import RenderedMasks, render_masks
 from .support import prepare_support_input
@@ -103,9 +104,13 @@ class Predictor:
     """Runs a ``ClipSeg`` model on one device in inference mode.
 
     Args:
-        model: the module (moved to ``device``; kept in fp32, autocast does the rest).
+        model: the module (moved to ``device``; kept in fp32, autocast does the rest), or an
+            ``OnnxClipSeg`` (the onnx backend: ONNX Runtime runs the graphs at the
+            precision it was loaded with; everything around the model is the same).
         device: "auto" (CUDA if present), "cpu", "cuda", "cuda:1", ...
-        dtype: "auto" (bf16/fp16 on CUDA, fp32 on CPU), "float32", "bfloat16", "float16".
+        dtype: "auto" (bf16/fp16 on CUDA; bf16 on CPUs with native bf16, else fp32),
+            "float32", "bfloat16", "float16"; for an ``OnnxClipSeg``, "auto" or its own
+            precision ("float32" / "int8").
         text_cache_size: number of (template, phrase) embeddings kept.
         max_pixels: decompression-bomb guard for decoded images.
         decode: where query JPEGs are decoded: "cpu" (Pillow, at libjpeg's draft scale),
@@ -123,20 +128,24 @@ class Predictor:
 
     def __init__(
         self,
-        model: ClipSeg,
+        model: ClipSeg | OnnxClipSeg,
         *,
         device: str = "auto",
         dtype: str = "auto",
         text_cache_size: int = 1024,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        loaded: LoadedModel | None = None,
+        loaded: LoadedModel | LoadedOnnx | None = None,
         decode: str = "cpu",
         compile_buckets: Sequence[int] | None = None,
         compile_backend: str = "inductor",
         owns_model: bool = False,
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(dtype, self.device)
+        self.backend = "onnx" if isinstance(model, OnnxClipSeg) else "torch"
+        if isinstance(model, OnnxClipSeg):
+            _check_onnx_arguments(model, dtype, compile_buckets)
+        # The onnx backend's precision is in its graphs: no autocast around them.
+        self.dtype = resolve_dtype(dtype, self.device) if self.backend == "torch" else torch.float32
         bf16_weights = self.device.type == "cuda" and self.dtype == torch.bfloat16
         if (bf16_weights or compile_buckets) and not owns_model:
             # A caller's module (perhaps shared with an fp32 predictor) keeps its dtype and
@@ -177,9 +186,29 @@ class Predictor:
         *,
         variant: str | None = None,
         backbone: str = "openai",
+        backend: str = "torch",
         **kwargs,
     ) -> Predictor:
-        """Load weights from any source ``load_model`` understands and wrap them."""
+        """Load weights from any source ``load_model`` understands and wrap them.
+
+        ``backend``: "torch", or "onnx" (ONNX Runtime; ``source`` may also be a
+        ``clipseg-export`` folder, and other sources are exported at load: see
+        ``model.onnx_source``).
+        """
+        if backend == "onnx":
+            from .onnx_source import load_onnx
+
+            onnx = load_onnx(
+                source,
+                dtype=kwargs.get("dtype", "auto"),
+                device=resolve_device(kwargs.get("device", "auto")),
+                variant=variant,
+                backbone=backbone,
+            )
+            kwargs["dtype"] = onnx.model.precision
+            return cls(onnx.model, loaded=onnx, owns_model=True, **kwargs)
+        if backend != "torch":
+            raise ValueError(f"unknown backend {backend!r}; use torch or onnx")
         loaded = load_model(source, variant=variant, backbone=backbone)
         return cls(loaded.model, loaded=loaded, owns_model=True, **kwargs)
 
@@ -567,11 +596,22 @@ class Predictor:
                 "kind": loaded.kind if loaded else "custom",
                 "files": [str(f) for f in loaded.files] if loaded else [],
             },
+            "backend": self.backend,
             "device": str(self.device),
-            "dtype": str(self.dtype).removeprefix("torch."),
+            "dtype": self.precision,
+            # What ``dtype=auto`` looks for on a CPU: AMX or AVX-512 BF16, or null.
+            "cpu_bf16": cpu_bf16_support(),
             "decode": self.decode,
             "compiled_batch_sizes": list(getattr(self.model.compiled_tower, "buckets", ())),
+            **({"providers": self.model.providers} if isinstance(self.model, OnnxClipSeg) else {}),
         }
+
+    @property
+    def precision(self) -> str:
+        """The model's arithmetic: "float32", "bfloat16", "float16" or (onnx) "int8"."""
+        if isinstance(self.model, OnnxClipSeg):
+            return self.model.precision
+        return str(self.dtype).removeprefix("torch.")
 
 
 def _tensors(rendered: RenderedMasks) -> list[torch.Tensor]:
@@ -588,6 +628,19 @@ def _host_rendered(rendered: RenderedMasks, host: list[torch.Tensor]) -> Rendere
     soft = rest.pop(0) if rendered.soft is not None else None
     runs = rest if rendered.runs is not None else None
     return RenderedMasks(packed, scores, areas, boxes, soft, runs=runs)
+
+
+def _check_onnx_arguments(
+    model: OnnxClipSeg, dtype: str, compile_buckets: Sequence[int] | None
+) -> None:
+    """What an ``OnnxClipSeg`` cannot do: another precision than its own, torch.compile."""
+    if dtype not in ("auto", model.precision):
+        raise ValueError(
+            f"this ONNX model runs {model.precision}; load the export with "
+            f"precision={dtype!r} for that (dtype is auto or {model.precision!r} here)"
+        )
+    if compile_buckets:
+        raise ValueError("compile_buckets is for the torch backend (ONNX Runtime compiles its own)")
 
 
 def _resolve_decode(decode: str, device: torch.device) -> str:

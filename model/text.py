@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import enum
 import functools
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import open_clip
 import torch
@@ -86,3 +86,22 @@ def tokenize(texts: Sequence[str], context_length: int = 77) -> torch.Tensor:
     tokens = get_tokenizer(context_length)(list(texts))
     length = int((tokens != 0).sum(dim=1).max())
     return tokens[:, :length].contiguous()
+
+
+def embed_phrases(
+    embed_text: Callable[[torch.Tensor], torch.Tensor],
+    phrases: Sequence[str],
+    template: Template | str,
+    context_length: int,
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """Conditioning vectors for user phrases: [N] -> float32 [N, D], by ``embed_text``
+    (int64 tokens [M, L] on ``device`` -> [M, D]; the PyTorch or the ONNX text encoder).
+
+    Each phrase goes through ``template`` (raw / photo / ensemble); an ensemble's vector is
+    the mean of its template embeddings. All texts go through one encoder call.
+    """
+    groups = [template_texts(phrase, template) for phrase in phrases]
+    tokens = tokenize([t for g in groups for t in g], context_length)
+    embedded = embed_text(tokens.to(device)).float()
+    return torch.stack([chunk.mean(0) for chunk in embedded.split([len(g) for g in groups])])

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from typing import Annotated, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 #: Default HTTP port; docker-compose.yml and the Dockerfile expose the same.
@@ -28,8 +28,15 @@ class Settings(BaseSettings):
     variant: str | None = Field(None, description="expected variant (error if it differs)")
     backbone: str = Field("openai", description="backbone for official decoder files")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "auto", description="auto: bf16 (fp16 on old GPUs) on CUDA, fp32 on CPU"
+    backend: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="torch, or onnx (ONNX Runtime: the weights may be a clipseg-export "
+        "folder; other weights are exported at start)",
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
+        "auto",
+        description="auto: bf16 (fp16 on old GPUs) on CUDA, bf16 on CPUs with native bf16 "
+        "(AVX-512 BF16 / AMX), else fp32; onnx: int8 if the export passed its check, else fp32",
     )
     decode: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
@@ -119,6 +126,17 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text, or json: one object per line (time, level, logger, ...)"
     )
+
+    @model_validator(mode="after")
+    def _precision_fits_the_backend(self) -> Settings:
+        onnx = ("auto", "float32", "int8")
+        if self.backend == "onnx" and self.dtype not in onnx:
+            raise ValueError(f"backend onnx runs dtype auto, float32 or int8, not {self.dtype}")
+        if self.backend == "torch" and self.dtype == "int8":
+            raise ValueError("dtype int8 needs backend onnx (CLIPSEG_BACKEND=onnx)")
+        if self.backend == "onnx" and self.compile_batch_sizes:
+            raise ValueError("compile_batch_sizes is for backend torch")
+        return self
 
     @field_validator("compile_batch_sizes")
     @classmethod

@@ -46,6 +46,7 @@ def default_predictor_factory(settings: Settings) -> Predictor:
         settings.weights,
         variant=settings.variant,
         backbone=settings.backbone,
+        backend=settings.backend,
         device=settings.device,
         dtype=settings.dtype,
         text_cache_size=settings.text_cache_size,

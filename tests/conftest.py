@@ -22,11 +22,29 @@ def tiny_model():
     return build_random(get_variant("tiny"), seed=0).eval()
 
 
+@pytest.fixture(scope="session")
+def tiny_onnx(tiny_model, tmp_path_factory):
+    """``tiny_model`` exported (``model.export``) with dynamic int8 vision graphs: the
+    folder the onnx backend loads."""
+    import contextlib
+    import sys
+
+    from model.export import export_graphs
+    from model.quantize import quantize_export
+
+    folder = tmp_path_factory.mktemp("tiny-onnx")
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
+        warnings.simplefilter("ignore")
+        export_graphs(tiny_model, folder)
+    quantize_export(folder, "dynamic")
+    return folder
+
+
 @pytest.fixture
 def predictor(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Predictor(tiny_model, device="cpu", text_cache_size=64)
+        return Predictor(tiny_model, device="cpu", dtype="float32", text_cache_size=64)
 
 
 def random_image(width: int, height: int, seed: int = 0, mode: str = "RGB") -> Image.Image:

@@ -59,7 +59,7 @@ def server(tiny_model):
     def factory(settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Predictor(tiny_model, device="cpu")
+            return Predictor(tiny_model, device="cpu", dtype="float32")
 
     with LiveServer(create_app(make_settings(), factory)) as live:
         yield live

@@ -20,7 +20,7 @@ def live_server(model, **settings) -> LiveServer:
     def factory(_):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Predictor(model, device="cpu", text_cache_size=64)
+            return Predictor(model, device="cpu", dtype="float32", text_cache_size=64)
 
     return LiveServer(create_app(make_settings(**settings), factory))
 

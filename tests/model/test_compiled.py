@@ -47,12 +47,13 @@ def test_batches_are_padded_to_the_next_bucket_and_chunked_by_the_largest(tiny_m
 def test_a_compiled_predictor_warms_every_bucket_and_gives_the_eager_masks(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        plain = Predictor(tiny_model, device="cpu")
+        plain = Predictor(tiny_model, device="cpu", dtype="float32")
         image = random_image(60, 40, seed=3)
         want = plain.segment(image, ["a cat", "grass"], soft=True)
         # torch.compile itself (dynamo tracing) with the eager backend: no C++ build here.
         compiled = Predictor(
-            tiny_model, device="cpu", compile_buckets=(1, 2), compile_backend="eager"
+            tiny_model, device="cpu", dtype="float32", compile_buckets=(1, 2),
+            compile_backend="eager",
         )
         compiled.warm_up()
         got = compiled.segment(image, ["a cat", "grass"], soft=True)

@@ -46,7 +46,7 @@ def jpeg(image: Image.Image, orientation: int | None = None, **kwargs) -> bytes:
 def device_predictor(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return Predictor(tiny_model, device="cpu", decode="device")
+        return Predictor(tiny_model, device="cpu", dtype="float32", decode="device")
 
 
 # ------------------------------------------------------------------ 8-bit uploads
@@ -254,7 +254,7 @@ def test_a_bf16_predictor_leaves_a_shared_module_in_fp32():
 def test_pinned_non_blocking_cuda_path_gives_the_cpu_masks(tiny_model):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        cpu = Predictor(tiny_model, device="cpu")
+        cpu = Predictor(tiny_model, device="cpu", dtype="float32")
         gpu = Predictor(copy.deepcopy(tiny_model), device="cuda", dtype="float32")
     prepared = cpu.prepare_image(random_image(300, 200, seed=5))
     request = SegmentRequest(prepared.pixels, prepared.size, "x", prompts=PROMPTS, soft=True)

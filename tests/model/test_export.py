@@ -11,17 +11,15 @@ import onnxruntime as ort
 import pytest
 import torch
 
-from model.export import GRAPHS, check_graphs, export_graphs
+from model.export import GRAPHS, check_graphs
 from model.export_cli import main
 from model.text import tokenize
 from model.weights import native
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_model, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("onnx")
-    manifest = export_graphs(tiny_model, folder)
-    return folder, manifest
+def exported(tiny_onnx):
+    return tiny_onnx, json.loads((tiny_onnx / "manifest.json").read_text())
 
 
 def test_every_graph_matches_pytorch(tiny_model, exported):

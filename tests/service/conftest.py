@@ -55,7 +55,7 @@ def factory(tiny_model):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             predictor = GatedPredictor(
-                tiny_model, device="cpu", text_cache_size=settings.text_cache_size
+                tiny_model, device="cpu", dtype="float32", text_cache_size=settings.text_cache_size
             )
         predictor.gate = gate
         predictor.logits_calls = build.logits_calls

@@ -24,7 +24,7 @@ def _serve(tiny_model, decode: str) -> LiveServer:
     def factory(settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Predictor(tiny_model, device="cpu", decode=decode)
+            return Predictor(tiny_model, device="cpu", dtype="float32", decode=decode)
 
     return LiveServer(create_app(make_settings(warmup=False), factory), log_level="error")
 

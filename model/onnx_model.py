@@ -1,0 +1,215 @@
+"""The ONNX Runtime backend: ``model.export``'s split graphs behind ``ClipSeg``'s interface.
+
+``OnnxClipSeg`` has the methods ``Predictor`` calls on a ``ClipSeg`` (``embed_phrases``,
+``embed_images``, calling it for logits, ``config``, ``to``, ``eval``), so batching, prompts
+and post-processing run unchanged: one query-graph pass per distinct image, the decoder
+graph over every row. Tensors go in and come out as torch tensors on the predictor's
+device; in between they are numpy arrays on the host (the CUDA / TensorRT providers copy
+them up themselves).
+
+Precision is chosen per export folder: ``float32`` (the exported graphs), or ``int8`` (the
+quantised vision graphs ``query.int8.onnx`` / ``visual.int8.onnx`` that ``model.quantize``
+wrote, with the fp32 text encoder and decoder).
+
+Imports onnxruntime only when a model is built (the ``onnx`` extra).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .config import ClipSegConfig
+from .errors import WeightsError
+from .text import Template, embed_phrases
+
+__all__ = [
+    "MANIFEST",
+    "PRECISIONS",
+    "LoadedOnnx",
+    "OnnxClipSeg",
+    "graph_path",
+    "is_onnx_export",
+    "read_manifest",
+]
+
+MANIFEST = "manifest.json"
+MANIFEST_FORMAT = "clipseg-serve split ONNX graphs"
+PRECISIONS = ("float32", "int8")
+#: The graphs int8 replaces (the vision tower); the text encoder and decoder stay fp32.
+INT8_GRAPHS = ("query", "visual")
+
+
+def is_onnx_export(path: str | Path) -> bool:
+    """True for a folder ``clipseg-export`` wrote (it has a ``manifest.json``)."""
+    return (Path(path) / MANIFEST).is_file()
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any]:
+    """The export's manifest; a ``WeightsError`` when it is missing or not ours."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise WeightsError(f"{folder} is not a clipseg-export folder: {exc}") from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise WeightsError(f"{path} was not written by clipseg-export")
+    return manifest
+
+
+def graph_path(folder: str | Path, graph: str, precision: str = "float32") -> Path:
+    """The file of ``graph`` at ``precision`` (int8 only replaces the vision graphs)."""
+    if precision == "int8" and graph in INT8_GRAPHS:
+        return Path(folder) / f"{graph}.int8.onnx"
+    return Path(folder) / f"{graph}.onnx"
+
+
+def providers_for(device: torch.device) -> list[str | tuple[str, dict[str, Any]]]:
+    """ONNX Runtime providers for a torch device, best first, among those installed.
+
+    CUDA devices get TensorRT (when the build has it) and CUDA, on the device's index,
+    then the CPU for any node they do not take; a CPU device gets the CPU provider only.
+    """
+    import onnxruntime as ort
+
+    if device.type != "cuda":
+        return ["CPUExecutionProvider"]
+    available = set(ort.get_available_providers())
+    index = {"device_id": device.index or 0}
+    wanted = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+    chosen: list[str | tuple[str, dict[str, Any]]] = [
+        (name, index) for name in wanted if name in available
+    ]
+    if not chosen:
+        raise ValueError(
+            f"the onnx backend on {device} needs onnxruntime-gpu (installed providers: "
+            f"{', '.join(sorted(available))})"
+        )
+    return [*chosen, "CPUExecutionProvider"]
+
+
+def _session_options(threads: int):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    # Idle threads sleep instead of spinning: a spinning pool takes the cores that decode
+    # and encode the service's other requests between model calls.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
+@dataclass
+class LoadedOnnx:
+    """Where an ONNX model came from (for /info and logs), like ``LoadedModel``."""
+
+    model: OnnxClipSeg
+    kind: str  # "onnx": an export folder; "onnx-exported": exported from weights at start
+    source: str
+    files: list[Path] = field(default_factory=list)
+
+
+class OnnxClipSeg:
+    """An export folder run by ONNX Runtime, with ``ClipSeg``'s inference interface.
+
+    Args:
+        folder: what ``clipseg-export`` wrote (graphs + ``manifest.json``).
+        precision: "float32" or "int8" (the export must hold the int8 graphs).
+        device: where inputs come from and outputs go (CPU, or CUDA with onnxruntime-gpu).
+        threads: ONNX Runtime's intra-op threads (default: torch's thread count).
+    """
+
+    def __init__(
+        self,
+        folder: str | Path,
+        *,
+        precision: str = "float32",
+        device: torch.device | str = "cpu",
+        threads: int | None = None,
+    ) -> None:
+        import onnxruntime as ort
+
+        if precision not in PRECISIONS:
+            raise ValueError(f"unknown precision {precision!r}; use one of {PRECISIONS}")
+        self.folder = Path(folder)
+        self.manifest = read_manifest(folder)
+        self.config = ClipSegConfig.from_dict(self.manifest["config"])
+        self.precision = precision
+        self.device = torch.device(device)
+        #: Predictor looks for a compiled tower; graphs are compiled by ONNX Runtime.
+        self.compiled_tower = None
+        self.files = [graph_path(folder, g, precision) for g in self.manifest["graphs"]]
+        missing = [f.name for f in self.files if not f.is_file()]
+        if missing:
+            hint = " (export with --int8)" if precision == "int8" else ""
+            raise WeightsError(f"{folder} has no {', '.join(missing)}{hint}")
+        options = _session_options(threads or torch.get_num_threads())
+        self.providers = providers_for(self.device)
+        self.sessions = {
+            graph: ort.InferenceSession(str(path), options, providers=self.providers)
+            for graph, path in zip(self.manifest["graphs"], self.files, strict=True)
+        }
+        self.inputs = {g: spec["inputs"] for g, spec in self.manifest["graphs"].items()}
+
+    # --------------------------------------------------------- ClipSeg's interface
+    def to(self, device: torch.device | str) -> OnnxClipSeg:
+        """Outputs go to ``device`` from now on (the providers were chosen at load)."""
+        device = torch.device(device)
+        if device.type != self.device.type:
+            raise ValueError(f"this ONNX model was loaded for {self.device}, not {device}")
+        self.device = device
+        return self
+
+    def eval(self) -> OnnxClipSeg:
+        return self
+
+    def _run(self, graph: str, *arrays: np.ndarray) -> list[np.ndarray]:
+        feeds = dict(zip(self.inputs[graph], arrays, strict=True))
+        return self.sessions[graph].run(None, feeds)
+
+    def _out(self, array: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(array).to(self.device)
+
+    def embed_text(self, tokens: torch.Tensor) -> torch.Tensor:
+        """int64 tokens [N, L] (L <= the context length) -> float32 [N, D]."""
+        return self._out(self._run("text", _host(tokens, np.int64))[0])
+
+    def embed_phrases(
+        self, phrases: Sequence[str], template: Template | str = Template.NONE
+    ) -> torch.Tensor:
+        """Conditioning vectors for user phrases: [N] -> float32 [N, D] (as ``ClipSeg``)."""
+        return embed_phrases(
+            self.embed_text, phrases, template, self.config.backbone.context_length
+        )
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """CLIP image embeddings: normalised float32 [K, 3, S, S] -> float32 [K, D]."""
+        return self._out(self._run("visual", _host(images, np.float32))[0])
+
+    def __call__(
+        self,
+        images: torch.Tensor,
+        conditionals: torch.Tensor,
+        image_index: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """Logits float32 [P, S, S]: one query-graph pass per image, the decoder per row
+        (images [B, 3, S, S] normalised; conditionals [P, D]; image_index [P] or None)."""
+        taps = self._run("query", _host(images, np.float32))
+        if image_index is None:
+            index = np.arange(conditionals.shape[0], dtype=np.int64)
+        else:
+            index = _host(image_index, np.int64)
+        logits = self._run("decoder", *taps, _host(conditionals, np.float32), index)[0]
+        return self._out(logits)
+
+
+def _host(tensor: torch.Tensor, dtype: type[np.generic]) -> np.ndarray:
+    """A contiguous host array of ``tensor`` in ``dtype`` (no copy when it already is)."""
+    return np.ascontiguousarray(tensor.detach().cpu().numpy(), dtype=dtype)
