@@ -75,4 +75,3 @@ def load_onnx(
         # ONNX Runtime reads each graph whole at session creation: the folder can go.
         model = OnnxClipSeg(tmp, precision=precision, device=device, threads=threads)
     return LoadedOnnx(model, "onnx-exported", loaded.source, list(loaded.files))
-

@@ -52,7 +52,10 @@ def test_a_compiled_predictor_warms_every_bucket_and_gives_the_eager_masks(tiny_
         want = plain.segment(image, ["a cat", "grass"], soft=True)
         # torch.compile itself (dynamo tracing) with the eager backend: no C++ build here.
         compiled = Predictor(
-            tiny_model, device="cpu", dtype="float32", compile_buckets=(1, 2),
+            tiny_model,
+            device="cpu",
+            dtype="float32",
+            compile_buckets=(1, 2),
             compile_backend="eager",
         )
         compiled.warm_up()

@@ -109,7 +109,8 @@ def test_int8_runs_the_quantised_vision_graphs(tiny_onnx, torch_predictor):
     image = random_image(80, 60, seed=4)
     got = int8.logits(int8.prepare_image(image).pixels[None], int8.text_embeddings(["a cat"]))
     want = torch_predictor.logits(
-        torch_predictor.prepare_image(image).pixels[None], torch_predictor.text_embeddings(["a cat"])
+        torch_predictor.prepare_image(image).pixels[None],
+        torch_predictor.text_embeddings(["a cat"]),
     )
     diff = float((got - want).abs().max())
     # Quantised (not bit-equal), but close: the int8 weights are per channel.

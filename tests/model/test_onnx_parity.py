@@ -89,8 +89,9 @@ def test_onnx_fp32_embeddings_equal_pytorch(full):
         p.clear_text_cache()
     text = reference.text_embeddings(PROMPTS, "ensemble"), fp32.text_embeddings(PROMPTS, "ensemble")
     assert float((text[0] - text[1]).abs().max()) < 1e-4
-    visual = reference.support_embeddings(_supports(reference)), fp32.support_embeddings(
-        _supports(fp32)
+    visual = (
+        reference.support_embeddings(_supports(reference)),
+        fp32.support_embeddings(_supports(fp32)),
     )
     assert float((visual[0] - visual[1]).abs().max()) < 1e-4
 

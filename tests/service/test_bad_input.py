@@ -87,7 +87,9 @@ def server(tiny_model):
     def factory(settings):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return Predictor(tiny_model, device="cpu", dtype="float32", max_pixels=settings.max_image_pixels)
+            return Predictor(
+                tiny_model, device="cpu", dtype="float32", max_pixels=settings.max_image_pixels
+            )
 
     settings = make_settings(max_upload_bytes=MAX_UPLOAD, max_image_pixels=10_000_000)
     with LiveServer(create_app(settings, factory)) as live:
