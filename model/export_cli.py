@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
         "by name)",
     )  # fmt: skip
     parser.add_argument(
-        "--calibration-images", type=int, default=64,
+        "--calibration-images", type=int, default=32,
         help="images --calibrate reads at most (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(

@@ -140,6 +140,8 @@ class Predictor:
         compile_backend: str = "inductor",
         owns_model: bool = False,
     ) -> None:
+        if isinstance(model, OnnxClipSeg) and device == "auto":
+            device = str(model.device)  # its providers were chosen for that device
         self.device = resolve_device(device)
         self.backend = "onnx" if isinstance(model, OnnxClipSeg) else "torch"
         if isinstance(model, OnnxClipSeg):

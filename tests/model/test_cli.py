@@ -112,3 +112,20 @@ def test_post_processing_flags(tmp_path, tiny_model, capsys):
     assert "2 --threshold for 1 --prompt" in capsys.readouterr().err
     assert main([*args, "--dilate", "-1", "-o", str(out)]) == 2
     assert "dilate" in capsys.readouterr().err
+
+
+def test_cli_runs_the_onnx_backend_on_an_export_folder(tmp_path, tiny_onnx, capsys):
+    from model.onnx_model import OnnxClipSeg
+    from model.predictor import Predictor
+
+    image = tmp_path / "photo.png"
+    random_image(64, 40, seed=9).save(image)
+    out = tmp_path / "out"
+    code = main([str(image), "--prompt", "sky", "--weights", str(tiny_onnx), "--backend", "onnx",
+                 "--dtype", "int8", "--threshold", "0.4466", "-o", str(out),
+                 "--device", "cpu"])  # fmt: skip
+    assert code == 0
+    (line,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    library = Predictor(OnnxClipSeg(tiny_onnx, precision="int8"), device="cpu")
+    want = library.segment(Image.open(image), ["sky"], threshold=0.4466).masks[0]
+    assert np.array_equal(np.asarray(Image.open(line["path"])) > 0, want)

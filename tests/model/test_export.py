@@ -67,3 +67,16 @@ def test_clipseg_export_writes_and_checks(tiny_model, tmp_path, capsys):
     assert main(["--weights", str(weights), "-o", str(out), "--tolerance", "0"]) == 1
     assert "differs from PyTorch" in capsys.readouterr().err
     assert main(["--weights", str(tmp_path / "missing"), "-o", str(out)]) == 2
+
+
+def test_static_int8_needs_calibration_images(tmp_path, capsys):
+    """Refused before anything is loaded; an empty calibration folder is an error too."""
+    assert main(["--weights", "random:tiny", "-o", str(tmp_path), "--int8", "static"]) == 2
+    assert "--calibrate" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "readme.txt").write_text("no images here")
+    args = ["--weights", "random:tiny", "-o", str(tmp_path / "out"), "--no-graph-check",
+            "--int8", "static", "--calibrate", str(empty)]  # fmt: skip
+    assert main(args) == 2
+    assert "no readable images" in capsys.readouterr().err

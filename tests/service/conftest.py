@@ -8,6 +8,7 @@ import warnings
 import pytest
 import torch
 
+from model.onnx_model import OnnxClipSeg
 from model.predictor import Predictor
 from service.app import create_app
 from service.config import Settings
@@ -46,16 +47,28 @@ class GatedPredictor(Predictor):
 
 
 @pytest.fixture
-def factory(tiny_model):
+def backend() -> str:
+    """The backend ``factory``'s predictors run. A module whose API tests must hold for
+    both overrides it: ``@pytest.fixture(params=BACKENDS)``."""
+    return "torch"
+
+
+BACKENDS = ["torch", "onnx"]
+
+
+@pytest.fixture
+def factory(tiny_model, backend, request):
     """Returns a predictor factory; ``factory.gate`` (set by default) holds the model."""
     gate = threading.Event()
     gate.set()
+    onnx = backend == "onnx"
+    model = OnnxClipSeg(request.getfixturevalue("tiny_onnx")) if onnx else tiny_model
 
     def build(settings: Settings) -> Predictor:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             predictor = GatedPredictor(
-                tiny_model, device="cpu", dtype="float32", text_cache_size=settings.text_cache_size
+                model, device="cpu", dtype="float32", text_cache_size=settings.text_cache_size
             )
         predictor.gate = gate
         predictor.logits_calls = build.logits_calls

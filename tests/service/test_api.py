@@ -13,7 +13,13 @@ import pytest
 from PIL import Image
 
 from tests.conftest import encode, random_image
-from tests.service.conftest import make_settings
+from tests.service.conftest import BACKENDS, make_settings
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Every test here runs on the torch and on the onnx backend."""
+    return request.param
 
 
 def png_array(data: bytes) -> np.ndarray:
@@ -196,12 +202,13 @@ def test_api_keys(serve):
         assert httpx.get(server.url + "/readyz").status_code == 200
 
 
-def test_info_and_metrics(serve):
+def test_info_and_metrics(serve, backend):
     with serve() as server:
         post_text(server.url, encode(random_image(16, 16)), ["a"])
         info = httpx.get(server.url + "/info").json()
         metrics = httpx.get(server.url + "/metrics")
     assert info["variant"] == "tiny" and info["device"] == "cpu" and info["dtype"] == "float32"
+    assert info["backend"] == backend and "cpu_bf16" in info
     assert info["batching"]["queue_size"] == 256 and info["ready"] is True
     assert metrics.headers["content-type"].startswith("text/plain")
     for name in (

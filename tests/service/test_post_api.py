@@ -14,6 +14,7 @@ from pycocotools import mask as coco
 
 from model.postprocess import PostProcess
 from tests.conftest import encode, random_image
+from tests.service.conftest import BACKENDS
 from tests.service.test_api import direct, post_text, visual_files
 
 IMAGE = encode(random_image(96, 64, seed=3))
@@ -23,6 +24,12 @@ NEW_FIELDS = (
     "erode", "dilate", "feather", "instances", "polygon_tolerance",
 )  # fmt: skip
 TEXT_ONLY = ("background", "background_factor")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request) -> str:
+    """Every test here runs on the torch and on the onnx backend."""
+    return request.param
 
 
 def median_threshold(factory) -> float:

@@ -31,20 +31,6 @@ from training.trainer import Trainer, TrainingError
 QUICK = ["--init", "random:tiny", "--dataset", "synthetic", "--num-workers", "0"]
 
 
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory, live_progress) -> Path:
-    """A short CPU run on synthetic shapes with the tiny model (half a minute or more on a
-    busy machine: it reports its steps live)."""
-    output = tmp_path_factory.mktemp("run")
-    args = [*QUICK, "--steps", "600", "--batch-size", "16", "--lr", "3e-3",
-            "--eval-every", "300", "--eval-samples", "150", "--checkpoint-every", "300",
-            "--num-workers", "1", "--log-every", "100", "--output", str(output)]  # fmt: skip
-    with warnings.catch_warnings(), live_progress("training fixture (600 steps)", every=100):
-        warnings.simplefilter("ignore")
-        assert train_main(args) == 0
-    return output
-
-
 def test_training_learns_and_keeps_the_best_checkpoint(trained):
     summary = json.loads((trained / "summary.json").read_text())
     initial, best = summary["initial_fg_iou"], summary["best"]["best_fg_iou"]
