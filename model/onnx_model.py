@@ -147,6 +147,9 @@ class OnnxClipSeg:
         self.compiled_tower = None
         self.files = [graph_path(folder, g, precision) for g in self.manifest["graphs"]]
         missing = [f.name for f in self.files if not f.is_file()]
+        if precision == "int8" and not self.manifest.get("int8"):
+            # int8 files its manifest does not list are not this export's
+            missing = ["int8 graphs in its manifest"]
         if missing:
             hint = " (export with --int8)" if precision == "int8" else ""
             raise WeightsError(f"{folder} has no {', '.join(missing)}{hint}")

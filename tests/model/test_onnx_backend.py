@@ -178,3 +178,15 @@ def test_from_source_loads_an_export_folder(tiny_onnx):
     assert described["variant"] == "tiny"
     with pytest.raises(ValueError, match="unknown backend"):
         Predictor.from_source(str(tiny_onnx), backend="tensorflow")
+
+
+def test_int8_graphs_the_manifest_does_not_list_are_not_used(tiny_onnx, tmp_path):
+    """A re-export into the same folder removes the old int8 graphs; int8 files that the
+    manifest does not list (copied in by hand) are refused, not run."""
+    folder = tmp_path / "export"
+    shutil.copytree(tiny_onnx, folder)
+    manifest = read_manifest(folder)
+    del manifest["int8"]
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(WeightsError, match="int8 graphs in its manifest"):
+        OnnxClipSeg(folder, precision="int8")

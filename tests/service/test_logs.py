@@ -16,8 +16,10 @@ from pathlib import Path
 
 import httpx
 import pytest
+import torch
 from huggingface_hub import constants
 
+from model.device import resolve_dtype
 from service.app import create_app
 from service.logs import configure_logging
 from tests.conftest import encode, random_image
@@ -188,7 +190,9 @@ def test_ready_line_once_and_the_random_weights_warning_once(logs):
     ready = [line for line in lines if "ready: serving" in line]
     assert len(ready) == 1, lines
     assert TEXT_LINE.match(ready[0])["level"] == "INFO"
-    for part in ("random:tiny", "variant tiny", "on cpu", "float32", f"at {url}"):
+    # dtype=auto: bf16 on a CPU with native bf16, fp32 elsewhere
+    dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
+    for part in ("random:tiny", "variant tiny", "on cpu", f"in {dtype}", f"at {url}"):
         assert part in ready[0]
     startup = next(i for i, line in enumerate(lines) if "Application startup complete" in line)
     assert lines.index(ready[0]) > startup  # the line that matters comes when /readyz is 200
