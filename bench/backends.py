@@ -11,7 +11,7 @@ text embeddings on every call (no cache), like ``bench/model_vs_hf.py``:
   model, render), for our rows;
 * agreement with torch fp32's masks (``model.fidelity``) on the two test photos and a
   noise image, 4 prompts + a visual prompt: at the model's threshold (random weights
-  leave those masks nearly empty) and split at each map's median (half foreground).
+  can leave those masks nearly empty) and split at each map's median (half foreground).
 
     python bench/backends.py --threads 2 [--repeats 7] [--static] [--json out.json]
 
