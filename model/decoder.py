@@ -101,7 +101,8 @@ class ClipSegDecoder(nn.Module):
             a = r if a is None else r + a
             if i == self.cond_layer:
                 a = self.film_mul(conditionals)[:, None] * a + self.film_add(conditionals)[:, None]
-            a = block(a)
+            # The weights' dtype keeps attention on its fused path (``in_weight_dtype``).
+            a = block(a.to(block.linear1.weight.dtype))
         assert a is not None
         rows, tokens, dim = a.shape
         grid = round((tokens - 1) ** 0.5)

@@ -103,12 +103,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         model = load_model(args.weights, variant=args.variant, backbone=args.backbone).model
+        # Read before the export: a folder without images fails in seconds, not minutes.
+        calibration = _calibration(args, model.config) if args.int8 == "static" else None
         # The exporter reports its progress on stdout: keep stdout for the JSON lines.
         with contextlib.redirect_stdout(sys.stderr):
             export_graphs(model.float().cpu(), args.output)
         worst = 0.0 if args.no_graph_check else _check_graphs(check_graphs(model, args.output))
         if args.int8:
-            _quantize(args, model.config)
+            _quantize(args, calibration)
         if args.check:
             _check_fidelity(args, model)
     except (ClipSegError, ValueError, OSError, ModuleNotFoundError) as exc:
@@ -129,15 +131,20 @@ def _check_graphs(checks) -> float:
     return max(check.max_abs_diff for check in checks)
 
 
-def _quantize(args: argparse.Namespace, config) -> None:
-    from .quantize import calibration_pixels, quantize_export
+def _calibration(args: argparse.Namespace, config) -> list:
+    """--calibrate's images as the query graph's inputs; an error when there are none."""
+    from .quantize import calibration_pixels
 
-    images = None
-    if args.int8 == "static":
-        images = list(calibration_pixels(args.calibrate, config, args.calibration_images))
-        if not images:
-            raise ValueError(f"no readable images in {args.calibrate}")
-    entry = quantize_export(args.output, args.int8, images)
+    images = list(calibration_pixels(args.calibrate, config, args.calibration_images))
+    if not images:
+        raise ValueError(f"no readable images in {args.calibrate}")
+    return images
+
+
+def _quantize(args: argparse.Namespace, calibration: list | None) -> None:
+    from .quantize import quantize_export
+
+    entry = quantize_export(args.output, args.int8, calibration)
     print(json.dumps({"int8": entry["method"], "calibration_images": entry["calibration_images"]}))
 
 

@@ -16,12 +16,13 @@ import tempfile
 
 import torch
 
+from .device import resolve_device
 from .errors import WeightsError
 from .onnx_model import PRECISIONS, LoadedOnnx, OnnxClipSeg, is_onnx_export, read_manifest
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_onnx", "resolve_precision"]
+__all__ = ["load_onnx", "resolve_onnx_device", "resolve_precision"]
 
 
 def resolve_precision(dtype: str, manifest: dict | None) -> str:
@@ -36,6 +37,18 @@ def resolve_precision(dtype: str, manifest: dict | None) -> str:
     if dtype not in PRECISIONS:
         raise ValueError(f"the onnx backend runs float32 or int8 (or auto), not {dtype!r}")
     return dtype
+
+
+def resolve_onnx_device(name: str = "auto") -> torch.device:
+    """``auto`` -> CUDA when torch sees a GPU and ONNX Runtime has a GPU provider (the
+    onnxruntime-gpu build), else the CPU; anything else as ``resolve_device``."""
+    if name != "auto":
+        return resolve_device(name)
+    import onnxruntime as ort
+
+    gpu = {"CUDAExecutionProvider", "TensorrtExecutionProvider"}
+    usable = torch.cuda.is_available() and gpu & set(ort.get_available_providers())
+    return torch.device("cuda" if usable else "cpu")
 
 
 def load_onnx(

@@ -198,16 +198,17 @@ class Predictor:
         ``model.onnx_source``).
         """
         if backend == "onnx":
-            from .onnx_source import load_onnx
+            from .onnx_source import load_onnx, resolve_onnx_device
 
+            device = resolve_onnx_device(kwargs.get("device", "auto"))
             onnx = load_onnx(
                 source,
                 dtype=kwargs.get("dtype", "auto"),
-                device=resolve_device(kwargs.get("device", "auto")),
+                device=device,
                 variant=variant,
                 backbone=backbone,
             )
-            kwargs["dtype"] = onnx.model.precision
+            kwargs |= {"dtype": onnx.model.precision, "device": str(device)}
             return cls(onnx.model, loaded=onnx, owns_model=True, **kwargs)
         if backend != "torch":
             raise ValueError(f"unknown backend {backend!r}; use torch or onnx")

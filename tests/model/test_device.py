@@ -62,3 +62,32 @@ def test_autocast_is_a_no_op_in_float32_and_casts_in_bfloat16():
         assert layer(x).dtype == torch.float32
     with autocast(torch.device("cpu"), torch.bfloat16):
         assert layer(x).dtype == torch.bfloat16
+
+
+def test_cpu_bf16_keeps_the_residual_streams_in_the_weights_dtype(tiny_model):
+    """Under CPU autocast every transformer block (vision, text, decoder) gets its input in
+    the weights' dtype (fp32), so attention keeps its fused path: with a bf16 stream torch
+    expands each weight per token, 25x slower at batch 2 (``model.clipseg.in_weight_dtype``).
+    The matmuls inside still run in bf16."""
+    seen: dict[str, torch.dtype] = {}
+    blocks = {
+        "vision": tiny_model.clip.visual.transformer.resblocks[0],
+        "text": tiny_model.clip.transformer.resblocks[0],
+        "decoder": tiny_model.decoder.blocks[0],
+    }
+    hooks = [
+        block.register_forward_pre_hook(
+            lambda _, args, name=name: seen.update({name: args[0].dtype})
+        )
+        for name, block in blocks.items()
+    ]
+    size = tiny_model.config.input_size
+    try:
+        with torch.inference_mode(), autocast(torch.device("cpu"), torch.bfloat16):
+            conditionals = tiny_model.embed_phrases(["a cat", "a dog"])
+            logits = tiny_model(torch.randn(2, 3, size, size), conditionals)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert seen == {name: torch.float32 for name in blocks}
+    assert logits.dtype == torch.bfloat16  # autocast did run the model in bf16

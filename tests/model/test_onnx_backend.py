@@ -190,3 +190,17 @@ def test_int8_graphs_the_manifest_does_not_list_are_not_used(tiny_onnx, tmp_path
     (folder / "manifest.json").write_text(json.dumps(manifest))
     with pytest.raises(WeightsError, match="int8 graphs in its manifest"):
         OnnxClipSeg(folder, precision="int8")
+
+
+def test_auto_device_is_the_cpu_without_a_gpu_provider(monkeypatch):
+    import onnxruntime as ort
+
+    from model.onnx_source import resolve_onnx_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert resolve_onnx_device("auto") == torch.device("cpu")
+    providers = ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
+    assert resolve_onnx_device("auto") == torch.device("cuda")
+    assert resolve_onnx_device("cpu") == torch.device("cpu")
