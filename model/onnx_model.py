@@ -154,11 +154,13 @@ class OnnxClipSeg:
             hint = " (export with --int8)" if precision == "int8" else ""
             raise WeightsError(f"{folder} has no {', '.join(missing)}{hint}")
         options = _session_options(threads or torch.get_num_threads())
-        self.providers = providers_for(self.device)
+        wanted = providers_for(self.device)
         self.sessions = {
-            graph: ort.InferenceSession(str(path), options, providers=self.providers)
+            graph: ort.InferenceSession(str(path), options, providers=wanted)
             for graph, path in zip(self.manifest["graphs"], self.files, strict=True)
         }
+        #: The providers ONNX Runtime enabled (for /info), best first.
+        self.providers: list[str] = self.sessions["query"].get_providers()
         self.inputs = {g: spec["inputs"] for g, spec in self.manifest["graphs"].items()}
 
     # --------------------------------------------------------- ClipSeg's interface

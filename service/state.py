@@ -146,6 +146,7 @@ class ServiceState:
         line = (
             f"ready: serving {weights['source']} ({weights['kind']} weights, variant "
             f"{described['variant']}) on {described['device']} in {described['dtype']}"
+            f" ({described['backend']} backend)"
         )
         return f"{line} at {self.url}" if self.url else line
 

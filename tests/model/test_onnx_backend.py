@@ -204,3 +204,21 @@ def test_auto_device_is_the_cpu_without_a_gpu_provider(monkeypatch):
     monkeypatch.setattr(ort, "get_available_providers", lambda: providers)
     assert resolve_onnx_device("auto") == torch.device("cuda")
     assert resolve_onnx_device("cpu") == torch.device("cpu")
+
+
+def test_cuda_devices_ask_for_the_gpu_providers_first(monkeypatch):
+    import onnxruntime as ort
+
+    from model.onnx_model import providers_for
+
+    assert providers_for(torch.device("cpu")) == ["CPUExecutionProvider"]
+    every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: every)
+    assert providers_for(torch.device("cuda:1")) == [
+        ("TensorrtExecutionProvider", {"device_id": 1}),
+        ("CUDAExecutionProvider", {"device_id": 1}),
+        "CPUExecutionProvider",
+    ]
+    monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    with pytest.raises(ValueError, match="needs onnxruntime-gpu"):
+        providers_for(torch.device("cuda"))

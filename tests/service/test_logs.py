@@ -192,7 +192,14 @@ def test_ready_line_once_and_the_random_weights_warning_once(logs):
     assert TEXT_LINE.match(ready[0])["level"] == "INFO"
     # dtype=auto: bf16 on a CPU with native bf16, fp32 elsewhere
     dtype = str(resolve_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
-    for part in ("random:tiny", "variant tiny", "on cpu", f"in {dtype}", f"at {url}"):
+    for part in (
+        "random:tiny",
+        "variant tiny",
+        "on cpu",
+        f"in {dtype}",
+        "(torch backend)",
+        f"at {url}",
+    ):
         assert part in ready[0]
     startup = next(i for i, line in enumerate(lines) if "Application startup complete" in line)
     assert lines.index(ready[0]) > startup  # the line that matters comes when /readyz is 200
