@@ -20,9 +20,10 @@ from .door import (
     JsonCORSMiddleware,
     document_bearer_auth,
 )
+from .early_refusal import EarlyRefusalMiddleware
 from .errors import error_body, install_error_handlers
 from .metrics import CONTENT_TYPE, ServiceMetrics
-from .routes import router
+from .routes import DEADLINE_HEADER, SEGMENT_PATHS, router
 from .state import (
     FatalHandler,
     PredictorFactory,
@@ -133,7 +134,14 @@ def create_app(
         open_prefixes = (*open_prefixes, *demo.PUBLIC_PREFIXES)
 
     # add_middleware wraps what is there, so the last added is the outermost: request ID
-    # -> request metrics -> CORS -> API key -> body limit/timeout -> the app (door.py).
+    # -> request metrics -> CORS -> API key -> body limit/timeout -> early refusal -> the
+    # app (door.py, early_refusal.py).
+    app.add_middleware(
+        EarlyRefusalMiddleware,
+        state=lambda: state,
+        paths=SEGMENT_PATHS,
+        deadline_header=DEADLINE_HEADER,
+    )
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_upload_bytes,

@@ -177,6 +177,18 @@ class Batcher:
         except Rejected as rejected:
             raise self._refused(rejected) from None
 
+    def refusal(self, work: Work, deadline: float) -> ApiError | None:
+        """The 429 that ``check`` would raise for ``work`` now (counted as refused), or
+        None; a 503 or 504 is left to ``check`` (``service.early_refusal``)."""
+        if not self.accepting or self.failure:
+            return None
+        try:
+            self.scheduler.check(work, deadline)
+        except Rejected as rejected:
+            if rejected.status == 429:
+                return self._refused(rejected)
+        return None
+
     def submit(self, job: SegmentJob) -> asyncio.Future[Segmentation]:
         """Admit ``job``; its future resolves to a Segmentation (or an ApiError)."""
         self._require_accepting()

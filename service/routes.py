@@ -52,6 +52,10 @@ API_PREFIX = "/v1"
 
 #: Request header asking for a shorter deadline than the server's, in seconds.
 DEADLINE_HEADER = "X-Request-Timeout"
+#: Every path of the segmentation endpoints (versioned and the deprecated aliases).
+SEGMENT_PATHS = frozenset(
+    f"{prefix}/segment/{kind}" for prefix in (API_PREFIX, "") for kind in ("text", "visual")
+)
 
 Threshold = Annotated[
     float | None,
