@@ -21,7 +21,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -31,22 +30,16 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.backends import _write_crops
+from bench.backends import _write_crops, timed
 from model.config import get_variant
 from model.export import export_graphs
 from model.quantize import calibration_pixels, quantize_export
 from model.weights.loader import build_random
 
 
-def timed(fn: Callable[[], object], repeats: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _median(fn: Callable[[], object], repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after 3 warm-up calls."""
+    return statistics.median(timed(fn, 3, repeats))
 
 
 def _graphs(folder: Path) -> dict[str, Path]:
@@ -106,7 +99,7 @@ def main() -> None:
         graphs = _graphs(Path(tmp))
         for name, path in graphs.items():
             run = _ort(path, args.threads)
-            rows.append((f"onnxruntime {name}", timed(lambda r=run: r(x), args.repeats)))
+            rows.append((f"onnxruntime {name}", _median(lambda r=run: r(x), args.repeats)))
         plans = [
             ("fp32", "fp32", "f32"),
             ("bf16", "fp32", "bf16"),
@@ -117,7 +110,8 @@ def main() -> None:
             for fixed in (True, False):
                 run = _openvino(graphs[graph], args.threads, precision, fixed)
                 batch = "batch 1" if fixed else "dynamic batch"
-                rows.append((f"openvino {label}, {batch}", timed(lambda r=run: r(x), args.repeats)))
+                seconds = _median(lambda r=run: r(x), args.repeats)
+                rows.append((f"openvino {label}, {batch}", seconds))
     print(f"onnxruntime vs openvino {openvino.__version__}, {args.threads} threads, query graph")
     for name, seconds in rows:
         print(f"| {name} | {seconds * 1000:.1f} ms |")
