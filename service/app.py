@@ -23,7 +23,7 @@ from .door import (
 from .early_refusal import EarlyRefusalMiddleware
 from .errors import error_body, install_error_handlers
 from .metrics import CONTENT_TYPE, ServiceMetrics
-from .routes import DEADLINE_HEADER, SEGMENT_PATHS, router
+from .routes import router
 from .state import (
     FatalHandler,
     PredictorFactory,
@@ -136,12 +136,7 @@ def create_app(
     # add_middleware wraps what is there, so the last added is the outermost: request ID
     # -> request metrics -> CORS -> API key -> body limit/timeout -> early refusal -> the
     # app (door.py, early_refusal.py).
-    app.add_middleware(
-        EarlyRefusalMiddleware,
-        state=lambda: state,
-        paths=SEGMENT_PATHS,
-        deadline_header=DEADLINE_HEADER,
-    )
+    app.add_middleware(EarlyRefusalMiddleware, state=lambda: state)
     app.add_middleware(
         BodyLimitMiddleware,
         limit=settings.max_upload_bytes,

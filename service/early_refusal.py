@@ -18,15 +18,15 @@ answers as before.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable
 
-from starlette.datastructures import Headers
+from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .cost import Work
-from .errors import ApiError, error_response
+from .errors import ApiError, api_error_response
+from .routes import SEGMENT_PATHS, request_deadline
 from .state import ServiceState
 
 #: The smallest job a request can be: the scheduler's estimate grows with every term.
@@ -34,31 +34,17 @@ CHEAPEST = Work(images=1.0, rows=1.0)
 
 
 class EarlyRefusalMiddleware:
-    """429 from the request head for the segmentation endpoints (``paths``) while the
-    scheduler would refuse any job; see the module docstring."""
+    """429 from the request head for the segmentation endpoints (``routes.SEGMENT_PATHS``)
+    while the scheduler would refuse any job; see the module docstring."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        state: Callable[[], ServiceState],
-        paths: frozenset[str],
-        deadline_header: str,
-    ) -> None:
-        self.app, self.state, self.paths = app, state, paths
-        self.deadline_header = deadline_header
+    def __init__(self, app: ASGIApp, state: Callable[[], ServiceState]) -> None:
+        self.app, self.state = app, state
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in self.paths:
+        if scope["type"] == "http" and scope["method"] == "POST" and scope["path"] in SEGMENT_PATHS:
             refusal = self._refusal(scope)
             if refusal is not None:
-                response = error_response(
-                    refusal.status,
-                    refusal.code,
-                    refusal.message,
-                    refusal.headers,
-                    refusal.retry_after,
-                )
-                await response(scope, receive, send)
+                await api_error_response(refusal)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
@@ -68,21 +54,9 @@ class EarlyRefusalMiddleware:
         batcher = state.batcher
         if not state.ready or batcher is None:
             return None
-        deadline = self._deadline(scope, state.settings.request_timeout_s)
-        if deadline is None:
-            return None
+        try:
+            # The endpoint's own deadline: the server's timeout or the client's shorter one.
+            deadline = request_deadline(Request(scope), state, time.monotonic())
+        except ApiError:
+            return None  # a malformed X-Request-Timeout: the endpoint answers its 422
         return batcher.refusal(CHEAPEST, deadline)
-
-    def _deadline(self, scope: Scope, timeout: float) -> float | None:
-        """As the endpoint computes it (``routes.request_deadline``); None when the header
-        is malformed (the endpoint answers that 422)."""
-        raw = Headers(scope=scope).get(self.deadline_header)
-        if raw is not None:
-            try:
-                asked = float(raw)
-            except ValueError:
-                return None
-            if not math.isfinite(asked) or asked <= 0:
-                return None
-            timeout = min(timeout, asked)
-        return time.monotonic() + timeout

@@ -65,6 +65,11 @@ def error_response(
     return JSONResponse(body, status_code=status, headers=headers)
 
 
+def api_error_response(exc: ApiError) -> JSONResponse:
+    """The answer to an ``ApiError``: its status, code, message, headers, retry_after_s."""
+    return error_response(exc.status, exc.code, exc.message, exc.headers, exc.retry_after)
+
+
 def from_domain(exc: ClipSegError) -> ApiError:
     """The HTTP meaning of a library error."""
     if isinstance(exc, UnsupportedImageFormatError):
@@ -94,7 +99,7 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
-        return error_response(exc.status, exc.code, exc.message, exc.headers, exc.retry_after)
+        return api_error_response(exc)
 
     @app.exception_handler(ClipSegError)
     async def _domain_error(_: Request, exc: ClipSegError) -> JSONResponse:

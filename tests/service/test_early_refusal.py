@@ -13,7 +13,6 @@ import httpx
 
 from service.early_refusal import CHEAPEST, EarlyRefusalMiddleware
 from service.errors import ApiError
-from service.routes import DEADLINE_HEADER, SEGMENT_PATHS
 from tests.conftest import encode, random_image
 from tests.service import test_pressure
 from tests.service.test_pressure import post
@@ -53,7 +52,7 @@ def _run(middleware, path: str = "/v1/segment/text", method: str = "POST", heade
 def _middleware(batcher, ready=True, timeout=30.0):
     state = SimpleNamespace(ready=ready, batcher=batcher,
                             settings=SimpleNamespace(request_timeout_s=timeout))  # fmt: skip
-    return EarlyRefusalMiddleware(None, lambda: state, SEGMENT_PATHS, DEADLINE_HEADER)
+    return EarlyRefusalMiddleware(None, lambda: state)
 
 
 def test_a_full_scheduler_is_answered_from_the_head():
