@@ -29,7 +29,6 @@ import platform
 import statistics
 import sys
 import tempfile
-import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -38,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.model_vs_hf import PROMPTS, timed  # the same prompts and timer as there
 from model.device import cpu_bf16_support
 from model.export import export_graphs
 from model.fidelity import compare_backends
@@ -48,21 +48,9 @@ from model.text import tokenize
 from model.weights.loader import load_model
 from tests.hf_reference import build_hf_clipseg, save_hf_checkpoint
 
-PROMPTS = ["a cat", "the red mug", "something to sit on", "a wooden table", "the sky"]
 #: Images per call for the batched throughput (the service batches images).
 BATCH = 4
 PHOTOS = Path(__file__).resolve().parents[1] / "tests" / "data" / "photos"
-
-
-def timed(fn: Callable[[], object], warmup: int, repeats: int) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return times
 
 
 def _photo():

@@ -30,7 +30,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.backends import _write_crops, timed
+from bench.backends import _write_crops
+from bench.model_vs_hf import timed
 from model.config import get_variant
 from model.export import export_graphs
 from model.quantize import calibration_pixels, quantize_export
