@@ -74,7 +74,9 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_weights_options(parser: argparse.ArgumentParser) -> None:
+    """--weights, --variant, --backbone: which weights to load (clipseg-predict and
+    clipseg-export)."""
     parser.add_argument(
         "--weights",
         default=DEFAULT_WEIGHTS,
@@ -92,6 +94,10 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
         default="openai",
         help="CLIP backbone weights for official .pth decoder files (default: %(default)s)",
     )
+
+
+def _add_model_options(parser: argparse.ArgumentParser) -> None:
+    add_weights_options(parser)
     parser.add_argument(
         "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)"
     )

@@ -25,7 +25,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from .cli_args import DEFAULT_WEIGHTS
+from .cli_args import add_weights_options
 
 PROG = "clipseg-export"
 
@@ -37,16 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         "visual embedding, text encoder, decoder; dynamic batch) and check each against "
         "PyTorch with ONNX Runtime.",
     )
-    parser.add_argument(
-        "--weights", default=DEFAULT_WEIGHTS,
-        help="HF hub id, checkpoint directory, official .pth file or random:<variant> "
-        "(default: %(default)s)",
-    )  # fmt: skip
-    parser.add_argument("--variant", default=None, help="expected variant (default: the weights')")
-    parser.add_argument(
-        "--backbone", default="openai",
-        help="CLIP backbone weights for official .pth decoder files (default: %(default)s)",
-    )  # fmt: skip
+    add_weights_options(parser)
     parser.add_argument("-o", "--output", required=True, help="folder to write the graphs into")
     parser.add_argument(
         "--tolerance", type=float, default=1e-4,
