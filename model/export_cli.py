@@ -158,12 +158,12 @@ def _check_fidelity(args: argparse.Namespace, model) -> None:
 
 def _image_files(items: Sequence[str]) -> list[Path]:
     """The --check arguments, folders expanded to their images (sorted)."""
-    from .quantize import IMAGE_SUFFIXES
+    from .image_formats import image_files
 
     files: list[Path] = []
     for item in map(Path, items):
         if item.is_dir():
-            files += sorted(p for p in item.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+            files += image_files(item)
         else:
             files.append(item)
     if not files:

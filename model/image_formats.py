@@ -20,6 +20,7 @@ import warnings
 import zlib
 from collections.abc import Collection
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeAlias
 
 from PIL import Image, UnidentifiedImageError
@@ -33,6 +34,7 @@ __all__ = [
     "ImageSource",
     "check_pixels",
     "identify_format",
+    "image_files",
     "open_image",
     "probe_image",
     "read_bytes",
@@ -42,6 +44,14 @@ __all__ = [
 #: the rarer plugins are the least exercised parsers (and ICO/EPS do heavy work on open).
 #: Multi-frame formats (GIF, APNG, TIFF, MPO) use their first frame.
 ALLOWED_FORMATS: frozenset[str] = frozenset({"JPEG", "MPO", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The files of ``folder`` named as one of ``ALLOWED_FORMATS`` (by PIL's registry of
+    file endings, any case), sorted by name; their contents are checked when decoded."""
+    suffixes = {ext for ext, fmt in Image.registered_extensions().items() if fmt in ALLOWED_FORMATS}
+    return sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in suffixes)
+
 
 #: What ``decode_image`` accepts: encoded bytes, a file path, or an already-open PIL image.
 ImageSource: TypeAlias = bytes | bytearray | memoryview | str | os.PathLike | Image.Image

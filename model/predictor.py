@@ -140,12 +140,12 @@ class Predictor:
         compile_backend: str = "inductor",
         owns_model: bool = False,
     ) -> None:
-        if isinstance(model, OnnxClipSeg) and device == "auto":
-            device = str(model.device)  # its providers were chosen for that device
-        self.device = resolve_device(device)
         self.backend = "onnx" if isinstance(model, OnnxClipSeg) else "torch"
         if isinstance(model, OnnxClipSeg):
             _check_onnx_arguments(model, dtype, compile_buckets)
+            if device == "auto":
+                device = str(model.device)  # its providers were chosen for that device
+        self.device = resolve_device(device)
         # The onnx backend's precision is in its graphs: no autocast around them.
         self.dtype = resolve_dtype(dtype, self.device) if self.backend == "torch" else torch.float32
         bf16_weights = self.device.type == "cuda" and self.dtype == torch.bfloat16

@@ -27,6 +27,7 @@ import numpy as np
 
 from .config import ClipSegConfig
 from .errors import ClipSegError
+from .image_formats import image_files
 from .onnx_model import INT8_GRAPHS, MANIFEST, graph_path, read_manifest
 from .transforms import decode_image, normalize_pixels, to_model_pixels
 
@@ -37,7 +38,6 @@ METHODS = ("dynamic", "static")
 _OPS = ["MatMul", "Gemm"]
 #: Static ranges cover this percentile of each tensor's values (see ``_static``).
 _PERCENTILE = 99.99
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def calibration_pixels(
@@ -45,9 +45,8 @@ def calibration_pixels(
 ) -> Iterator[np.ndarray]:
     """Up to ``limit`` images of ``folder`` (sorted by name) as the query graph's input:
     normalised float32 [1, 3, S, S]. Files that are not images are skipped."""
-    files = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     taken = 0
-    for path in files:
+    for path in image_files(folder):
         if taken >= limit:
             return
         try:
