@@ -153,7 +153,7 @@ def export_graphs(model: ClipSeg, folder: str | Path, *, opset: int = OPSET) -> 
     out = Path(folder)
     out.mkdir(parents=True, exist_ok=True)
     # int8 graphs of an earlier export into this folder belong to other weights.
-    for stale in out.glob("*.int8.onnx"):
+    for stale in out.glob("*.int8*.onnx"):
         stale.unlink()
     model = model.eval()
     samples = _sample_inputs(model, batch=2, rows=3, seed=0)

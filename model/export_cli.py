@@ -8,8 +8,10 @@ Writes ``query.onnx``, ``visual.onnx``, ``text.onnx``, ``decoder.onnx`` and
 PyTorch model on fresh random inputs and prints the largest difference of each (exit 1 if
 one is over ``--tolerance``). ``--int8`` adds int8 vision graphs (``model.quantize``);
 ``--check IMAGES`` compares the masks of every backend and precision with fp32 PyTorch on
-those images (``model.fidelity``) and marks the int8 graphs recommended — what the onnx
-backend's ``dtype=auto`` then runs — only at a mean mask IoU of at least ``--bar``.
+those images (``model.fidelity``) and marks the int8 graphs recommended on this machine's
+integer-kernel class — what the onnx backend's ``dtype=auto`` then runs — only at a mean
+mask IoU of at least ``--bar``; a machine of another class checks again at start-up on a
+few of those images, kept in the export (``model.int8_checks``).
 Needs the ``onnx`` extra (``pip install 'clipseg-serve[onnx]'``).
 
 Only the standard library is imported before the arguments are parsed: --help answers at
@@ -136,7 +138,8 @@ def _quantize(args: argparse.Namespace, calibration: list | None) -> None:
     from .quantize import quantize_export
 
     entry = quantize_export(args.output, args.int8, calibration)
-    print(json.dumps({"int8": entry["method"], "calibration_images": entry["calibration_images"]}))
+    print(json.dumps({"int8": entry["method"], "formats": list(entry["formats"]),
+                      "calibration_images": entry["calibration_images"]}))  # fmt: skip
 
 
 def _check_fidelity(args: argparse.Namespace, model) -> None:
@@ -150,10 +153,13 @@ def _check_fidelity(args: argparse.Namespace, model) -> None:
     for fidelity in report.results:
         print(json.dumps(fidelity.as_dict()))
     if report.int8_recommended is not None:
-        print(json.dumps({"int8_recommended": report.int8_recommended, "bar": bar}))
+        print(json.dumps({"int8_recommended": report.int8_recommended, "bar": bar,
+                          "kernel_class": report.kernel_class,
+                          "int8_format": report.int8_format}))  # fmt: skip
         if not report.int8_recommended:
-            print(f"{PROG}: int8 is NOT recommended for these weights (mean mask IoU below "
-                  f"{bar} on your images): dtype=auto will run fp32", file=sys.stderr)  # fmt: skip
+            print(f"{PROG}: int8 is NOT recommended for these weights on {report.kernel_class} "
+                  f"(mean mask IoU below {bar} on your images): dtype=auto will run fp32 here",
+                  file=sys.stderr)  # fmt: skip
 
 
 def _image_files(items: Sequence[str]) -> list[Path]:

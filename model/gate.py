@@ -4,9 +4,11 @@
 
 * ``torch bfloat16`` — when this machine has native bf16 (what ``dtype=auto`` would run);
 * ``onnx float32`` — the exported graphs;
-* ``onnx int8`` — when the export has int8 graphs; the gate's verdict goes into the
-  manifest (``int8.recommended``, with the figures and the bar), and the onnx backend's
-  ``dtype=auto`` runs int8 only when it is true.
+* ``onnx int8`` — when the export has int8 graphs, in the format this machine's integer
+  kernels compute exactly (``model.int8_kernels``). The verdict goes into the manifest
+  as this kernel class's record (``int8.checks``, ``model.int8_checks``), and a few of
+  the images with the prompts and the bar (``int8.check``) so that a machine of another
+  class checks the graphs at start-up before its ``dtype=auto`` runs them.
 """
 
 from __future__ import annotations
@@ -20,19 +22,25 @@ import torch
 
 from .clipseg import ClipSeg
 from .device import cpu_bf16_support
-from .fidelity import DEFAULT_BAR, DEFAULT_PROMPTS, Fidelity, compare_backends, recommended
-from .onnx_model import MANIFEST, OnnxClipSeg, read_manifest
+from .fidelity import DEFAULT_BAR, DEFAULT_PROMPTS, Fidelity, compare_backends
+from .int8_checks import STORED_IMAGES, make_record, store_check_images
+from .int8_kernels import kernel_class
+from .onnx_model import MANIFEST, OnnxClipSeg, int8_format_for, read_manifest
 from .predictor import Predictor
+from .transforms import decode_image
 
 __all__ = ["GateReport", "check_export"]
 
 
 @dataclass(frozen=True)
 class GateReport:
-    """Every candidate's figures; the int8 verdict (None: the export has no int8)."""
+    """Every candidate's figures; the int8 verdict (None: the export has no int8), the
+    kernel class and int8 format it holds for."""
 
     results: list[Fidelity]
     int8_recommended: bool | None
+    kernel_class: str
+    int8_format: str | None = None
 
 
 def check_export(
@@ -51,16 +59,18 @@ def check_export(
         candidates["torch bfloat16"] = Predictor(model, device="cpu", dtype="bfloat16")
     candidates["onnx float32"] = Predictor(OnnxClipSeg(folder), device="cpu")
     int8 = manifest.get("int8")
-    if int8:
-        candidates["onnx int8"] = Predictor(OnnxClipSeg(folder, precision="int8"), device="cpu")
+    fmt = int8_format_for(manifest).name if int8 else None
+    if fmt:
+        candidate = OnnxClipSeg(folder, precision="int8", int8_format=fmt)
+        candidates["onnx int8"] = Predictor(candidate, device="cpu")
     with torch.inference_mode():
         results = compare_backends(reference, candidates, images, prompts)
-    verdict = None
-    if int8:
-        figures = next(r for r in results if r.name == "onnx int8")
-        verdict = recommended(figures, bar)
-        int8.update(
-            recommended=verdict, bar=bar, fidelity=figures.as_dict(), checked_images=len(images)
-        )
-        (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2))
-    return GateReport(results, verdict)
+    if not int8:
+        return GateReport(results, None, kernel_class())
+    figures = next(r for r in results if r.name == "onnx int8")
+    record = make_record(figures, fmt, bar, len(images), "torch float32")
+    kept = store_check_images(folder, [decode_image(i).image for i in images[:STORED_IMAGES]])
+    int8["check"] = {"images": kept, "prompts": list(prompts), "bar": bar}
+    int8["checks"] = {record["kernel_class"]: record}
+    (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2))
+    return GateReport(results, record["recommended"], record["kernel_class"], fmt)

@@ -8,8 +8,10 @@ device; in between they are numpy arrays on the host (the CUDA / TensorRT provid
 them up themselves).
 
 Precision is chosen per export folder: ``float32`` (the exported graphs), or ``int8`` (the
-quantised vision graphs ``query.int8.onnx`` / ``visual.int8.onnx`` that ``model.quantize``
-wrote, with the fp32 text encoder and decoder).
+quantised vision graphs that ``model.quantize`` wrote, with the fp32 text encoder and
+decoder), in the int8 format this machine's integer kernels compute exactly
+(``model.int8_kernels``: ``query.int8.onnx`` where u8 x s8 is exact, the 7-bit
+``query.int8-u8s7.onnx`` on AVX2 and AVX-512 without VNNI).
 
 Imports onnxruntime only when a model is built (the ``onnx`` extra).
 """
@@ -27,6 +29,7 @@ import torch
 
 from .config import ClipSegConfig
 from .errors import WeightsError
+from .int8_kernels import Int8Format, choose_format, format_named
 from .text import Template, embed_phrases
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "LoadedOnnx",
     "OnnxClipSeg",
     "graph_path",
+    "int8_format_for",
+    "int8_formats",
     "is_onnx_export",
     "read_manifest",
 ]
@@ -63,11 +68,38 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
     return manifest
 
 
-def graph_path(folder: str | Path, graph: str, precision: str = "float32") -> Path:
-    """The file of ``graph`` at ``precision`` (int8 only replaces the vision graphs)."""
-    if precision == "int8" and graph in INT8_GRAPHS:
-        return Path(folder) / f"{graph}.int8.onnx"
+def graph_path(folder: str | Path, graph: str, int8_format: str | None = None) -> Path:
+    """The file of ``graph``: fp32, or in ``int8_format`` (a ``model.int8_kernels``
+    format's name; int8 only replaces the vision graphs)."""
+    if int8_format is not None and graph in INT8_GRAPHS:
+        return Path(folder) / f"{graph}{format_named(int8_format).suffix}.onnx"
     return Path(folder) / f"{graph}.onnx"
+
+
+def int8_formats(manifest: dict[str, Any]) -> list[str]:
+    """The int8 formats an export holds, by its manifest ([] without int8 graphs). An
+    export from before formats were recorded holds ``u8s8`` only."""
+    int8 = manifest.get("int8")
+    if not int8:
+        return []
+    return list(int8.get("formats") or {"u8s8": None})
+
+
+def int8_format_for(manifest: dict[str, Any]) -> Int8Format:
+    """The format of the export's int8 graphs that this machine computes exactly; a
+    ``WeightsError`` when the export has none (or none of its formats is exact here)."""
+    formats = int8_formats(manifest)
+    if not formats:
+        raise WeightsError("the export has no int8 graphs in its manifest (export with --int8)")
+    chosen = choose_format(formats)
+    if chosen is None:
+        from .int8_kernels import kernel_class
+
+        raise WeightsError(
+            f"none of the export's int8 formats ({', '.join(formats)}) is exact on this "
+            f"CPU's integer kernels ({kernel_class()}): re-export it with this version"
+        )
+    return chosen
 
 
 def providers_for(device: torch.device) -> list[str | tuple[str, dict[str, Any]]]:
@@ -114,6 +146,8 @@ class LoadedOnnx:
     kind: str  # "onnx": an export folder; "onnx-exported": exported from weights at start
     source: str
     files: list[Path] = field(default_factory=list)
+    #: Whether int8 runs here and why (``model.int8_checks.Int8Decision``).
+    int8: Any = None
 
 
 class OnnxClipSeg:
@@ -122,6 +156,8 @@ class OnnxClipSeg:
     Args:
         folder: what ``clipseg-export`` wrote (graphs + ``manifest.json``).
         precision: "float32" or "int8" (the export must hold the int8 graphs).
+        int8_format: which int8 graphs (``model.int8_kernels``); default: the fastest
+            this machine's kernels compute exactly.
         device: where inputs come from and outputs go (CPU, or CUDA with onnxruntime-gpu).
         threads: ONNX Runtime's intra-op threads (default: torch's thread count).
     """
@@ -131,6 +167,7 @@ class OnnxClipSeg:
         folder: str | Path,
         *,
         precision: str = "float32",
+        int8_format: str | None = None,
         device: torch.device | str = "cpu",
         threads: int | None = None,
     ) -> None:
@@ -143,13 +180,16 @@ class OnnxClipSeg:
         self.config = ClipSegConfig.from_dict(self.manifest["config"])
         self.precision = precision
         self.device = torch.device(device)
+        #: The int8 format of the vision graphs (None in float32).
+        self.int8_format: str | None = None
+        if precision == "int8":
+            self.int8_format = int8_format or int8_format_for(self.manifest).name
+            if self.int8_format not in int8_formats(self.manifest):
+                raise WeightsError(f"{folder} has no int8 graphs in format {self.int8_format!r}")
         #: Predictor looks for a compiled tower; graphs are compiled by ONNX Runtime.
         self.compiled_tower = None
-        self.files = [graph_path(folder, g, precision) for g in self.manifest["graphs"]]
+        self.files = [graph_path(folder, g, self.int8_format) for g in self.manifest["graphs"]]
         missing = [f.name for f in self.files if not f.is_file()]
-        if precision == "int8" and not self.manifest.get("int8"):
-            # int8 files its manifest does not list are not this export's
-            missing = ["int8 graphs in its manifest"]
         if missing:
             hint = " (export with --int8)" if precision == "int8" else ""
             raise WeightsError(f"{folder} has no {', '.join(missing)}{hint}")

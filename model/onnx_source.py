@@ -13,30 +13,43 @@ import contextlib
 import logging
 import sys
 import tempfile
+from pathlib import Path
 
 import torch
 
 from .device import resolve_device
 from .errors import WeightsError
-from .onnx_model import PRECISIONS, LoadedOnnx, OnnxClipSeg, is_onnx_export, read_manifest
+from .int8_checks import Int8Decision, decide
+from .int8_kernels import choose_format, kernel_class
+from .onnx_model import (
+    PRECISIONS,
+    LoadedOnnx,
+    OnnxClipSeg,
+    int8_formats,
+    is_onnx_export,
+    read_manifest,
+)
 
 log = logging.getLogger(__name__)
 
-__all__ = ["load_onnx", "resolve_onnx_device", "resolve_precision"]
+__all__ = ["check_dtype", "int8_decision", "load_onnx", "resolve_onnx_device"]
 
 
-def resolve_precision(dtype: str, manifest: dict | None) -> str:
-    """The onnx backend's precision for a ``dtype`` argument: "float32" or "int8".
-
-    ``auto`` takes int8 only when the export's int8 graphs passed the fidelity gate
-    (``manifest["int8"]["recommended"]``); fp32 otherwise.
-    """
-    if dtype == "auto":
-        int8 = (manifest or {}).get("int8") or {}
-        return "int8" if int8.get("recommended") is True else "float32"
-    if dtype not in PRECISIONS:
+def check_dtype(dtype: str) -> None:
+    """The onnx backend runs ``auto``, ``float32`` or ``int8``; a ``ValueError`` else."""
+    if dtype != "auto" and dtype not in PRECISIONS:
         raise ValueError(f"the onnx backend runs float32 or int8 (or auto), not {dtype!r}")
-    return dtype
+
+
+def int8_decision(dtype: str, folder: str | Path, manifest: dict) -> Int8Decision:
+    """Whether an export runs int8 here for ``dtype`` (``auto``: ``model.int8_checks``
+    decides, checking at start-up when this kernel class has no verdict yet)."""
+    check_dtype(dtype)
+    if dtype == "auto":
+        return decide(folder, manifest)
+    fmt = choose_format(int8_formats(manifest)) if dtype == "int8" else None
+    why = f"dtype {dtype} was asked for (the fidelity check is not consulted)"
+    return Int8Decision(kernel_class(), fmt and fmt.name, dtype == "int8", why)
 
 
 def resolve_onnx_device(name: str = "auto") -> torch.device:
@@ -62,12 +75,18 @@ def load_onnx(
 ) -> LoadedOnnx:
     """An ``OnnxClipSeg`` for ``source`` (an export folder or any ``load_model`` source)."""
     if is_onnx_export(source):
-        precision = resolve_precision(dtype, read_manifest(source))
-        model = OnnxClipSeg(source, precision=precision, device=device, threads=threads)
+        decision = int8_decision(dtype, source, read_manifest(source))
+        model = OnnxClipSeg(
+            source,
+            precision="int8" if decision.use_int8 else "float32",
+            int8_format=decision.format if decision.use_int8 else None,
+            device=device,
+            threads=threads,
+        )
         if variant is not None and model.config.variant != variant:
             raise WeightsError(f"{source} holds {model.config.variant!r}, not {variant!r}")
-        return LoadedOnnx(model, "onnx", str(source), list(model.files))
-    precision = resolve_precision(dtype, None)
+        return LoadedOnnx(model, "onnx", str(source), list(model.files), decision)
+    check_dtype(dtype)
     from .export import export_graphs
     from .weights.loader import load_model
 
@@ -77,14 +96,28 @@ def load_onnx(
         "at its folder, to skip this at start)",
         loaded.source,
     )
+    fmt = choose_format() if dtype == "int8" else None
     with tempfile.TemporaryDirectory(prefix="clipseg-onnx-") as tmp:
         # The exporter reports its progress on stdout: keep stdout for the caller's output.
         with contextlib.redirect_stdout(sys.stderr):
             export_graphs(loaded.model.float().cpu(), tmp)
-        if precision == "int8":
+        if fmt is not None:
             from .quantize import quantize_export
 
-            quantize_export(tmp, "dynamic")
+            # Only the format this machine computes exactly: the folder lives for this run.
+            quantize_export(tmp, "dynamic", formats=(fmt,))
         # ONNX Runtime reads each graph whole at session creation: the folder can go.
-        model = OnnxClipSeg(tmp, precision=precision, device=device, threads=threads)
-    return LoadedOnnx(model, "onnx-exported", loaded.source, list(loaded.files))
+        model = OnnxClipSeg(
+            tmp,
+            precision="int8" if fmt else "float32",
+            int8_format=fmt and fmt.name,
+            device=device,
+            threads=threads,
+        )
+    why = (
+        "dtype int8 was asked for (the fidelity check is not consulted)"
+        if fmt
+        else "weights exported at start have no fidelity check (clipseg-export --check)"
+    )
+    decision = Int8Decision(kernel_class(), fmt and fmt.name, fmt is not None, why)
+    return LoadedOnnx(model, "onnx-exported", loaded.source, list(loaded.files), decision)

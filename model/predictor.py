@@ -606,7 +606,16 @@ class Predictor:
             "cpu_bf16": cpu_bf16_support(),
             "decode": self.decode,
             "compiled_batch_sizes": list(getattr(self.model.compiled_tower, "buckets", ())),
-            **({"providers": self.model.providers} if isinstance(self.model, OnnxClipSeg) else {}),
+            **(self._onnx_description() if isinstance(self.model, OnnxClipSeg) else {}),
+        }
+
+    def _onnx_description(self) -> dict[str, Any]:
+        """The onnx backend's providers, and whether it runs int8 here and why (the
+        kernel class, the int8 format, the reason: ``model.int8_checks``)."""
+        decision = getattr(self.loaded, "int8", None)
+        return {
+            "providers": self.model.providers,
+            "int8": decision.as_dict() if decision is not None else None,
         }
 
     @property

@@ -4,6 +4,10 @@ Only the vision tower is quantised (``query.onnx`` and ``visual.onnx`` ->
 ``*.int8.onnx``): it is ~98 % of a 1-prompt call's compute. The text encoder (cached per
 phrase) and the decoder (~2 %) stay fp32, so prompts and masks lose nothing there.
 
+Each method writes the graphs in every format of ``model.int8_kernels`` (``u8s8``: full
+int8 weights, where the CPU's kernels are exact; ``u8s7``: 7-bit weights, exact on every
+kernel, for AVX2 and AVX-512 without VNNI); each machine loads the one it runs exactly.
+
 * ``dynamic``: int8 weights (per output channel), activations quantised per call from
   their own range — no data needed.
 * ``static``: activations quantised with fixed ranges calibrated on the user's images
@@ -11,8 +15,9 @@ phrase) and the decoder (~2 %) stay fp32, so prompts and masks lose nothing ther
   ``calibration_pixels`` reads a folder of images through the model's own preprocessing.
 
 Whether int8 is good enough is measured on masks, not embeddings (``model.fidelity``);
-the manifest's ``int8`` entry records how the graphs were made and, once checked, whether
-they are recommended. Imports onnxruntime only when called (the ``onnx`` extra).
+the manifest's ``int8`` entry records how the graphs were made, their files per format,
+and, once checked, the verdict of the kernel class they were checked on
+(``model.int8_checks``). Imports onnxruntime only when called (the ``onnx`` extra).
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ import numpy as np
 from .config import ClipSegConfig
 from .errors import ClipSegError
 from .image_formats import image_files
+from .int8_kernels import FORMATS, Int8Format
 from .onnx_model import INT8_GRAPHS, MANIFEST, graph_path, read_manifest
 from .transforms import decode_image, normalize_pixels, to_model_pixels
 
@@ -62,10 +68,11 @@ def quantize_export(
     folder: str | Path,
     method: str = "dynamic",
     calibration: Iterable[np.ndarray] | None = None,
+    formats: Iterable[Int8Format] = FORMATS,
 ) -> dict[str, Any]:
-    """Write ``query.int8.onnx`` and ``visual.int8.onnx`` into an export folder; record
-    them in its manifest (``int8``: method, graphs, calibration images, recommended None
-    until ``model.fidelity`` has checked them). Returns that entry.
+    """Write the int8 vision graphs (``query`` and ``visual``) of an export folder in each
+    of ``formats``; record them in its manifest (``int8``: method, graphs, files per
+    format, calibration images, no checks yet). Returns that entry.
 
     ``calibration``: the static method's inputs, normalised float32 [1, 3, S, S] each
     (``calibration_pixels``); at least one.
@@ -76,28 +83,38 @@ def quantize_export(
     images = list(calibration or ()) if method == "static" else []
     if method == "static" and not images:
         raise ValueError("static int8 needs calibration images (a folder with images in it)")
-    for graph in INT8_GRAPHS:
-        source, target = graph_path(folder, graph), graph_path(folder, graph, "int8")
-        if method == "dynamic":
-            _dynamic(source, target)
-        else:
-            _static(source, target, images, manifest["graphs"][graph]["inputs"][0])
+    files: dict[str, dict[str, str]] = {}
+    for fmt in formats:
+        files[fmt.name] = {}
+        for graph in INT8_GRAPHS:
+            source, target = graph_path(folder, graph), graph_path(folder, graph, fmt.name)
+            if method == "dynamic":
+                _dynamic(source, target, fmt)
+            else:
+                _static(source, target, fmt, images, manifest["graphs"][graph]["inputs"][0])
+            files[fmt.name][graph] = target.name
     entry = {
         "method": method,
         "graphs": list(INT8_GRAPHS),
+        "formats": files,
         "calibration_images": len(images),
-        "recommended": None,
+        "checks": {},
     }
     manifest["int8"] = entry
     (Path(folder) / MANIFEST).write_text(json.dumps(manifest, indent=2))
     return entry
 
 
-def _dynamic(source: Path, target: Path) -> None:
+def _dynamic(source: Path, target: Path, fmt: Int8Format) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     quantize_dynamic(
-        source, target, weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=_OPS
+        source,
+        target,
+        weight_type=QuantType.QInt8,
+        per_channel=True,
+        reduce_range=fmt.reduce_range,
+        op_types_to_quantize=_OPS,
     )
 
 
@@ -122,7 +139,9 @@ class _Reader:
         return None if image is None else {self.name: image}
 
 
-def _static(source: Path, target: Path, images: list[np.ndarray], input_name: str) -> None:
+def _static(
+    source: Path, target: Path, fmt: Int8Format, images: list[np.ndarray], input_name: str
+) -> None:
     from onnxruntime.quantization import (
         CalibrationMethod,
         QuantFormat,
@@ -144,6 +163,7 @@ def _static(source: Path, target: Path, images: list[np.ndarray], input_name: st
             per_channel=True,
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
+            reduce_range=fmt.reduce_range,
             op_types_to_quantize=_OPS,
             # Percentile ranges (99.99th): CLIP's activations have rare huge outliers, and
             # min/max ranges spent the int8 steps on them (trained tiny model, 12 images:

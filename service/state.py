@@ -148,6 +148,10 @@ class ServiceState:
             f"{described['variant']}) on {described['device']} in {described['dtype']}"
             f" ({described['backend']} backend)"
         )
+        int8 = described.get("int8")
+        if int8:
+            state = "on" if int8["use_int8"] else "off"
+            line += f"; int8 {state} on {int8['kernel_class']}: {int8['reason']}"
         return f"{line} at {self.url}" if self.url else line
 
     def start_draining(self) -> None:
