@@ -37,9 +37,16 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .refine import MIN_EPS
+
 __all__ = [
     "BACKGROUND_PROMPT",
     "DEFAULT_POST",
+    "MAX_EPS",
+    "MAX_MIN_AREA",
+    "MAX_PAMR_ITERATIONS",
+    "MAX_RADIUS",
+    "MIN_EPS",
     "Background",
     "Combine",
     "PostProcess",
@@ -48,6 +55,7 @@ __all__ = [
     "check_size",
     "check_thresholds",
     "combine_masks",
+    "finite_scores",
     "mask_scores",
     "probabilities_at_size",
 ]
@@ -58,6 +66,18 @@ BACKGROUND_PROMPT = "background"
 #: bounded by its pixels any more (a disc of radius r costs r^2 per pixel done naively).
 MAX_MORPHOLOGY_PX = 512
 MAX_INSTANCES = 255  # instance ids are stored as uint8 (0 = none)
+#: The guided filter's radius is a pixel cost like the others; a radius beyond the image is
+#: clamped to it at render time (``model.refine.effective_radius``: the same filter).
+MAX_RADIUS = MAX_MORPHOLOGY_PX
+#: eps is in squared [0, 1] guide units, where no window's variance exceeds 1/4: eps = 1
+#: already smooths over every edge. ``MIN_EPS`` (model.refine) is float32's floor.
+MAX_EPS = 1.0
+#: PAMR's steps: each pulls borders about a neighbourhood (up to 24 px at 384 px) further,
+#: so 50 cross the whole map; more only costs time (~10 ms a step on 2 CPU cores).
+MAX_PAMR_ITERATIONS = 50
+#: OpenCV counts component areas in int32: a larger min_area drops every component, as
+#: this one does.
+MAX_MIN_AREA = 2**31 - 1
 
 
 def probabilities_at_size(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -153,9 +173,13 @@ class PostProcess:
     """Which post-processing steps a request wants (the module docstring has the order).
 
     refine / radius / eps / pamr_iterations: ``model.refine``; radius is the guided
-        window's in full-size pixels (None: ``auto_radius``, half a token of the model's grid), eps
-        its regularisation in squared [0, 1] guide units.
-    min_area: components of fewer pixels are dropped (8-connected); 0 keeps all.
+        window's in full-size pixels, in [1, ``MAX_RADIUS``] (None: ``auto_radius``, half a
+        token of the model's grid); one past the image's long side - 1 is clamped to it
+        when rendering (the windows already cover the whole image). eps is its
+        regularisation in squared [0, 1] guide units, in [``MIN_EPS``, ``MAX_EPS``] (below
+        1e-6 float32 cannot resolve it); pamr_iterations in [1, ``MAX_PAMR_ITERATIONS``].
+    min_area: components of fewer pixels are dropped (8-connected); 0 keeps all; at most
+        ``MAX_MIN_AREA``.
     fill_holes: fill background regions that do not touch the image border.
     erode / dilate: pixels, by Euclidean discs, erosion first.
     feather: width in pixels of the alpha ramp across the edge (0: hard 0/255 masks).
@@ -181,14 +205,21 @@ class PostProcess:
     def __post_init__(self) -> None:
         object.__setattr__(self, "refine", Refine(self.refine))
         object.__setattr__(self, "background", Background(self.background))
-        _check_int("radius", self.radius, 1, MAX_MORPHOLOGY_PX, optional=True)
-        _check_int("pamr_iterations", self.pamr_iterations, 1, 50)
-        _check_int("min_area", self.min_area, 0, None)
+        _check_int("radius", self.radius, 1, MAX_RADIUS, optional=True)
+        _check_int("pamr_iterations", self.pamr_iterations, 1, MAX_PAMR_ITERATIONS)
+        _check_int("min_area", self.min_area, 0, MAX_MIN_AREA)
         for name in ("erode", "dilate", "feather"):
             _check_int(name, getattr(self, name), 0, MAX_MORPHOLOGY_PX)
         _check_int("max_instances", self.max_instances, 1, MAX_INSTANCES)
-        if not (isinstance(self.eps, int | float) and 0.0 < self.eps <= 1.0):
-            raise ValueError(f"eps must be a number in (0, 1], got {self.eps!r}")
+        eps = self.eps
+        # The comparison is False for NaN, so NaN is refused too.
+        if isinstance(eps, bool) or not (
+            isinstance(eps, int | float) and MIN_EPS <= eps <= MAX_EPS
+        ):
+            raise ValueError(
+                f"eps must be a number in [{MIN_EPS:g}, {MAX_EPS:g}] (below {MIN_EPS:g} float32 "
+                f"cannot resolve it), got {eps!r}"
+            )
         factor = self.background_factor
         if not (isinstance(factor, int | float) and math.isfinite(factor) and factor > 0):
             raise ValueError(f"background_factor must be a positive number, got {factor!r}")
@@ -401,9 +432,18 @@ def mask_scores(probs: torch.Tensor) -> torch.Tensor:
         probs: ``[P, h, w]`` float probabilities.
 
     Returns:
-        ``[P]`` tensor of the same dtype and device, values in [0, 1].
+        ``[P]`` tensor of the same dtype and device, values in [0, 1] and always finite
+        (scores go into JSON and headers): NaN pixels are ignored (a map of NaN only
+        scores 0) and values outside [0, 1] are clipped.
     """
     _check_probs(probs, "probs")
     if probs.shape[0] == 0:
         return probs.new_empty((0,))
-    return probs.amax(dim=(1, 2))
+    return finite_scores(probs.nan_to_num(nan=0.0).amax(dim=(1, 2)))
+
+
+def finite_scores(scores: torch.Tensor) -> torch.Tensor:
+    """float ``[M]`` scores in [0, 1] with NaN as 0: what any score leaving the library is.
+
+    ``torch.clamp`` keeps NaN, so NaN is replaced first."""
+    return scores.nan_to_num(nan=0.0).clamp_(0.0, 1.0)

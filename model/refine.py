@@ -33,9 +33,11 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "MIN_EPS",
     "GuidedCoefficients",
     "auto_radius",
     "box_mean",
+    "effective_radius",
     "guided_coefficients",
     "guided_filter",
     "pamr",
@@ -57,6 +59,18 @@ PAMR_DILATIONS = (1, 2, 4, 8, 12, 24)
 PAMR_ITERATIONS = 10
 #: PAMR runs with the long side of the maps at most this (the model's 352 grid plus margin).
 PAMR_LONG_SIDE = 384
+#: The smallest ridge regularisation the float32 filter resolves. The guide's window
+#: statistics (var = E[I^2] - E[I]^2, in colour the 3x3 covariance) are float32 numbers of
+#: [0, 1] terms: even with exact sums (they are accumulated in float64 here) each product,
+#: mean and difference rounds once, a few units of float32's roundoff u = 2^-24 ~ 6e-8, so
+#: every entry is off by up to ~4u and a 3x3 matrix of such errors by up to 3 * 4u ~ 7e-7
+#: in norm. On a flat region, or a grey photo decoded as RGB, the exact covariance is
+#: singular: ``Sigma + eps I`` is certain to stay positive definite (finite coefficients of
+#: the right sign) only when eps exceeds that error, hence 1e-6 (~17u). Below it the
+#: "regularisation" is rounding noise and the solve divides by ~0 (eps = 1e-20 gave NaN).
+#: Nothing real is lost: the faintest edge a uint8 guide can hold, one pixel one level off
+#: in a 3x3 window, has a variance of (1/255)^2 * 8/81 ~ 1.5e-6, still above it.
+MIN_EPS = 1e-6
 _EIGHT = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -71,8 +85,10 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
     border (the mean of the pixels inside), as the guided filter's ``N`` normalisation.
 
     Running sums along each axis: O(1) per pixel whatever the radius (5x faster than a
-    separable ``avg_pool2d`` at r = 4). Inputs are in [0, 1] and the axes a few hundred
-    long, so the float32 sums lose < 1e-5, far below the filter's eps.
+    separable ``avg_pool2d`` at r = 4). The sums are float64: in float32 a window's sum is
+    the difference of two running sums of up to L values, off by ~L * 2^-24 (1e-3 on a
+    30000-px axis, above the default eps); in float64 the mean is float32-exact whatever L.
+    A radius beyond an axis is that axis' whole length (every window is the whole axis).
     """
     if radius < 1:
         return x
@@ -82,10 +98,16 @@ def box_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
 def _box_axis(x: torch.Tensor, radius: int, dim: int) -> torch.Tensor:
     """Window mean of radius ``radius`` along ``dim`` (-1 or -2), cut at the ends."""
     length = x.shape[dim]
+    # Past length - 1 every window is the whole axis already; the padding would only grow.
+    radius = min(radius, length - 1)
+    if radius < 1:
+        return x
     window = 2 * radius + 1
     pad = (radius + 1, radius, 0, 0) if dim == -1 else (0, 0, radius + 1, radius)
-    sums = F.pad(x, pad).cumsum(dim)
-    total = sums.narrow(dim, window, length) - sums.narrow(dim, 0, length)
+    sums = F.pad(x, pad).cumsum(dim, dtype=torch.float64)
+    # The window sums are exact to float64 rounding; the mean in x's dtype is then within
+    # two roundings of the exact one.
+    total = (sums.narrow(dim, window, length) - sums.narrow(dim, 0, length)).to(x.dtype)
     index = torch.arange(length, device=x.device)
     count = (index.clamp(max=length - 1 - radius) + radius + 1) - (index - radius).clamp(min=0)
     count = count.clamp(max=length).to(x.dtype)
@@ -133,9 +155,21 @@ def guide_to_float(guide: torch.Tensor) -> torch.Tensor:
 MAX_WORK_PIXELS = 1 << 19
 
 
+def effective_radius(size: tuple[int, int], radius: int) -> int:
+    """``radius`` clamped to ``[1, max(size) - 1]``: a window of radius long side - 1 already
+    covers the whole image from every pixel (windows are cut at the border), so any larger
+    radius is the same filter; clamped, the working scale never shrinks to one pixel."""
+    return max(1, min(int(radius), max(size) - 1))
+
+
 def working_size(size: tuple[int, int], radius: int) -> tuple[tuple[int, int], int]:
-    """(h, w) of the working scale and the radius there, for a full ``size`` and radius."""
+    """(h, w) of the working scale and the radius there, for a full ``size`` (h, w >= 1)
+    and a radius >= 1 (clamped by ``effective_radius``).
+
+    The working long side is at least min(long side, 4): the step is at most a quarter of
+    the clamped radius, or the pixel cap's, which keeps ~700 px a side."""
     height, width = size
+    radius = effective_radius(size, radius)
     floor = math.ceil(math.sqrt(height * width / MAX_WORK_PIXELS))
     step = max(1, radius // SUBSAMPLE_PER_RADIUS, floor)
     return (max(1, -(-height // step)), max(1, -(-width // step))), max(1, round(radius / step))
@@ -167,11 +201,13 @@ def guided_coefficients(
     Args:
         probs: float32 [M, h, w] soft maps in [0, 1].
         guide: float32 [C, h, w] in [0, 1], C = 1 (grey) or 3 (colour).
-        radius: window radius in these pixels; eps: ridge regularisation (in squared guide
-            units: edges whose contrast variance is well below eps are smoothed over).
+        radius: window radius in these pixels (>= 1; beyond the image it is the whole image);
+            eps: ridge regularisation in squared guide units (edges whose contrast variance is
+            well below eps are smoothed over), >= ``MIN_EPS`` for float32 to resolve it.
 
     Returns:
-        ``GuidedCoefficients`` at (h, w), already window-averaged.
+        ``GuidedCoefficients`` at (h, w), already window-averaged; finite whatever the
+        inputs' values (see ``_finite_or_flat``).
     """
     channels = guide.shape[0]
     mean_i = box_mean(guide, radius)  # [C, h, w]
@@ -180,12 +216,22 @@ def guided_coefficients(
     cov_ip = box_mean(probs.unsqueeze(1) * guide.unsqueeze(0), radius)
     cov_ip -= mean_p.unsqueeze(1) * mean_i.unsqueeze(0)
     if channels == 1:
-        var = box_mean(guide * guide, radius) - mean_i * mean_i  # [1, h, w]
+        # A variance is >= 0; rounding can make a flat window's slightly negative, and
+        # var + eps must never reach 0 (or flip the sign of the slope).
+        var = (box_mean(guide * guide, radius) - mean_i * mean_i).clamp_(min=0.0)  # [1, h, w]
         a = cov_ip / (var + eps).unsqueeze(0)
     else:
         a = _solve_colour(guide, mean_i, cov_ip, radius, eps)
+    a = _finite_or_flat(a)
     b = mean_p - (a * mean_i.unsqueeze(0)).sum(dim=1)
     return GuidedCoefficients(box_mean(a, radius), box_mean(b, radius))
+
+
+def _finite_or_flat(a: torch.Tensor) -> torch.Tensor:
+    """The slopes with any non-finite one set to 0: that window's output is then its mean
+    map value (the filter's limit for a large eps), never NaN. With eps >= ``MIN_EPS`` and
+    finite maps nothing changes; a NaN map (a model's fp16 overflow) stays contained."""
+    return torch.nan_to_num(a, nan=0.0, posinf=0.0, neginf=0.0)
 
 
 def _solve_colour(
@@ -194,34 +240,51 @@ def _solve_colour(
     """a = (Sigma + eps I)^-1 cov_ip per pixel, Sigma the guide's 3x3 window covariance.
 
     The 3x3 symmetric inverse is written out (adjugate / determinant): one pass of
-    elementwise ops shared by every map, instead of a batched LAPACK call per pixel.
+    elementwise ops shared by every map, instead of a batched LAPACK call per pixel. It is
+    float64 (at the working scale: a few MB): where the guide's colours are (nearly)
+    collinear — any grey photo — the adjugate subtracts products of size var^2 to leave
+    var * eps, and in float32 that cancels to noise (0.1 errors at eps = 1e-5).
     """
     pairs = ((0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2))
     products = torch.stack([guide[i] * guide[j] for i, j in pairs])
     s = box_mean(products, radius)
     for k, (i, j) in enumerate(pairs):
         s[k] -= mean_i[i] * mean_i[j]
+    s = s.double()
+    for k in (0, 3, 5):  # variances are >= 0 (rounding can make a flat window's negative)
+        s[k].clamp_(min=0.0)
     rr, rg, rb, gg, gb, bb = s.unbind(0)
     rr, gg, bb = rr + eps, gg + eps, bb + eps
-    inv_rr = gg * bb - gb * gb
-    inv_rg = gb * rb - rg * bb
-    inv_rb = rg * gb - gg * rb
-    inv_gg = rr * bb - rb * rb
-    inv_gb = rb * rg - rr * gb
-    inv_bb = rr * gg - rg * rg
-    det = rr * inv_rr + rg * inv_rg + rb * inv_rb
-    inverse = (
-        torch.stack(
-            [
-                torch.stack([inv_rr, inv_rg, inv_rb]),
-                torch.stack([inv_rg, inv_gg, inv_gb]),
-                torch.stack([inv_rb, inv_gb, inv_bb]),
-            ]
-        )
-        / det
-    )  # [3, 3, h, w]
-    # a[m, c] = sum_k inverse[c, k] * cov_ip[m, k]
-    return torch.einsum("ckhw,mkhw->mchw", inverse, cov_ip)
+    # The symmetric adjugate's six entries, in the order of ``pairs``, each x1*y1 - x2*y2.
+    terms = (
+        (gg, bb, gb, gb),
+        (gb, rb, rg, bb),
+        (rg, gb, gg, rb),
+        (rr, bb, rb, rb),
+        (rb, rg, rr, gb),
+        (rr, gg, rg, rg),
+    )
+    inverse = torch.empty_like(s)
+    for k, (x1, y1, x2, y2) in enumerate(terms):
+        torch.mul(x1, y1, out=inverse[k]).addcmul_(x2, y2, value=-1)
+    det = (rr * inverse[0]).addcmul_(rg, inverse[1]).addcmul_(rb, inverse[2])
+    inverse /= det
+    return _times_symmetric(inverse, cov_ip.double()).to(cov_ip.dtype)
+
+
+def _times_symmetric(inverse: torch.Tensor, cov_ip: torch.Tensor) -> torch.Tensor:
+    """a[m, c] = sum_k inverse[c, k] * cov_ip[m, k] for a symmetric 3x3 ``inverse`` given
+    by its six entries [6, h, w] (rr, rg, rb, gg, gb, bb) and cov_ip [M, 3, h, w].
+
+    Three multiply-adds per channel: ~10x faster on a CPU than the same ``einsum``, which
+    becomes a batched matmul of 3x3 matrices, one per pixel. Any float dtype (both alike)."""
+    rows = ((0, 1, 2), (1, 3, 4), (2, 4, 5))
+    a = torch.empty_like(cov_ip)
+    for c, (k0, k1, k2) in enumerate(rows):
+        out = a[:, c]
+        torch.mul(cov_ip[:, 0], inverse[k0], out=out)
+        out.addcmul_(cov_ip[:, 1], inverse[k1]).addcmul_(cov_ip[:, 2], inverse[k2])
+    return a
 
 
 def guided_filter(

@@ -25,7 +25,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .postprocess import DEFAULT_POST, Combine, PostProcess, Refine, check_size, combine_masks
+from .postprocess import (
+    DEFAULT_POST,
+    Combine,
+    PostProcess,
+    Refine,
+    check_size,
+    combine_masks,
+    finite_scores,
+)
 from .refine import (
     DEFAULT_GRID,
     PAMR_LONG_SIDE,
@@ -123,8 +131,7 @@ def render_masks(
     height, width = _check(logits, size)
     extra = [t for t in (negative_logits, background_logits) if t is not None and len(t)]
     maps = torch.cat([logits, *extra]) if extra else logits
-    # float32 before the sigmoid, as probabilities_at_size: half precision saturates early.
-    probs = torch.sigmoid(maps.float())  # [P + N (+ 1), S, S]
+    probs = _probabilities(maps)  # [P + N (+ 1), S, S]
     prompts = int(logits.shape[0])
     negatives = 0 if negative_logits is None else int(negative_logits.shape[0])
     count = 1 if combine in (Combine.UNION, Combine.INTERSECTION) else prompts
@@ -153,7 +160,7 @@ def render_probabilities(
     thresholds, whole — for an evaluation that sweeps thresholds. Memory is
     ``4 * P * H * W`` bytes."""
     height, width = _check(logits, size)
-    probs = torch.sigmoid(logits.float())
+    probs = _probabilities(logits)
     out = torch.empty((probs.shape[0], height, width), dtype=torch.float32, device=probs.device)
     post = post or DEFAULT_POST
     for start, block in _map_bands(probs, (height, width), BAND_ELEMENTS, post, guide, grid):
@@ -219,10 +226,26 @@ def _guide_at(guide: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if tuple(guide.shape[-2:]) == tuple(size):
         return guide_to_float(guide)
     if guide.device.type == "cpu":
-        # uint8 antialiased bilinear is a native CPU kernel: no full-size float copy.
+        # uint8 antialiased bilinear is a native CPU kernel: no full-size float copy. Its
+        # AVX path fails an internal assert for a 1x1 output of several channels (such a
+        # tensor is both contiguous and channels-last); one channel at a time is the same
+        # filter and works.
+        if size[0] * size[1] == 1:
+            small = F.interpolate(guide.unsqueeze(1), size=size, mode="bilinear", antialias=True)
+            return guide_to_float(small[:, 0])
         small = F.interpolate(guide.unsqueeze(0), size=size, mode="bilinear", antialias=True)
         return guide_to_float(small[0])
     return downsample(guide_to_float(guide), size)
+
+
+def _probabilities(logits: torch.Tensor) -> torch.Tensor:
+    """float32 sigmoid of [M, S, S] logits, a NaN logit as probability 0.
+
+    float32 before the sigmoid, as probabilities_at_size: half precision saturates early.
+    A NaN logit (a broken model, an fp16 overflow) would otherwise spread through the
+    interpolation and the filters into masks, soft maps and scores; at the model's grid
+    this costs one pass over a few hundred thousand floats."""
+    return torch.sigmoid(logits.float()).nan_to_num_(nan=0.0)
 
 
 def _check(logits: torch.Tensor, size: tuple[int, int]) -> tuple[int, int]:
@@ -325,7 +348,8 @@ class _Outputs:
     def add(self, masks: torch.Tensor, maps: torch.Tensor, start: int) -> None:
         """masks bool [M, rows, W] and maps float [M, rows, W] of output rows start.."""
         stop = start + masks.shape[1]
-        self.scores = torch.maximum(self.scores, maps.amax(dim=(1, 2)))
+        # fmax, not maximum: a NaN band maximum (none is expected) leaves the score as it was.
+        self.scores = torch.fmax(self.scores, maps.amax(dim=(1, 2)))
         packed = self._pack(masks)
         # Flags, areas and runs read the packed bits: an eighth of the bytes of the mask.
         self.areas += self._count(packed, masks)
@@ -354,7 +378,7 @@ class _Outputs:
     def result(self) -> RenderedMasks:
         runs = None if self.runs is None else self.runs.result()
         return RenderedMasks(
-            self.packed, self.scores, self.areas, self._boxes(), self.soft, runs=runs
+            self.packed, finite_scores(self.scores), self.areas, self._boxes(), self.soft, runs=runs
         )
 
     def _boxes(self) -> torch.Tensor:
