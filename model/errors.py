@@ -37,6 +37,19 @@ class InvalidPromptError(ClipSegError, ValueError):
     """A prompt that is empty or otherwise unusable, or an unknown template mode."""
 
 
+class PolygonTooComplexError(ClipSegError, ValueError):
+    """A mask whose COCO polygons would need more than ``limit`` vertices: a noisy mask
+    (specks, holes, ragged edges) traced at a small tolerance. Fixes: a larger tolerance,
+    dropping small pieces (``min_area``), RLE instead of polygons, or a larger limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        super().__init__(
+            f"the polygons need more than {limit} vertices; raise the tolerance, drop "
+            "small pieces (min_area), use RLE, or raise the vertex limit"
+        )
+
+
 class WeightsError(ClipSegError):
     """A checkpoint that cannot be loaded: wrong format, variant, or missing/unexpected keys."""
 

@@ -8,7 +8,9 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as coco
 from scipy import ndimage
 
-from model.polygons import mask_to_polygons
+from model import polygons
+from model.errors import PolygonTooComplexError
+from model.polygons import DEFAULT_MAX_VERTICES, least_vertices, mask_to_polygons
 
 
 def decode(polygons: list[list[float]], height: int, width: int) -> np.ndarray:
@@ -93,3 +95,104 @@ def test_tolerance_simplifies_and_empty_masks_have_no_polygons():
     assert mask_to_polygons(np.zeros((10, 10), bool)) == []
     with pytest.raises(ValueError, match="tolerance"):
         mask_to_polygons(disc, -1.0)
+
+
+# --- the vertex cap and the checkpoint ------------------------------------------------------
+
+
+def vertices(polygons: list[list[float]]) -> int:
+    return sum(len(p) for p in polygons) // 2
+
+
+def noise(side: int, seed: int = 0) -> np.ndarray:
+    """Salt and pepper: hundreds of specks and holes per 100x100 (deterministic)."""
+    return np.random.default_rng(seed).random((side, side)) < 0.5
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1.0])
+def test_the_cap_is_exact_and_raises_a_typed_error_naming_it(tolerance):
+    mask = noise(120)
+    exact = vertices(mask_to_polygons(mask, tolerance, max_vertices=None))
+    assert mask_to_polygons(mask, tolerance, max_vertices=exact) == mask_to_polygons(
+        mask, tolerance, max_vertices=None
+    )
+    with pytest.raises(PolygonTooComplexError, match=f"more than {exact - 1} vertices") as err:
+        mask_to_polygons(mask, tolerance, max_vertices=exact - 1)
+    assert err.value.limit == exact - 1
+    assert isinstance(err.value, ValueError)  # a bad value, for plain library callers
+    with pytest.raises(ValueError, match="max_vertices"):
+        mask_to_polygons(mask, tolerance, max_vertices=-1)
+
+
+def test_the_default_cap_refuses_a_million_specks_before_tracing(monkeypatch):
+    specks = np.zeros((2000, 2000), dtype=bool)
+    specks[::2, ::2] = True  # 1M one-pixel pieces: at least 4M vertices
+    assert 4 * specks.sum() > DEFAULT_MAX_VERTICES
+    traced = []
+    monkeypatch.setattr(polygons.cv2, "findContours", lambda *a: traced.append(a))
+    with pytest.raises(PolygonTooComplexError) as err:
+        mask_to_polygons(specks)
+    assert err.value.limit == DEFAULT_MAX_VERTICES
+    assert not traced  # refused from the bound: no contour was built
+
+
+def test_least_vertices_is_a_lower_bound_that_refuses_noise_at_tolerance_zero():
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        height, width = rng.integers(1, 40, 2)
+        mask = rng.random((height, width)) < rng.random()
+        for tolerance in (0.0, 1.0):
+            traced = vertices(mask_to_polygons(mask, tolerance, max_vertices=None))
+            assert least_vertices(mask, tolerance) <= traced, (mask.tolist(), tolerance)
+    mask = noise(200)  # tight enough that noise at tolerance 0 is refused before tracing
+    exact = vertices(mask_to_polygons(mask, 0.0, max_vertices=None))
+    assert least_vertices(mask, 0.0) > 0.6 * exact
+
+
+def test_past_the_cap_tracing_stops_before_any_polygon_is_built(monkeypatch):
+    mask = noise(200)
+    exact = vertices(mask_to_polygons(mask, 1.0, max_vertices=None))
+    calls = {"checkpoint": 0, "keyholed": 0}
+
+    def checkpoint() -> None:
+        calls["checkpoint"] += 1
+
+    keyholed = polygons._keyholed
+
+    def counted(ring, holes):
+        calls["keyholed"] += 1
+        return keyholed(ring, holes)
+
+    monkeypatch.setattr(polygons, "_keyholed", counted)
+    mask_to_polygons(mask, 1.0, max_vertices=None, checkpoint=checkpoint)
+    every = calls["checkpoint"]  # between contours while counting, then per polygon
+    calls.update(checkpoint=0, keyholed=0)
+    cap = least_vertices(mask, 1.0)  # passes the bound before tracing, not the count after
+    assert cap < exact / 1.5
+    with pytest.raises(PolygonTooComplexError):
+        mask_to_polygons(mask, 1.0, max_vertices=cap, checkpoint=checkpoint)
+    assert calls["keyholed"] == 0  # not one polygon built
+    assert 0 < calls["checkpoint"] < every * 0.5  # the count stopped when it passed the cap
+
+
+def test_a_raising_checkpoint_stops_the_tracing_at_once():
+    mask = noise(100)
+    seen = []
+
+    def checkpoint() -> None:
+        seen.append(None)
+        if len(seen) == 3:
+            raise TimeoutError("deadline")
+
+    with pytest.raises(TimeoutError):
+        mask_to_polygons(mask, 0.0, checkpoint=checkpoint)
+    assert len(seen) == 3
+
+
+def test_a_ring_with_thousands_of_holes_round_trips_exactly_and_fast():
+    cheese = np.zeros((400, 400), dtype=bool)
+    cheese[10:390, 10:390] = True
+    cheese[12:388:3, 12:388:3] = False  # 15,876 one-pixel holes in one ring
+    polygons_ = mask_to_polygons(cheese, 0.0, max_vertices=None)
+    assert len(polygons_) == 1
+    assert np.array_equal(decode(polygons_, *cheese.shape), cheese)
