@@ -36,7 +36,7 @@ from model.postprocess import (
 from model.predictor import PreparedImage
 from model.text import Template
 
-from . import codec
+from . import accept, codec
 from .budget import ImageHeader, RequestShape, check_limits, shape_of
 from .errors import ApiError
 from .jobs import SegmentJob
@@ -274,9 +274,15 @@ async def _respond(
 
 
 def _accepts_png(request: Request) -> bool:
-    """Raw PNG unless the client asked for JSON and not PNG."""
-    accept = request.headers.get("accept", "*/*").lower()
-    return "image/png" in accept or "application/json" not in accept
+    """Raw PNG when ``Accept`` allows it (q > 0) at least as much as JSON.
+
+    A tie goes to PNG, the single mask's own representation (``*/*``, no header). When
+    neither is acceptable the answer is JSON: every answer of this API, errors included,
+    can be JSON, and a 406 would only make the client ask again.
+    """
+    ranges = accept.parse_accept(request.headers.get("accept"))
+    png = accept.quality(ranges, "image/png")
+    return png > 0 and png >= accept.quality(ranges, "application/json")
 
 
 async def _probe(state: ServiceState, uploads: list[tuple[bytes, str]]) -> list[ImageHeader]:
