@@ -21,10 +21,10 @@ import json
 
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
 from starlette.types import Message, Receive, Scope, Send
 
 from .config import Settings
+from .static_files import static_files
 
 PAGE_PATH = "/"
 ASSETS_PATH = "/demo-assets"
@@ -96,10 +96,11 @@ def render_page(settings: Settings) -> str:
 
 
 class _SecureStatic:
-    """The static mount with ``SECURITY_HEADERS`` added to each answer (pure ASGI)."""
+    """The static mount (JSON errors, service/static_files.py) with ``SECURITY_HEADERS``
+    added to each answer (pure ASGI)."""
 
     def __init__(self, directory: str) -> None:
-        self.files = StaticFiles(directory=directory)
+        self.files = static_files(directory)
         self.extra = [(k.lower().encode(), v.encode()) for k, v in SECURITY_HEADERS.items()]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:

@@ -15,7 +15,8 @@ import importlib.resources
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
-from fastapi.staticfiles import StaticFiles
+
+from .static_files import static_files
 
 DOCS_PATH = "/docs"
 REDOC_PATH = "/redoc"
@@ -39,7 +40,7 @@ def assets_dir() -> str:
 def add_docs(app: FastAPI) -> None:
     """Mount the assets and add ``/docs`` and ``/redoc`` (create the app with
     ``docs_url=None, redoc_url=None``)."""
-    app.mount(ASSETS_PATH, StaticFiles(directory=assets_dir()), name="docs-assets")
+    app.mount(ASSETS_PATH, static_files(assets_dir()), name="docs-assets")
     openapi_url = app.openapi_url or "/openapi.json"
 
     @app.get(DOCS_PATH, include_in_schema=False)
