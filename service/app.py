@@ -8,10 +8,10 @@ import importlib.metadata
 import logging
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI, Request
+from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
-from . import demo, docs, request_id
+from . import demo, docs, request_id, single_values
 from .config import Settings
 from .door import (
     OPEN_PATHS,
@@ -117,6 +117,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=OPENAPI_PATH if settings.docs else None,
+        # A repeated scalar form field is a 422, not "the last one wins".
+        dependencies=[Depends(single_values.one_value_per_field)],
     )
     app.state.service = state
     install_error_handlers(app)
