@@ -22,8 +22,11 @@ from .door import (
 )
 from .early_refusal import EarlyRefusalMiddleware
 from .errors import error_body, install_error_handlers
+from .head import HeadAsGetMiddleware
 from .metrics import CONTENT_TYPE, ServiceMetrics
+from .outermost import wrap_outermost
 from .routes import router
+from .slashes import StripTrailingSlashMiddleware
 from .state import (
     FatalHandler,
     PredictorFactory,
@@ -117,6 +120,8 @@ def create_app(
         docs_url=None,
         redoc_url=None,
         openapi_url=OPENAPI_PATH if settings.docs else None,
+        # No redirect built from the Host header: both forms are served (service/slashes.py).
+        redirect_slashes=False,
         # A repeated scalar form field is a 422, not "the last one wins".
         dependencies=[Depends(single_values.one_value_per_field)],
     )
@@ -135,9 +140,10 @@ def create_app(
         open_paths = (*open_paths, *demo.PUBLIC_PATHS)
         open_prefixes = (*open_prefixes, *demo.PUBLIC_PREFIXES)
 
-    # add_middleware wraps what is there, so the last added is the outermost: request ID
-    # -> request metrics -> CORS -> API key -> body limit/timeout -> early refusal -> the
-    # app (door.py, early_refusal.py).
+    # add_middleware wraps what is there, so the last added is the outermost: (request ID
+    # -> HEAD as GET -> trailing slashes, outside Starlette's error layer, see below) ->
+    # request metrics -> CORS -> API key -> body limit/timeout -> early refusal -> the app
+    # (door.py, early_refusal.py).
     app.add_middleware(EarlyRefusalMiddleware, state=lambda: state)
     app.add_middleware(
         BodyLimitMiddleware,
@@ -175,7 +181,14 @@ def create_app(
             ],
         )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
-    app.add_middleware(request_id.RequestIdMiddleware)
+    # Outside ServerErrorMiddleware (service/outermost.py), so that its 500 answers carry
+    # X-Request-ID and lose their body on HEAD too; the path is canonical for everything.
+    wrap_outermost(
+        app,
+        request_id.RequestIdMiddleware,
+        HeadAsGetMiddleware,
+        StripTrailingSlashMiddleware,
+    )
     return app
 
 

@@ -63,6 +63,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 from uvicorn.server import ServerState
 
+from . import request_id
 from .config import Settings
 from .door import encode_error, error_headers, send_error
 
@@ -214,7 +215,11 @@ class DoorH11Protocol(H11Protocol):
 
 
 async def _internal_error(send: Send) -> None:
-    await send_error(send, 500, "internal_error", "internal error; see the server log")
+    # The request's ID, when the app got far enough to take one (request_id.py leaves it
+    # set in this task's context): the header every answer carries, as the body does.
+    rid = request_id.current()
+    extra = [(request_id.HEADER.lower().encode(), rid.encode())] if rid is not None else []
+    await send_error(send, 500, "internal_error", "internal error; see the server log", extra)
 
 
 def build_config(
