@@ -2,7 +2,8 @@
 
 The fields map one to one onto ``model.postprocess.PostProcess`` (the library's and the
 CLI's spelling of the same steps); their ranges are checked by FastAPI (422 naming the
-field) and the combinations that cannot mean anything by ``check_answer``.
+field) and the combinations that cannot mean anything by ``check_answer``. The bounds are
+the library's constants, so a form that passes FastAPI builds a ``PostProcess``.
 """
 
 from __future__ import annotations
@@ -12,7 +13,16 @@ from typing import Annotated, Literal
 
 from fastapi import Form
 
-from model.postprocess import MAX_MORPHOLOGY_PX, PostProcess, Refine
+from model.postprocess import (
+    MAX_EPS,
+    MAX_MIN_AREA,
+    MAX_MORPHOLOGY_PX,
+    MAX_PAMR_ITERATIONS,
+    MAX_RADIUS,
+    MIN_EPS,
+    PostProcess,
+    Refine,
+)
 
 from .errors import ApiError
 
@@ -42,25 +52,32 @@ def post_fields(
         int | None,
         Form(
             ge=1,
-            le=MAX_MORPHOLOGY_PX,
+            le=MAX_RADIUS,
             description="guided filter window radius in image pixels; default half a token "
-            "of the model's patch grid (the long side / 44 for ViT-B/16)",
+            "of the model's patch grid (the long side / 44 for ViT-B/16). A radius past the "
+            "image's long side - 1 is that one (its windows already cover the whole image)",
         ),
     ] = None,
     refine_eps: Annotated[
         float,
         Form(
-            gt=0.0,
-            le=1.0,
+            ge=MIN_EPS,
+            le=MAX_EPS,
             description="guided filter regularisation (colour variance, 0-1 units): larger "
-            "keeps only strong edges",
+            f"keeps only strong edges; at least {MIN_EPS:g}, the smallest float32 resolves",
         ),
     ] = 1e-3,
     pamr_iterations: Annotated[
-        int, Form(ge=1, le=50, description="refine=pamr: affinity propagation steps")
+        int,
+        Form(ge=1, le=MAX_PAMR_ITERATIONS, description="refine=pamr: affinity propagation steps"),
     ] = 10,
     min_area: Annotated[
-        int, Form(ge=0, description="drop connected pieces of fewer pixels (after threshold)")
+        int,
+        Form(
+            ge=0,
+            le=MAX_MIN_AREA,
+            description="drop connected pieces of fewer pixels (after threshold)",
+        ),
     ] = 0,
     fill_holes: Annotated[
         bool, Form(description="fill holes (background not connected to the border)")
@@ -89,18 +106,23 @@ def post_fields(
     ] = 1.0,
 ) -> PostFields:
     """The shared fields as a ``PostFields`` (``max_instances`` is set by the route)."""
-    post = PostProcess(
-        refine=Refine(refine),
-        radius=refine_radius,
-        eps=refine_eps,
-        pamr_iterations=pamr_iterations,
-        min_area=min_area,
-        fill_holes=fill_holes,
-        erode=erode,
-        dilate=dilate,
-        feather=feather,
-        instances=instances,
-    )
+    try:
+        post = PostProcess(
+            refine=Refine(refine),
+            radius=refine_radius,
+            eps=refine_eps,
+            pamr_iterations=pamr_iterations,
+            min_area=min_area,
+            fill_holes=fill_holes,
+            erode=erode,
+            dilate=dilate,
+            feather=feather,
+            instances=instances,
+        )
+    except ValueError as exc:
+        # The form's bounds are the library's, so this is only a net: a check the library
+        # gains later is still a 422, never a 500.
+        raise ApiError(422, "invalid_field", f"post-processing: {exc}") from None
     return PostFields(post, polygon_tolerance)
 
 
