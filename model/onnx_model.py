@@ -183,7 +183,8 @@ class OnnxClipSeg:
         #: The int8 format of the vision graphs (None in float32).
         self.int8_format: str | None = None
         if precision == "int8":
-            self.int8_format = int8_format or int8_format_for(self.manifest).name
+            chosen = format_named(int8_format) if int8_format else int8_format_for(self.manifest)
+            self.int8_format = chosen.name
             if self.int8_format not in int8_formats(self.manifest):
                 raise WeightsError(f"{folder} has no int8 graphs in format {self.int8_format!r}")
         #: Predictor looks for a compiled tower; graphs are compiled by ONNX Runtime.

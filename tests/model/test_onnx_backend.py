@@ -9,13 +9,15 @@ import shutil
 import warnings
 
 import numpy as np
+import onnxruntime
 import pytest
 import torch
 
 from model.batch import SegmentRequest
 from model.errors import WeightsError
+from model.int8_kernels import choose_format, kernel_class
 from model.onnx_model import OnnxClipSeg, read_manifest
-from model.onnx_source import load_onnx, resolve_precision
+from model.onnx_source import load_onnx
 from model.postprocess import PostProcess
 from model.predictor import Predictor
 from tests.conftest import random_image
@@ -103,9 +105,13 @@ def test_a_batch_of_requests_goes_through_the_same_plan(onnx_predictor, torch_pr
 
 
 def test_int8_runs_the_quantised_vision_graphs(tiny_onnx, torch_predictor):
+    """In the format this machine would choose (``u8s8`` where its kernels are exact,
+    ``u8s7`` on AVX2): what it serves, so what must be close here."""
     int8 = Predictor(OnnxClipSeg(tiny_onnx, precision="int8"), device="cpu")
-    assert int8.describe()["dtype"] == "int8"
-    assert {f.name for f in int8.model.files} >= {"query.int8.onnx", "visual.int8.onnx"}
+    fmt = choose_format()
+    assert int8.describe()["dtype"] == "int8" and int8.model.int8_format == fmt.name
+    wanted = {f"query{fmt.suffix}.onnx", f"visual{fmt.suffix}.onnx"}
+    assert {f.name for f in int8.model.files} >= wanted
     image = random_image(80, 60, seed=4)
     got = int8.logits(int8.prepare_image(image).pixels[None], int8.text_embeddings(["a cat"]))
     want = torch_predictor.logits(
@@ -133,35 +139,49 @@ def test_precision_rules(tiny_onnx):
         Predictor(model, device="cpu", compile_buckets=(1,))
     with pytest.raises(ValueError, match="unknown precision"):
         OnnxClipSeg(tiny_onnx, precision="float16")
-    assert resolve_precision("auto", {"int8": {"recommended": True}}) == "int8"
-    assert resolve_precision("auto", {"int8": {"recommended": False}}) == "float32"
-    assert resolve_precision("auto", {"int8": {"recommended": None}}) == "float32"
-    assert resolve_precision("auto", None) == "float32"
-    assert resolve_precision("int8", None) == "int8"
     with pytest.raises(ValueError, match="float32 or int8"):
-        resolve_precision("bfloat16", None)
+        load_onnx(str(tiny_onnx), dtype="bfloat16")
+    with pytest.raises(ValueError, match="unknown int8 format"):
+        OnnxClipSeg(tiny_onnx, precision="int8", int8_format="u4s4")
 
 
-def test_auto_runs_int8_only_when_the_gate_recommended_it(tiny_onnx, tmp_path):
+def test_auto_runs_int8_only_with_a_passing_record_for_this_kernel_class(tiny_onnx, tmp_path):
     folder = tmp_path / "export"
     shutil.copytree(tiny_onnx, folder)
-    assert load_onnx(str(folder)).model.precision == "float32"  # int8 not checked yet
+    loaded = load_onnx(str(folder))  # int8 not checked yet, and no images to check it on
+    assert loaded.model.precision == "float32" and not loaded.int8.use_int8
+    assert "never checked" in loaded.int8.reason
+    fmt = choose_format().name
+    record = {"format": fmt, "onnxruntime": onnxruntime.__version__, "recommended": True,
+              "bar": 0.95, "checked_images": 4, "fidelity": {"mean_iou": 0.99}}  # fmt: skip
     manifest = read_manifest(folder)
-    manifest["int8"]["recommended"] = True
+    manifest["int8"]["checks"] = {kernel_class(): record}
     (folder / "manifest.json").write_text(json.dumps(manifest))
     loaded = load_onnx(str(folder))
     assert loaded.model.precision == "int8" and loaded.kind == "onnx"
+    assert loaded.model.int8_format == fmt and kernel_class() in loaded.int8.reason
     assert load_onnx(str(folder), dtype="float32").model.precision == "float32"
     with pytest.raises(WeightsError, match="holds 'tiny'"):
         load_onnx(str(folder), variant="rd64-refined")
+    # A failed record, or one of another kernel class, format or onnxruntime, says
+    # nothing good about this machine.
+    others = ({"recommended": False}, {"format": "u8s8" if fmt == "u8s7" else "u8s7"},
+              {"onnxruntime": "0.0"})  # fmt: skip
+    for other in others:
+        manifest["int8"]["checks"] = {kernel_class(): record | other}
+        (folder / "manifest.json").write_text(json.dumps(manifest))
+        assert load_onnx(str(folder)).model.precision == "float32"
+    manifest["int8"]["checks"] = {"x86-64 some-other-class": record}
+    (folder / "manifest.json").write_text(json.dumps(manifest))
+    assert load_onnx(str(folder)).model.precision == "float32"
 
 
 def test_missing_int8_graphs_and_foreign_folders_are_weights_errors(tiny_onnx, tmp_path):
     folder = tmp_path / "fp32-only"
     shutil.copytree(tiny_onnx, folder)
-    for path in folder.glob("*.int8.onnx"):
+    for path in folder.glob("*.int8*.onnx"):
         path.unlink()
-    with pytest.raises(WeightsError, match=r"query\.int8\.onnx.*--int8"):
+    with pytest.raises(WeightsError, match=r"query\.int8.*\.onnx.*--int8"):
         OnnxClipSeg(folder, precision="int8")
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "manifest.json").write_text('{"format": "something else"}')

@@ -20,6 +20,7 @@ import torch
 from huggingface_hub import constants
 
 from model.device import resolve_dtype
+from model.int8_kernels import kernel_class
 from service.app import create_app
 from service.logs import configure_logging
 from tests.conftest import encode, random_image
@@ -178,6 +179,16 @@ def test_python_warnings_are_one_log_line(logs):
 
 
 # Start-up --------------------------------------------------------------------------------
+
+
+def test_the_ready_line_says_why_int8_is_off(logs, tiny_onnx):
+    """An export never checked against fp32 runs fp32 under dtype=auto, and says why."""
+    captured = logs("info")
+    app = create_app(make_settings(weights=str(tiny_onnx), backend="onnx"))
+    with LiveServer(app, log_level="info") as server:
+        assert httpx.get(server.url + "/info").json()["dtype"] == "float32"
+    (ready,) = [line for line in captured.lines() if "ready: serving" in line]
+    assert f"int8 off on {kernel_class()}: int8 was never checked against fp32" in ready
 
 
 def test_ready_line_once_and_the_random_weights_warning_once(logs):

@@ -4,11 +4,14 @@ tests run on both backends: test_api.py, test_post_api.py.)"""
 
 from __future__ import annotations
 
+from unittest.mock import ANY
+
 import httpx
 import numpy as np
 import pytest
 from pydantic import ValidationError
 
+from model.int8_kernels import choose_format, kernel_class
 from model.onnx_model import OnnxClipSeg
 from model.predictor import Predictor
 from service.app import create_app
@@ -27,6 +30,10 @@ def test_the_service_serves_an_export_folder(tiny_onnx):
     assert info["backend"] == "onnx" and info["dtype"] == "int8"
     assert info["weights"]["kind"] == "onnx" and len(info["weights"]["sha256"]) == 64
     assert info["providers"] == ["CPUExecutionProvider"]
+    # Which integer kernels, which int8 format, and why int8 runs (asked for here).
+    assert info["int8"] == {"kernel_class": kernel_class(), "format": choose_format().name,
+                            "use_int8": True, "reason": ANY}  # fmt: skip
+    assert "not consulted" in info["int8"]["reason"]
     assert response.status_code == 200
     library = Predictor(OnnxClipSeg(tiny_onnx, precision="int8"), device="cpu")
     expected = library.segment(image, ["a cat"], threshold=0.4466).masks[0]
@@ -40,6 +47,7 @@ def test_other_weights_are_exported_at_start():
         response = post_text(server.url, encode(random_image(30, 20)), ["sky"])
     assert info["backend"] == "onnx" and info["weights"]["kind"] == "onnx-exported"
     assert info["dtype"] == "float32" and response.status_code == 200
+    assert info["int8"]["use_int8"] is False and "no fidelity check" in info["int8"]["reason"]
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """int8 on trained weights (the tiny model trained on synthetic shapes): its masks agree
-with fp32 within the gate for both quantisation methods, the gate writes its verdict into
-the manifest, and the onnx backend's dtype=auto follows it."""
+with fp32 within the gate for both quantisation methods, in the int8 format this machine
+runs (``model.int8_kernels``); the gate writes its verdict into the manifest for this
+machine's kernel class, and the onnx backend's dtype=auto follows it."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import pytest
 from model.export_cli import main as export_main
 from model.fidelity import Fidelity, recommended
 from model.gate import check_export
+from model.int8_kernels import choose_format, kernel_class
 from model.onnx_model import read_manifest
 from model.onnx_source import load_onnx
 from model.weights.loader import load_model
@@ -52,9 +54,23 @@ def _export(trained, scenes, out: Path, method: str) -> list[str]:
 
 
 def _report(method: str, int8: dict) -> None:
-    print(f"{method} int8 vs fp32: mean IoU {int8['mean_iou']:.4f}, min {int8['min_iou']:.4f}, "
-          f"pixels {int8['pixel_agreement']:.4f}, median split "
+    print(f"{method} int8 ({choose_format().name} on {kernel_class()}) vs fp32: mean IoU "
+          f"{int8['mean_iou']:.4f}, min {int8['min_iou']:.4f}, pixels "
+          f"{int8['pixel_agreement']:.4f}, median split "
           f"{int8['median_split_agreement']:.4f}")  # fmt: skip
+
+
+def _verdict(recommended: bool, bar: float = 0.95) -> dict:
+    """The --check line's verdict, on this machine's kernel class and int8 format."""
+    return {"int8_recommended": recommended, "bar": bar, "kernel_class": kernel_class(),
+            "int8_format": choose_format().name}  # fmt: skip
+
+
+def _record(out: Path) -> dict:
+    """The manifest's one record: this machine's kernel class."""
+    checks = read_manifest(out)["int8"]["checks"]
+    assert list(checks) == [kernel_class()]
+    return checks[kernel_class()]
 
 
 def test_dynamic_int8_of_trained_weights_passes_the_gate(trained, scenes, tmp_path, capsys):
@@ -68,12 +84,18 @@ def test_dynamic_int8_of_trained_weights_passes_the_gate(trained, scenes, tmp_pa
     assert int8["masks"] == 12 * len(phrases) + 11 and int8["nonempty_masks"] >= 24
     assert int8["mean_iou"] >= 0.97 and int8["pixel_agreement"] >= 0.99
     assert fp32["mean_iou"] >= 0.999 and fp32["max_logit_diff"] < 1e-3
-    assert lines["int8_recommended"] == {"int8_recommended": True, "bar": 0.95}
-    entry = read_manifest(out)["int8"]
-    assert entry["method"] == "dynamic" and entry["recommended"] is True
-    assert entry["calibration_images"] == 0 and entry["checked_images"] == 12
-    assert entry["fidelity"]["mean_iou"] == int8["mean_iou"]
-    assert load_onnx(str(out)).model.precision == "int8"  # auto follows the gate
+    assert lines["int8_recommended"] == _verdict(True)
+    entry, record = read_manifest(out)["int8"], _record(out)
+    assert entry["method"] == "dynamic" and entry["calibration_images"] == 0
+    assert record["recommended"] is True and record["checked_images"] == 12
+    assert record["format"] == choose_format().name and record["reference"] == "torch float32"
+    assert record["fidelity"]["mean_iou"] == int8["mean_iou"]
+    # A few check images, the prompts and the bar stay, for other machines' checks.
+    assert len(entry["check"]["images"]) == 8 and entry["check"]["prompts"] == phrases
+    assert all((out / name).is_file() for name in entry["check"]["images"])
+    loaded = load_onnx(str(out))
+    assert loaded.model.precision == "int8"  # auto follows the gate
+    assert "checked at export" in loaded.int8.reason
 
 
 def test_static_int8_is_calibrated_and_judged(trained, scenes, tmp_path, capsys):
@@ -89,8 +111,8 @@ def test_static_int8_is_calibrated_and_judged(trained, scenes, tmp_path, capsys)
     entry = read_manifest(out)["int8"]
     assert entry["method"] == "static" and entry["calibration_images"] == 12
     verdict = int8["mean_iou"] >= 0.95
-    assert entry["recommended"] is verdict
-    assert lines["int8_recommended"]["int8_recommended"] is verdict
+    assert _record(out)["recommended"] is verdict
+    assert lines["int8_recommended"] == _verdict(verdict)
     assert load_onnx(str(out)).model.precision == ("int8" if verdict else "float32")
 
 
@@ -104,14 +126,16 @@ def test_the_gate_refuses_int8_below_its_bar(trained, scenes, tmp_path, capsys):
             "--bar", "1.01"]  # fmt: skip
     assert export_main(args) == 0
     captured = capsys.readouterr()
-    assert _lines(captured.out)["int8_recommended"] == {"int8_recommended": False, "bar": 1.01}
-    assert "int8 is NOT recommended" in captured.err
-    assert read_manifest(out)["int8"]["recommended"] is False
-    assert load_onnx(str(out)).model.precision == "float32"
+    assert _lines(captured.out)["int8_recommended"] == _verdict(False, 1.01)
+    assert f"int8 is NOT recommended for these weights on {kernel_class()}" in captured.err
+    assert _record(out)["recommended"] is False
+    loaded = load_onnx(str(out))
+    assert loaded.model.precision == "float32" and "failed" in loaded.int8.reason
     # Checked again at the default bar, the same graphs are recommended.
     model = load_model(trained / "best").model
     report = check_export(model, out, sorted(check.iterdir())[:4], phrases)
-    assert report.int8_recommended is True and read_manifest(out)["int8"]["bar"] == 0.95
+    assert report.int8_recommended is True and read_manifest(out)["int8"]["check"]["bar"] == 0.95
+    assert _record(out)["bar"] == 0.95 and _record(out)["checked_images"] == 4
 
 
 def test_no_evidence_is_no_recommendation():
