@@ -14,7 +14,8 @@ Two kinds of limit:
 The estimates follow the code paths: JPEGs decode drafted toward the model size (1/2..1/8
 per side), other formats at full size and are reduced after; masks leave the device
 bit-packed (1 bit per pixel), soft maps as 8 bits per pixel; encoding unpacks one mask at
-a time.
+a time; polygons are traced on a doubled mask and capped at ``CLIPSEG_MAX_POLYGON_VERTICES``
+(``service.encode_limits``), so their objects and text are bounded too.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from .errors import ApiError
 #: Decoded bytes per pixel of PIL modes (what the decoder allocates before conversion).
 _MODE_BYTES = {"1": 0.125, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "RGB": 3}
 _DRAFTED = frozenset({"JPEG", "MPO"})
+#: Tracing a mask for polygons, per mask pixel: the doubled mask and OpenCV's bordered
+#: copy of it (4 + 4 bytes; the bound before tracing, int32 labels, needs less).
+_TRACE_BYTES_PER_PIXEL = 8
+#: Per allowed polygon vertex: two Python floats in a list (64 bytes), the JSON text
+#: (~17) and its copy with the timings, and OpenCV's contours (at most a third as many
+#: as vertices, ~150 bytes each with their arrays).
+_BYTES_PER_VERTEX = 150
 
 
 @dataclass(frozen=True)
@@ -81,10 +89,11 @@ class RequestShape:
         )  # fmt: skip
 
 
-def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> int:
+def check_limits(settings: Settings, shape: RequestShape, model_size: int, fmt: str = "png") -> int:
     """Raise 413 for a request over a per-request limit; else its estimated peak bytes.
 
-    ``model_size``: the model's input side (images decode toward it).
+    ``model_size``: the model's input side (images decode toward it); ``fmt``: the
+    answer's format (png | rle | polygon).
     """
     query = shape.query
     output = query.pixels * shape.rows
@@ -118,7 +127,14 @@ def check_limits(settings: Settings, shape: RequestShape, model_size: int) -> in
             "max_support_pixels",
             settings.max_support_pixels,
         )
-    return estimated_bytes(shape, model_size)
+    polygons = polygon_bytes(shape.query, settings.max_polygon_vertices) if fmt == "polygon" else 0
+    return estimated_bytes(shape, model_size) + polygons
+
+
+def polygon_bytes(query: ImageHeader, max_vertices: int) -> int:
+    """What ``format=polygon`` adds to a request's peak: one mask traced at a time, and
+    the polygons of all masks, at most ``max_vertices`` vertices."""
+    return _TRACE_BYTES_PER_PIXEL * query.pixels + _BYTES_PER_VERTEX * max_vertices
 
 
 def estimated_bytes(shape: RequestShape, model_size: int) -> int:

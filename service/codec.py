@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
+import math
 
 import numpy as np
 import torch
@@ -18,10 +20,11 @@ from model.masks import (
     encode_rle,
     encode_rle_runs,
 )
-from model.polygons import mask_to_polygons
+from model.polygons import DEFAULT_MAX_VERTICES
 from model.predictor import Predictor, PreparedImage
 
 from .budget import ImageHeader
+from .encode_limits import EncodeLimits
 from .errors import ApiError
 
 #: Declared part types we refuse outright (415); anything else is sniffed by the decoder.
@@ -87,18 +90,69 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _no_limits() -> EncodeLimits:
+    """No deadline; the library's vertex cap (for callers outside a request)."""
+    return EncodeLimits(math.inf, DEFAULT_MAX_VERTICES)
+
+
+def json_body(
+    result: Segmentation,
+    fmt: str,
+    png_bits: int = 8,
+    tolerance: float = 1.0,
+    limits: EncodeLimits | None = None,
+) -> bytes:
+    """The JSON answer as bytes — ``width``, ``height``, ``masks`` (``mask_entries``),
+    ``instances_dropped`` with instances — rendered as Starlette's ``JSONResponse``
+    renders, here in the threadpool rather than on the event loop (a big polygon answer
+    takes a fraction of a second to render). 504 if the deadline passed meanwhile."""
+    limits = limits or _no_limits()
+    height, width = result.size
+    entries = mask_entries(result, fmt, png_bits, tolerance, limits)
+    payload: dict = {"width": width, "height": height, "masks": entries}
+    if result.instances is not None:
+        # Components beyond CLIPSEG_MAX_INSTANCES, per mask: nothing is dropped silently.
+        payload["instances_dropped"] = [
+            {"prompt": label, "dropped": found.dropped}
+            for label, found in zip(result.labels, result.instances, strict=True)
+        ]
+    body = _render(payload)
+    limits.check()
+    return body
+
+
+def with_field(body: bytes, name: str, value: object) -> bytes:
+    """The JSON object ``body`` with ``name: value`` added at its end (the timings, known
+    only once the rest is rendered), without parsing it again."""
+    return body[:-1] + b"," + _render({name: value})[1:]
+
+
+def _render(content: object) -> bytes:
+    """JSON as ``JSONResponse.render`` writes it: compact, UTF-8, no NaN."""
+    return json.dumps(
+        content, ensure_ascii=False, allow_nan=False, indent=None, separators=(",", ":")
+    ).encode("utf-8")
+
+
 def mask_entries(
-    result: Segmentation, fmt: str, png_bits: int = 8, tolerance: float = 1.0
+    result: Segmentation,
+    fmt: str,
+    png_bits: int = 8,
+    tolerance: float = 1.0,
+    limits: EncodeLimits | None = None,
 ) -> list[dict]:
     """One JSON entry per output mask — or per instance of each, when the result has
     instances — (see the README's response schema), encoded one mask at a time so only
     one unpacked mask exists at once; mask PNGs have ``png_bits`` (alpha mattes when the
-    result is feathered); polygons are simplified to ``tolerance`` pixels."""
+    result is feathered); polygons are simplified to ``tolerance`` pixels. ``limits``:
+    the deadline, checked before each mask (504), and the polygons' vertex cap (413)."""
+    limits = limits or _no_limits()
     entries = []
     for i, label in enumerate(result.labels):
         if result.instances is not None:
-            entries += _instance_entries(result, i, fmt, png_bits, tolerance)
+            entries += _instance_entries(result, i, fmt, png_bits, tolerance, limits)
             continue
+        limits.check()
         entry: dict = {
             "prompt": label,
             "score": round(float(result.scores[i]), 6),
@@ -110,7 +164,7 @@ def mask_entries(
             # Runs found on the device: only the counts string is written here.
             entry["rle"] = encode_rle_runs(result.runs[i], result.size)
         else:
-            entry.update(_encoded(result, fmt, png_bits, tolerance, i, None))
+            entry.update(_encoded(result, fmt, png_bits, tolerance, limits, i, None))
         if result.soft is not None:
             entry["soft_png"] = _b64(encode_png_gray(result.soft[i]))
         entries.append(entry)
@@ -118,13 +172,19 @@ def mask_entries(
 
 
 def _instance_entries(
-    result: Segmentation, index: int, fmt: str, png_bits: int, tolerance: float
+    result: Segmentation,
+    index: int,
+    fmt: str,
+    png_bits: int,
+    tolerance: float,
+    limits: EncodeLimits,
 ) -> list:
     """The entries of mask ``index``'s instances, best first."""
     assert result.instances is not None
     found = result.instances[index]
     entries = []
     for k in range(len(found)):
+        limits.check()
         entry: dict = {
             "prompt": result.labels[index],
             "instance": k,
@@ -134,7 +194,7 @@ def _instance_entries(
             "bbox": [int(v) for v in found.boxes[k]],
             "threshold": result.mask_threshold(index),
         }
-        entry.update(_encoded(result, fmt, png_bits, tolerance, index, k))
+        entry.update(_encoded(result, fmt, png_bits, tolerance, limits, index, k))
         entries.append(entry)
     return entries
 
@@ -144,6 +204,7 @@ def _encoded(
     fmt: str,
     png_bits: int,
     tolerance: float,
+    limits: EncodeLimits,
     index: int,
     instance: int | None,
 ) -> dict:
@@ -163,14 +224,22 @@ def _encoded(
     if fmt == "rle":
         return {"rle": encode_rle(mask)}
     if fmt == "polygon":
-        return {"segmentation": mask_to_polygons(mask, tolerance)}
+        return {"segmentation": limits.polygons(mask, tolerance)}
     packed = np.packbits(mask, axis=-1)  # an instance's PNG, with the answer's png_bits
     return {"png": _b64(encode_png_packed(packed, width, png_bits))}
 
 
-def single_png(result: Segmentation, png_bits: int = 8) -> bytes:
+def single_png(
+    result: Segmentation, png_bits: int = 8, limits: EncodeLimits | None = None
+) -> bytes:
     """The body of a single-mask PNG response at the query's size: mode L, 0/255
-    (``png_bits=8``) or mode 1 (``png_bits=1``); the alpha matte when feathered."""
+    (``png_bits=8``) or mode 1 (``png_bits=1``); the alpha matte when feathered. 504 if
+    the deadline has passed, before or after encoding."""
+    limits = limits or _no_limits()
+    limits.check()
     if result.feather:
-        return encode_png_gray(result.alpha(0))
-    return encode_png_packed(result.packed_masks[0], result.size[1], png_bits)
+        body = encode_png_gray(result.alpha(0))
+    else:
+        body = encode_png_packed(result.packed_masks[0], result.size[1], png_bits)
+    limits.check()
+    return body

@@ -95,6 +95,12 @@ class Settings(BaseSettings):
     max_refine_pixels: int = Field(
         25_000_000, ge=1, description="per request with refine: image pixels (the guide)"
     )
+    max_polygon_vertices: int = Field(
+        250_000,
+        ge=1,
+        description="per response with format=polygon: vertices of all masks' polygons "
+        "(413 beyond; about 17 bytes of JSON each)",
+    )
     max_instances: int = Field(
         100, ge=1, le=255, description="instances kept per mask with instances=true (best first)"
     )

@@ -21,7 +21,7 @@ from typing import Annotated, Literal
 
 import torch
 from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import Response
 from starlette.concurrency import run_in_threadpool
 
 from model.batch import Segmentation, SegmentRequest
@@ -38,6 +38,7 @@ from model.text import Template
 
 from . import accept, codec
 from .budget import ImageHeader, RequestShape, check_limits, shape_of
+from .encode_limits import EncodeLimits
 from .errors import ApiError
 from .jobs import SegmentJob
 from .post_form import PostFields, check_answer, post_fields
@@ -205,7 +206,7 @@ async def _serve(
     t0, deadline = started
     state = get_state(request)
     predictor, batcher = state.require_ready()
-    nbytes = check_limits(state.settings, shape, predictor.config.input_size)
+    nbytes = check_limits(state.settings, shape, predictor.config.input_size, answer.format)
     batcher.check(shape.work(), deadline)  # refuse before decoding anything
     reservation = state.memory.reserve(nbytes)
     guide = shape.post.refine is not Refine.NONE
@@ -219,7 +220,7 @@ async def _serve(
         result = await _wait(request, state, job)
         done = time.perf_counter()
         marks = (t0, decoded, done, job.model_seconds)
-        return await _respond(request, state, result, answer, marks)
+        return await _respond(request, state, result, answer, marks, deadline)
     finally:
         reservation.release()
 
@@ -230,7 +231,10 @@ async def _respond(
     result: Segmentation,
     answer: Answer,
     marks: tuple[float, float, float, float],
+    deadline: float,
 ) -> Response:
+    """Encode the answer in the threadpool: inside the deadline (504 once it passes) and
+    the polygon vertex cap (413), both checked as the masks are encoded."""
     t0, decoded, done, model_seconds = marks
     single_png = (
         len(result.labels) == 1
@@ -239,12 +243,19 @@ async def _respond(
         and result.instances is None
         and _accepts_png(request)
     )
-    if single_png:
-        body = await run_in_threadpool(codec.single_png, result, answer.png_bits)
-    else:
-        entries = await run_in_threadpool(
-            codec.mask_entries, result, answer.format, answer.png_bits, answer.polygon_tolerance
-        )
+    limits = EncodeLimits(deadline, state.settings.max_polygon_vertices)
+    try:
+        if single_png:
+            body = await run_in_threadpool(codec.single_png, result, answer.png_bits, limits)
+        else:
+            body = await run_in_threadpool(
+                codec.json_body, result, answer.format, answer.png_bits,
+                answer.polygon_tolerance, limits,
+            )  # fmt: skip
+    except ApiError as exc:
+        if exc.status == 504:
+            state.metrics.rejected.labels(reason="deadline").inc()
+        raise
     encoded = time.perf_counter()
     timings = {
         "decode": decoded - t0,
@@ -261,16 +272,9 @@ async def _respond(
         headers["X-Mask-Score"] = f"{float(result.scores[0]):.6f}"
         headers["X-Mask-Threshold"] = str(result.mask_threshold(0))
         return Response(body, media_type="image/png", headers=headers)
-    height, width = result.size
-    payload: dict = {"width": width, "height": height, "masks": entries}
-    if result.instances is not None:
-        # Components beyond CLIPSEG_MAX_INSTANCES, per mask: nothing is dropped silently.
-        payload["instances_dropped"] = [
-            {"prompt": label, "dropped": found.dropped}
-            for label, found in zip(result.labels, result.instances, strict=True)
-        ]
-    payload["timings_ms"] = {k: round(v * 1000, 3) for k, v in timings.items()}
-    return JSONResponse(payload, headers=headers)
+    timings_ms = {k: round(v * 1000, 3) for k, v in timings.items()}
+    body = codec.with_field(body, "timings_ms", timings_ms)
+    return Response(body, media_type="application/json", headers=headers)
 
 
 def _accepts_png(request: Request) -> bool:
