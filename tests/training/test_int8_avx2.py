@@ -6,8 +6,8 @@ sums saturate at 16 bits. There the onnx backend must name the class, choose the
 close to fp32 as the VNNI machines' — and the full-range graphs must be measurably worse,
 or the emulation would not be exercising the saturating kernels at all.
 
-About a minute on 2 idle cores beside the shared training fixture (qemu runs the interpreter ~10x slower); Debian's
-``qemu-user`` (.ci/run installs it).
+About a minute on 2 idle cores beside the shared training fixture (qemu runs the
+interpreter ~10x slower); Debian's ``qemu-user`` (.ci/run installs it).
 """
 
 from __future__ import annotations
