@@ -5,5 +5,5 @@
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 lib="$(mktemp -d)/avx2_only.so"
-cc -O2 -shared -fPIC -o "$lib" "$here/avx2_only.c"
+cc -O2 -shared -fPIC -o "$lib" "$here/avx2_only.c" -ldl
 LD_PRELOAD="$lib" exec "$@"

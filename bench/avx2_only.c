@@ -10,12 +10,17 @@
  * "-cpu Haswell" (the tests' way) emulates the same kernels, but ~30x slower, so its
  * timings mean nothing. Not used by the service or the tests.
  *
+ * Handlers that the program installs for SIGSEGV later (Python's faulthandler, torch's
+ * DataLoader workers) are kept aside, not installed: ours stays first and passes every
+ * fault that is not a CPUID on to them.
+ *
  * No maintained tool masks CPUID for one process on Linux without a hypervisor; this is
  * the smallest way to do it.
  */
 #define _GNU_SOURCE
 #include <asm/prctl.h>
 #include <cpuid.h>
+#include <dlfcn.h>
 #include <signal.h>
 #include <stdint.h>
 #include <string.h>
@@ -44,13 +49,30 @@ static void mask(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
     }
 }
 
+typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
+static sigaction_fn real_sigaction;
+/* The program's own SIGSEGV handler, run for faults that are not a CPUID. */
+static struct sigaction program_action;
+
+static void pass_on(int sig, siginfo_t *info, void *raw) {
+    if (program_action.sa_flags & SA_SIGINFO) {
+        program_action.sa_sigaction(sig, info, raw);
+    } else if (program_action.sa_handler != SIG_DFL && program_action.sa_handler != SIG_IGN) {
+        program_action.sa_handler(sig);
+    } else {
+        struct sigaction dfl;
+        memset(&dfl, 0, sizeof dfl);
+        dfl.sa_handler = SIG_DFL;
+        real_sigaction(sig, &dfl, 0); /* the fault repeats, and kills as it would have */
+    }
+}
+
 static void on_fault(int sig, siginfo_t *info, void *raw) {
     ucontext_t *ctx = raw;
     greg_t *g = ctx->uc_mcontext.gregs;
     const unsigned char *ip = (const unsigned char *)g[REG_RIP];
-    (void)info;
-    if (ip[0] != 0x0f || ip[1] != 0xa2) { /* not CPUID: a real fault */
-        signal(sig, SIG_DFL);
+    if (ip == 0 || ip[0] != 0x0f || ip[1] != 0xa2) { /* not CPUID: a real fault */
+        pass_on(sig, info, raw);
         return;
     }
     uint32_t leaf = (uint32_t)g[REG_RAX], sub = (uint32_t)g[REG_RCX], r[4];
@@ -65,12 +87,21 @@ static void on_fault(int sig, siginfo_t *info, void *raw) {
     g[REG_RIP] += 2;
 }
 
+int sigaction(int sig, const struct sigaction *act, struct sigaction *old) {
+    if (!real_sigaction) real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
+    if (sig != SIGSEGV) return real_sigaction(sig, act, old);
+    if (old) *old = program_action;
+    if (act) program_action = *act;
+    return 0;
+}
+
 __attribute__((constructor)) static void start(void) {
     struct sigaction action;
+    real_sigaction = (sigaction_fn)dlsym(RTLD_NEXT, "sigaction");
     memset(&action, 0, sizeof action);
     action.sa_sigaction = on_fault;
     action.sa_flags = SA_SIGINFO | SA_NODEFER;
-    sigaction(SIGSEGV, &action, 0);
+    real_sigaction(SIGSEGV, &action, 0);
     if (cpuid_faulting(1) != 0) {
         static const char msg[] = "avx2_only: this kernel/CPU has no CPUID faulting\n";
         write(2, msg, sizeof msg - 1);
