@@ -111,7 +111,9 @@ def _write(out: Path, stem: str, result, index: int, instance: int | None, args)
     if args.polygons:
         polygons = out / f"{stem}.json"
         annotation = {
-            "segmentation": mask_to_polygons(mask, args.polygon_tolerance),
+            "segmentation": mask_to_polygons(
+                mask, args.polygon_tolerance, max_vertices=args.max_polygon_vertices
+            ),
             "bbox": summary["bbox"],
             "area": summary["area"],
         }

@@ -20,6 +20,8 @@ TEMPLATES = ("none", "photo", "ensemble")
 COMBINES = ("none", "union", "intersection", "argmax")
 REFINES = ("none", "guided", "pamr")
 BACKGROUNDS = ("threshold", "prompt")
+#: model.polygons.DEFAULT_MAX_VERTICES, spelled out likewise (that module imports OpenCV).
+POLYGON_VERTICES = 250_000
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -207,6 +209,11 @@ def _add_post_options(parser: argparse.ArgumentParser) -> None:
         "--polygon-tolerance", type=float, default=1.0,
         help="--polygons: simplification tolerance in pixels (default: %(default)s)",
     )  # fmt: skip
+    group.add_argument(
+        "--max-polygon-vertices", type=int, default=POLYGON_VERTICES, metavar="N",
+        help="--polygons: at most N vertices per mask; a noisy mask past it is an error "
+        "(raise --polygon-tolerance or --min-area) (default: %(default)s)",
+    )  # fmt: skip
 
 
 def input_error(args: argparse.Namespace) -> str | None:
@@ -217,6 +224,8 @@ def input_error(args: argparse.Namespace) -> str | None:
         return "give at least one --prompt or --support-image/--support-mask"
     if args.support_image and args.text_weight is not None and len(args.prompt) != 1:
         return "--text-weight mixes exactly one --prompt with the supports"
+    if args.max_polygon_vertices < 1:
+        return f"--max-polygon-vertices must be >= 1, got {args.max_polygon_vertices}"
     thresholds = args.threshold or []
     if len(thresholds) > 1 and len(thresholds) != len(args.prompt):
         return f"{len(thresholds)} --threshold for {len(args.prompt)} --prompt: one, or one each"

@@ -114,6 +114,24 @@ def test_post_processing_flags(tmp_path, tiny_model, capsys):
     assert "dilate" in capsys.readouterr().err
 
 
+def test_polygons_past_the_vertex_cap_are_an_error_naming_it(tmp_path, tiny_model, capsys):
+    from model.cli_args import POLYGON_VERTICES
+    from model.polygons import DEFAULT_MAX_VERTICES
+
+    assert POLYGON_VERTICES == DEFAULT_MAX_VERTICES
+    weights = native.save_checkpoint(tiny_model, tmp_path / "ckpt", backbone_source="random:0")
+    image = tmp_path / "photo.png"
+    random_image(64, 48, seed=3).save(image)
+    args = [str(image), "--weights", str(weights), "--device", "cpu", "--prompt", "a cat",
+            "--threshold", "0.0", "--polygons", "-o", str(tmp_path / "out")]  # fmt: skip
+    assert main([*args, "--max-polygon-vertices", "4"]) == 0  # all on: one rectangle
+    capsys.readouterr()
+    assert main([*args, "--max-polygon-vertices", "3"]) == 2
+    assert "more than 3 vertices" in capsys.readouterr().err
+    assert main([*args, "--max-polygon-vertices", "0"]) == 2
+    assert "--max-polygon-vertices must be >= 1" in capsys.readouterr().err
+
+
 def test_cli_runs_the_onnx_backend_on_an_export_folder(tmp_path, tiny_onnx, capsys):
     from model.onnx_model import OnnxClipSeg
     from model.predictor import Predictor
