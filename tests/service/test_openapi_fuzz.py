@@ -42,7 +42,7 @@ EXCUSED = {
     "GET /metrics": [content_type_conformance],
 }
 #: Examples per operation and generation mode: the segmentation endpoints run the model.
-SEGMENT_EXAMPLES = 40
+SEGMENT_EXAMPLES = 30
 OTHER_EXAMPLES = 10
 #: (query, support, support mask) PNGs the uploads are swapped for.
 QUERY = encode(random_image(40, 24, seed=7))
@@ -53,11 +53,12 @@ _MASK[4:20, 6:26] = 255
 SUPPORT_MASK = encode(Image.fromarray(_MASK))
 
 
-def with_real_uploads(case: Case, image: bytes) -> None:
+def with_real_uploads(case: Case, image: bytes, refine: str | None) -> None:
     """Make a generated case reach the model: decodable images (the query, and one support
     pair on the visual endpoint), a non-blank prompt where the endpoint needs one, and no
-    null fields (multipart cannot say null: schemathesis sends the text "None"). The
-    post-processing fields keep their generated values."""
+    null fields (multipart cannot say null: schemathesis sends the text "None"); and, when
+    ``refine`` is given, that refinement, so the generated radius and eps are used. The
+    other post-processing fields keep their generated values."""
     body = case.body
     if not isinstance(body, dict):
         return
@@ -70,19 +71,23 @@ def with_real_uploads(case: Case, image: bytes) -> None:
     if isinstance(prompts, list):
         body["prompt"] = [p if isinstance(p, str) and p.strip() else "a cat" for p in prompts]
         body["prompt"] = body["prompt"] or ["a cat"]
+    if refine is not None:
+        body["refine"] = refine
 
 
 def fuzz(operation: APIOperation, mode: GenerationMode, url: str) -> None:
     """Cases of one operation, each answered and validated against ``CHECKS``."""
     segment = "/segment/" in operation.path
-    uploads = st.sampled_from([None, QUERY, FLAT]) if segment else st.none()
+    # Hypothesis leans to the first choices: real uploads and refinement most of the time.
+    uploads = st.sampled_from([QUERY, FLAT, None]) if segment else st.none()
+    refines = st.sampled_from(["guided", "pamr", None])
     checks = [c for c in CHECKS if c not in EXCUSED.get(operation.label, [])]
 
     @examples(SEGMENT_EXAMPLES if segment else OTHER_EXAMPLES)
-    @given(case=operation.as_strategy(generation_mode=mode), image=uploads)
-    def run(case: Case, image: bytes | None) -> None:
+    @given(case=operation.as_strategy(generation_mode=mode), image=uploads, refine=refines)
+    def run(case: Case, image: bytes | None, refine: str | None) -> None:
         if image is not None:
-            with_real_uploads(case, image)
+            with_real_uploads(case, image, refine)
         response = case.call(base_url=url, timeout=120)
         case.validate_response(response, checks=checks)
 
