@@ -62,10 +62,9 @@ def _photo():
 
 def _predictors(hf_dir: Path, folder: Path, static: bool) -> dict[str, Predictor]:
     ours = load_model(hf_dir).model
-    rows = {
-        "torch fp32": Predictor(ours, device="cpu", dtype="float32"),
-        "torch bf16": Predictor(ours, device="cpu", dtype="bfloat16"),
-    }
+    rows = {"torch fp32": Predictor(ours, device="cpu", dtype="float32")}
+    if cpu_bf16_support():  # elsewhere bf16 is emulated, slower than fp32, and never chosen
+        rows["torch bf16"] = Predictor(ours, device="cpu", dtype="bfloat16")
     with contextlib.redirect_stdout(sys.stderr):
         export_graphs(ours, folder)
     rows["onnx fp32"] = Predictor(OnnxClipSeg(folder), device="cpu")
