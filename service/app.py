@@ -213,7 +213,13 @@ def _add_operational_routes(app: FastAPI) -> None:
             return JSONResponse({"status": "ready"})
         return JSONResponse(error_body("not_ready", "loading weights / warming up"), 503)
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        response_class=Response,
+        # the document names Prometheus' text format (FastAPI would say JSON)
+        responses={200: {"content": {CONTENT_TYPE.split(";")[0]: {"schema": {"type": "string"}}}}},
+    )
     async def metrics(request: Request) -> Response:
         return Response(get_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
