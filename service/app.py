@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib.metadata
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 from . import demo, docs, request_id, single_values
 from .config import Settings
@@ -141,8 +143,8 @@ def create_app(
         open_prefixes = (*open_prefixes, *demo.PUBLIC_PREFIXES)
 
     # add_middleware wraps what is there, so the last added is the outermost: (request ID
-    # -> HEAD as GET -> trailing slashes, outside Starlette's error layer, see below) ->
-    # request metrics -> CORS -> API key -> body limit/timeout -> early refusal -> the app
+    # -> CORS -> HEAD as GET -> trailing slashes, outside Starlette's error layer, see
+    # below) -> request metrics -> API key -> body limit/timeout -> early refusal -> the app
     # (door.py, early_refusal.py).
     app.add_middleware(EarlyRefusalMiddleware, state=lambda: state)
     app.add_middleware(
@@ -158,38 +160,45 @@ def create_app(
             open_prefixes=open_prefixes,
         )
         document_bearer_auth(app)
-    if settings.cors_origins:
-        app.add_middleware(
-            JsonCORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=[
-                "Authorization",
-                "Content-Type",
-                "Accept",
-                "X-Request-Timeout",
-                request_id.HEADER,
-            ],
-            # Readable by browser code: when to retry, what the server measured, and the
-            # ID to quote when reporting a problem.
-            expose_headers=[
-                "Retry-After",
-                "Server-Timing",
-                "X-Mask-Score",
-                "X-Mask-Threshold",
-                request_id.HEADER,
-            ],
-        )
     app.add_middleware(RequestMetricsMiddleware, metrics=state.metrics)
     # Outside ServerErrorMiddleware (service/outermost.py), so that its 500 answers carry
-    # X-Request-ID and lose their body on HEAD too; the path is canonical for everything.
+    # X-Request-ID and the CORS headers (a browser shows its code no answer without them)
+    # and lose their body on HEAD too; the path is canonical for everything.
+    cors = [_cors(settings.cors_origins)] if settings.cors_origins else []
     wrap_outermost(
         app,
         request_id.RequestIdMiddleware,
+        *cors,
         HeadAsGetMiddleware,
         StripTrailingSlashMiddleware,
     )
     return app
+
+
+def _cors(origins: list[str]) -> Callable[[ASGIApp], ASGIApp]:
+    """The CORS layer for ``origins``: JSON rejections (door.py), and the headers browser
+    code may send and read."""
+    return functools.partial(
+        JsonCORSMiddleware,
+        allow_origins=origins,
+        allow_methods=["GET", "POST"],
+        allow_headers=[
+            "Authorization",
+            "Content-Type",
+            "Accept",
+            "X-Request-Timeout",
+            request_id.HEADER,
+        ],
+        # Readable by browser code: when to retry, what the server measured, and the
+        # ID to quote when reporting a problem.
+        expose_headers=[
+            "Retry-After",
+            "Server-Timing",
+            "X-Mask-Score",
+            "X-Mask-Threshold",
+            request_id.HEADER,
+        ],
+    )
 
 
 def _add_operational_routes(app: FastAPI) -> None:

@@ -230,6 +230,21 @@ def test_an_unhandled_exception_answers_500_with_the_request_id_header(serve, mo
         assert head.status_code == 500 and head.headers["x-request-id"] and head.content == b""
 
 
+def test_an_unhandled_exception_answers_500_with_the_cors_headers(serve, monkeypatch):
+    """Browser code sees the 500 (and its request ID) only with the CORS headers."""
+    origin = "https://app.example"
+
+    def broken(self):
+        raise RuntimeError("injected failure")
+
+    with serve(log_level="critical", cors_origins=[origin]) as server:
+        monkeypatch.setattr(GatedPredictor, "describe", broken)
+        response = httpx.get(server.url + "/info", headers={"Origin": origin})
+    assert response.status_code == 500
+    assert response.headers["access-control-allow-origin"] == origin
+    assert "x-request-id" in response.headers["access-control-expose-headers"].lower()
+
+
 def test_the_doors_own_answers_carry_the_request_id_header(serve):
     with serve(api_keys=[KEY], max_upload_bytes=4096) as server:
         auth = {"Authorization": f"Bearer {KEY}"}
