@@ -10,6 +10,9 @@
  * "-cpu Haswell" (the tests' way) emulates the same kernels, but ~30x slower, so its
  * timings mean nothing. Not used by the service or the tests.
  *
+ * /proc/cpuinfo, the kernel's list of the same flags, is filtered to match (a copy in
+ * memory without the avx512*, amx* and avx_vnni* flags) when opened through libc.
+ *
  * Handlers that the program installs for SIGSEGV later (Python's faulthandler, torch's
  * DataLoader workers) are kept aside, not installed: ours stays first and passes every
  * fault that is not a CPUID on to them.
@@ -21,7 +24,11 @@
 #include <asm/prctl.h>
 #include <cpuid.h>
 #include <dlfcn.h>
+#include <fcntl.h>
 #include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <sys/mman.h>
 #include <stdint.h>
 #include <string.h>
 #include <sys/syscall.h>
@@ -48,6 +55,81 @@ static void mask(uint32_t leaf, uint32_t sub, uint32_t r[4]) {
         r[3] &= ~((1u << 4) | (1u << 5)); /* AVX-VNNI-INT8, AVX-NE-CONVERT */
     }
 }
+
+/* Flags the masked CPU does not have, by prefix (as Linux names them). */
+static const char *const hidden[] = {"avx512", "amx", "avx_vnni", "avx_ne_convert"};
+
+static int is_hidden(const char *flag, size_t len) {
+    for (size_t i = 0; i < sizeof hidden / sizeof *hidden; i++) {
+        size_t n = strlen(hidden[i]);
+        if (len >= n && strncmp(flag, hidden[i], n) == 0) return 1;
+    }
+    return 0;
+}
+
+typedef int (*open_fn)(const char *, int, ...);
+
+/* A memfd holding /proc/cpuinfo without the hidden flags; -1 when that fails. */
+static int filtered_cpuinfo(open_fn real_open) {
+    static char in[1 << 20], out[1 << 20];
+    int src = real_open("/proc/cpuinfo", O_RDONLY);
+    if (src < 0) return -1;
+    size_t size = 0;
+    ssize_t got;
+    while (size < sizeof in - 1 && (got = read(src, in + size, sizeof in - 1 - size)) > 0)
+        size += (size_t)got;
+    close(src);
+    in[size] = 0;
+    size_t used = 0;
+    for (char *line = in; *line;) {
+        char *end = strchr(line, '\n');
+        size_t len = end ? (size_t)(end - line) + 1 : strlen(line);
+        char *colon = memchr(line, ':', len);
+        if (strncmp(line, "flags", 5) == 0 && colon) {
+            size_t head = (size_t)(colon - line) + 1;
+            memcpy(out + used, line, head);
+            used += head;
+            for (char *word = colon + 1; word < line + len;) {
+                while (word < line + len && (*word == ' ' || *word == '\n')) word++;
+                char *stop = word;
+                while (stop < line + len && *stop != ' ' && *stop != '\n') stop++;
+                if (stop > word && !is_hidden(word, (size_t)(stop - word))) {
+                    out[used++] = ' ';
+                    memcpy(out + used, word, (size_t)(stop - word));
+                    used += (size_t)(stop - word);
+                }
+                word = stop;
+            }
+            out[used++] = '\n';
+        } else {
+            memcpy(out + used, line, len);
+            used += len;
+        }
+        line += len;
+    }
+    int fd = memfd_create("cpuinfo", 0);
+    if (fd < 0) return -1;
+    if (write(fd, out, used) != (ssize_t)used) { close(fd); return -1; }
+    lseek(fd, 0, SEEK_SET);
+    return fd;
+}
+
+#define OPEN_WRAPPER(name)                                                   \
+    int name(const char *path, int flags, ...) {                             \
+        static open_fn real;                                                 \
+        if (!real) real = (open_fn)dlsym(RTLD_NEXT, #name);                  \
+        va_list args;                                                        \
+        va_start(args, flags);                                               \
+        int mode = va_arg(args, int);                                        \
+        va_end(args);                                                        \
+        if (path && strcmp(path, "/proc/cpuinfo") == 0) {                    \
+            int fd = filtered_cpuinfo(real);                                 \
+            if (fd >= 0) return fd;                                          \
+        }                                                                    \
+        return real(path, flags, mode);                                      \
+    }
+OPEN_WRAPPER(open)
+OPEN_WRAPPER(open64)
 
 typedef int (*sigaction_fn)(int, const struct sigaction *, struct sigaction *);
 static sigaction_fn real_sigaction;
