@@ -36,7 +36,8 @@ class Settings(BaseSettings):
     dtype: Literal["auto", "float32", "bfloat16", "float16", "int8"] = Field(
         "auto",
         description="auto: bf16 (fp16 on old GPUs) on CUDA, bf16 on CPUs with native bf16 "
-        "(AVX-512 BF16 / AMX), else fp32; onnx: int8 if the export passed its check, else fp32",
+        "(AVX-512 BF16 / AMX), else fp32; onnx: int8 if the export passed its check on this "
+        "CPU's integer-kernel class (checked at start when it was not), else fp32",
     )
     decode: Literal["auto", "cpu", "gpu"] = Field(
         "auto",
