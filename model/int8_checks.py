@@ -31,9 +31,10 @@ from typing import Any
 
 from PIL import Image
 
+from .errors import WeightsError
 from .fidelity import Fidelity, recommended
-from .int8_kernels import choose_format, kernel_class
-from .onnx_model import MANIFEST, int8_formats
+from .int8_kernels import kernel_class
+from .onnx_model import MANIFEST, int8_format_for
 
 log = logging.getLogger(__name__)
 
@@ -130,30 +131,31 @@ def _digest(folder: Path) -> str:
     return hashlib.sha256((folder / MANIFEST).read_bytes()).hexdigest()[:16]
 
 
-def _cache_paths(folder: Path) -> list[Path]:
+def _cache_paths(folder: Path, digest: str) -> list[Path]:
     """Where start-up records are cached: beside the export, then the user's cache
     folder under the manifest's hash (a read-only export, or another user's)."""
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    return [folder / CACHE_FILE, base / "clipseg-serve" / "int8-checks" / f"{_digest(folder)}.json"]
+    return [folder / CACHE_FILE, base / "clipseg-serve" / "int8-checks" / f"{digest}.json"]
 
 
-def _cached(folder: Path, cls: str, fmt: str) -> dict[str, Any] | None:
-    for path in _cache_paths(folder):
+def _cached(folder: Path, digest: str, cls: str, fmt: str) -> dict[str, Any] | None:
+    for path in _cache_paths(folder, digest):
         try:
             record = json.loads(path.read_text()).get(cls)
         except (OSError, ValueError, AttributeError):
             continue
-        if _matches(record, fmt) and record.get("manifest") == _digest(folder):
+        if _matches(record, fmt) and record.get("manifest") == digest:
             return record
     return None
 
 
-def _cache(folder: Path, record: dict[str, Any]) -> None:
-    """Add ``record`` to the first cache file that can be written (else keep none)."""
-    for path in _cache_paths(folder):
+def _cache(folder: Path, digest: str, record: dict[str, Any]) -> None:
+    """Add ``record`` (for the manifest ``digest``) to the first cache file that can be
+    written (else keep none)."""
+    for path in _cache_paths(folder, digest):
         try:
             records = json.loads(path.read_text()) if path.is_file() else {}
-            records[record["kernel_class"]] = record
+            records[record["kernel_class"]] = {**record, "manifest": digest}
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
             tmp.write_text(json.dumps(records, indent=2))
@@ -187,18 +189,16 @@ def decide(folder: str | Path, manifest: dict[str, Any], threads: int | None = N
     the start-up check when no record matches and the export kept check images."""
     folder = Path(folder)
     cls = kernel_class()
-    formats = int8_formats(manifest)
-    if not formats:
-        return Int8Decision(cls, None, False, "the export has no int8 graphs")
-    chosen = choose_format(formats)
-    if chosen is None:
-        why = f"none of the export's int8 formats ({', '.join(formats)}) is exact here"
-        return Int8Decision(cls, None, False, why)
-    fmt, int8 = chosen.name, manifest["int8"]
+    try:
+        fmt = int8_format_for(manifest).name
+    except WeightsError as exc:  # no int8 graphs, or none exact on this CPU
+        return Int8Decision(cls, None, False, str(exc))
+    int8 = manifest["int8"]
     record = (int8.get("checks") or {}).get(cls)
     where = "checked at export"
+    digest = _digest(folder)
     if not _matches(record, fmt):
-        record, where = _cached(folder, cls, fmt), "checked at an earlier start"
+        record, where = _cached(folder, digest, cls, fmt), "checked at an earlier start"
     spec = int8.get("check")
     if record is None and not spec:
         why = "int8 was never checked against fp32 on this export (clipseg-export --check)"
@@ -206,7 +206,7 @@ def decide(folder: str | Path, manifest: dict[str, Any], threads: int | None = N
     if record is None:
         log.info("int8 check: %s has no verdict for %s (%s); checking now", folder, cls, fmt)
         record, where = _check_now(folder, spec, fmt, threads), "checked at start-up"
-        _cache(folder, {**record, "manifest": _digest(folder)})
+        _cache(folder, digest, record)
     figures, verb = record["fidelity"], "passed" if record["recommended"] else "failed"
     reason = (
         f"{fmt} {verb} the fidelity check on {cls} ({where}): mean mask IoU "

@@ -29,7 +29,7 @@ import torch
 
 from .config import ClipSegConfig
 from .errors import WeightsError
-from .int8_kernels import Int8Format, choose_format, format_named
+from .int8_kernels import Int8Format, choose_format, format_named, kernel_class
 from .text import Template, embed_phrases
 
 __all__ = [
@@ -93,8 +93,6 @@ def int8_format_for(manifest: dict[str, Any]) -> Int8Format:
         raise WeightsError("the export has no int8 graphs in its manifest (export with --int8)")
     chosen = choose_format(formats)
     if chosen is None:
-        from .int8_kernels import kernel_class
-
         raise WeightsError(
             f"none of the export's int8 formats ({', '.join(formats)}) is exact on this "
             f"CPU's integer kernels ({kernel_class()}): re-export it with this version"

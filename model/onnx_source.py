@@ -20,7 +20,7 @@ import torch
 from .device import resolve_device
 from .errors import WeightsError
 from .int8_checks import Int8Decision, decide
-from .int8_kernels import choose_format, kernel_class
+from .int8_kernels import Int8Format, choose_format, kernel_class
 from .onnx_model import (
     PRECISIONS,
     LoadedOnnx,
@@ -47,7 +47,11 @@ def int8_decision(dtype: str, folder: str | Path, manifest: dict) -> Int8Decisio
     check_dtype(dtype)
     if dtype == "auto":
         return decide(folder, manifest)
-    fmt = choose_format(int8_formats(manifest)) if dtype == "int8" else None
+    return _asked_for(dtype, choose_format(int8_formats(manifest)) if dtype == "int8" else None)
+
+
+def _asked_for(dtype: str, fmt: Int8Format | None) -> Int8Decision:
+    """The decision for an explicit ``float32`` or ``int8`` (in ``fmt``): not gated."""
     why = f"dtype {dtype} was asked for (the fidelity check is not consulted)"
     return Int8Decision(kernel_class(), fmt and fmt.name, dtype == "int8", why)
 
@@ -114,10 +118,9 @@ def load_onnx(
             device=device,
             threads=threads,
         )
-    why = (
-        "dtype int8 was asked for (the fidelity check is not consulted)"
-        if fmt
-        else "weights exported at start have no fidelity check (clipseg-export --check)"
-    )
-    decision = Int8Decision(kernel_class(), fmt and fmt.name, fmt is not None, why)
+    if fmt is not None:
+        decision = _asked_for(dtype, fmt)
+    else:
+        why = "weights exported at start have no fidelity check (clipseg-export --check)"
+        decision = Int8Decision(kernel_class(), None, False, why)
     return LoadedOnnx(model, "onnx-exported", loaded.source, list(loaded.files), decision)
