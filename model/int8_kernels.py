@@ -22,12 +22,12 @@ compute exactly:
 * ``u8s8``: int8 weights over their full range — the fastest wherever it is exact;
 * ``u8s7``: int8 weights in 7 bits (``reduce_range``): two products of 255 x 64 stay
   under 32767, so even ``vpmaddubsw`` is exact, at the same speed as ``u8s8``. Its one
-  bit less of weight costs little on masks (measured in ``docs``), far less than a
+  bit less of weight costs little on masks (README, Backends (CPU)), far less than a
   saturated sum.
 
 Exactness is not read from a table but measured: ``exact_formats`` runs ONNX Runtime's own
 ``MatMulInteger`` on inputs whose pair sums overflow int16 (255 x 127 x 2) and compares
-with numpy's integer product. It is the kernel that will run the model that answers, on
+with the exact sum. It is the kernel that will run the model that answers, on
 any CPU, under any emulator (qemu's ``-cpu Haswell`` included) and for any future kernel.
 ``kernel_class`` names the class for logs, ``/info`` and the fidelity checks' records.
 
