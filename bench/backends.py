@@ -86,7 +86,7 @@ def _predictors(hf_dir: Path, folder: Path, static: bool) -> dict[str, Predictor
 
 def _label(fmt: str) -> str:
     """An int8 format's name, and whether this CPU's kernels compute it exactly."""
-    return f"{fmt}" if fmt in exact_formats() else f"{fmt} (saturates here)"
+    return fmt if fmt in exact_formats() else f"{fmt} (saturates here)"
 
 
 def _write_crops(folder: Path) -> Path:
@@ -127,12 +127,6 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--static", action="store_true", help="add static int8 (calibrated)")
     parser.add_argument("--json", default=None, help="also write the figures here")
-    parser.add_argument(
-        "--agreement-only",
-        action="store_true",
-        help="only the agreement columns (for a run under an emulator, e.g. qemu-x86_64 "
-        "-cpu Haswell, whose timings mean nothing)",
-    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     warnings.simplefilter("ignore")
@@ -153,14 +147,12 @@ def main() -> None:
 
     calls: dict[str, Callable[[int], torch.Tensor]] = {"transformers fp32": run_hf}
     calls |= {name: _model_path(p, pixels) for name, p in predictors.items()}
-    results: dict[str, dict[str, float]] = {name: {} for name in calls}
+    results: dict[str, dict[str, float]] = {}
     with torch.inference_mode():
         for name, call in calls.items():
-            if args.agreement_only:
-                break
             one = timed(lambda call=call: call(1), args.warmup, args.repeats)
             five = timed(lambda call=call: call(5), args.warmup, args.repeats)
-            results[name] |= {
+            results[name] = {
                 "latency_1_s": statistics.median(one),
                 "latency_5_s": statistics.median(five),
                 "masks_per_s_5": 5 / statistics.median(five),
@@ -203,12 +195,6 @@ def _report(results: dict[str, dict[str, float]], args: argparse.Namespace) -> N
     machine = f"{platform.processor() or platform.machine()}, {args.threads} threads"
     print(f"machine: {machine}, torch {torch.__version__}, native bf16: {cpu_bf16_support()}, "
           f"int8 kernels: {kernel_class()} (exact: {', '.join(exact_formats())})")  # fmt: skip
-    if args.agreement_only:
-        for name, r in results.items():
-            if r:
-                print(f"| {name} | {r['pixel_agreement']:.4f} | "
-                      f"{r['median_split_agreement']:.4f} |")  # fmt: skip
-        return
     torch_1 = results["torch fp32"]["latency_1_s"]
     hf_1 = results["transformers fp32"]["latency_1_s"]
     print("| backend | 1 prompt, s | vs torch fp32 | vs transformers | 5 prompts, masks/s "
