@@ -57,7 +57,7 @@ from .onnx_model import LoadedOnnx, OnnxClipSeg
 from .postprocess import DEFAULT_POST, Combine, PostProcess, Refine, check_size
 from .render import RenderedMasks, render_masks
 from .support import prepare_support_input
-from .text import Template, parse_template
+from .text import Template, parse_template, texts_per_phrase
 from .text_cache import TextEmbeddingCache
 from .transfer import HostCopy, Transfers
 from .transforms import (
@@ -286,8 +286,14 @@ class Predictor:
         Cached per (template, phrase); all misses go through one padded-to-longest batch.
         """
         mode = parse_template(template)
-        keys = [(mode.value, " ".join(str(p).split())) for p in prompts]
+        keys = _text_keys(prompts, mode)
         return self.text_cache.get(keys, lambda missing: self._encode_phrases(missing, mode))
+
+    def texts_to_encode(self, prompts: Sequence[str], template: Template | str) -> int:
+        """Texts the encoder would run for ``prompts`` now: those not cached, times the
+        template's texts per phrase (a read of the cache; safe from any thread)."""
+        mode = parse_template(template)
+        return self.text_cache.missing(_text_keys(prompts, mode)) * texts_per_phrase(mode)
 
     def _encode_phrases(self, keys: list[tuple[str, str]], mode: Template) -> torch.Tensor:
         with torch.inference_mode(), self._inference():
@@ -624,6 +630,11 @@ class Predictor:
         if isinstance(self.model, OnnxClipSeg):
             return self.model.precision
         return str(self.dtype).removeprefix("torch.")
+
+
+def _text_keys(prompts: Sequence[str], mode: Template) -> list[tuple[str, str]]:
+    """The text cache's keys: (template, the phrase with its whitespace collapsed)."""
+    return [(mode.value, " ".join(str(p).split())) for p in prompts]
 
 
 def _tensors(rendered: RenderedMasks) -> list[torch.Tensor]:

@@ -40,6 +40,11 @@ class Template(str, enum.Enum):
     ENSEMBLE = "ensemble"
 
 
+def texts_per_phrase(template: Template) -> int:
+    """How many texts the encoder runs for one phrase under ``template``."""
+    return len(TRAINING_TEMPLATES) if template is Template.ENSEMBLE else 1
+
+
 def parse_template(value: str | Template) -> Template:
     try:
         return Template(value)

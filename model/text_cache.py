@@ -54,6 +54,11 @@ class TextEmbeddingCache:
                 "capacity": self.capacity,
             }
 
+    def missing(self, keys: Sequence[Key]) -> int:
+        """How many distinct ``keys`` are not cached now (no hit or miss counted)."""
+        with self._lock:
+            return len({k for k in keys if k not in self._items})
+
     def get(
         self,
         keys: Sequence[Key],

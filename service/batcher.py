@@ -37,9 +37,9 @@ from model.predictor import Predictor
 
 from . import request_id
 from .config import Settings
-from .cost import CostModel, Work
+from .cost import CostModel, HostCost, HostWork, Work
 from .errors import ApiError
-from .jobs import SegmentJob
+from .jobs import Cost, SegmentJob
 from .metrics import ServiceMetrics
 from .scheduler import Limits, Rejected, Scheduler, Ticket
 
@@ -72,6 +72,7 @@ class Batcher:
         settings: Settings,
         metrics: ServiceMetrics,
         cost: CostModel,
+        host: HostCost,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.predictor = predictor
@@ -84,6 +85,7 @@ class Batcher:
             max_queue_wait_s=settings.max_queue_wait_s,
         )
         self.scheduler = Scheduler(cost, limits, clock)
+        self.host_cost = host
         self.accepting = False
         self._clock = clock
         self._wake = asyncio.Event()
@@ -159,27 +161,42 @@ class Batcher:
             for ticket in (*batch, *dropped):
                 _settle(ticket.payload, error)
 
-    def use_cost_model(self, cost: CostModel) -> None:
-        """Replace the cost model (e.g. with the warm-up calibration's)."""
+    def use_cost_model(self, cost: CostModel, host: HostCost | None = None) -> None:
+        """Replace the cost models (e.g. with the warm-up calibration's)."""
         self.scheduler.cost = cost
+        if host is not None:
+            self.host_cost = host
         self._publish_costs()
+
+    def observe_host(self, work: HostWork, seconds: float) -> None:
+        """A request's decoding and encoding took ``seconds``: learn from it."""
+        ratio = self.host_cost.observe(work, seconds)
+        if ratio is not None:
+            self.metrics.estimate_ratio.labels(kind="host").observe(ratio)
+            self._publish_costs()
 
     async def run_on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the model thread (warm-up, maintenance) and await it."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
     # ------------------------------------------------------------------ submitting
-    def check(self, work: Work, deadline: float) -> None:
-        """Refuse now (ApiError 429/503/504) what ``submit`` would refuse; queues nothing."""
+    def estimate(self, cost: Cost) -> tuple[float, float]:
+        """(model seconds, host seconds) ``cost`` would take alone, without margins."""
+        return self.scheduler.cost.predict(cost.work), self.host_cost.predict(cost.host)
+
+    def check(self, cost: Cost, deadline: float) -> None:
+        """Refuse now (ApiError 413/422/429/503/504) what ``submit`` would refuse; queues
+        nothing."""
         self._require_accepting()
+        host = self._feasible(cost)
         try:
-            self.scheduler.check(work, deadline)
+            self.scheduler.check(cost.work, deadline - host, cost.image_key)
         except Rejected as rejected:
             raise self._refused(rejected) from None
 
     def refusal(self, work: Work, deadline: float) -> ApiError | None:
         """The 429 that ``check`` would raise for ``work`` now (counted as refused), or
-        None; a 503 or 504 is left to ``check`` (``service.early_refusal``)."""
+        None; anything else is left to ``check`` (``service.early_refusal``)."""
         if not self.accepting or self.failure:
             return None
         try:
@@ -192,13 +209,48 @@ class Batcher:
     def submit(self, job: SegmentJob) -> asyncio.Future[Segmentation]:
         """Admit ``job``; its future resolves to a Segmentation (or an ApiError)."""
         self._require_accepting()
+        cost = job.cost
+        host = self._feasible(cost)
         try:
-            job.ticket = self.scheduler.admit(job, job.work, job.deadline, job.request.image_key)
+            job.ticket = self.scheduler.admit(job, cost.work, job.deadline - host, cost.image_key)
         except Rejected as rejected:
             raise self._refused(rejected) from None
         job.future = asyncio.get_running_loop().create_future()
         self._wake.set()
         return job.future
+
+    def _feasible(self, cost: Cost) -> float:
+        """The request's host seconds (margin included); 413 when it cannot finish within
+        the server's timeout even on an idle server, 422 when only the client's shorter
+        ``X-Request-Timeout`` is the reason."""
+        grow = 1.0 + self.scheduler.margin()
+        model, host = self.estimate(cost)
+        needed = (model + host) * grow
+        timeout = self.settings.request_timeout_s
+        if needed <= timeout and (cost.asked_s is None or needed <= cost.asked_s):
+            return host * grow
+        what = (
+            f"this request needs about {needed:.2f} s on this server even when it is idle "
+            f"(an estimated {model:.2f} s of model time and {host:.2f} s of decoding and "
+            f"encoding, plus a {100 * (grow - 1):.0f} % margin for the estimate's error)"
+        )
+        if needed > timeout:
+            self.metrics.rejected.labels(reason="request_too_costly").inc()
+            raise ApiError(
+                413,
+                "request_too_costly",
+                f"{what}, more than the server's deadline of {timeout:g} s; send a smaller "
+                "image, fewer prompts or supports, or lighter post-processing (refine, "
+                "soft maps, instances, polygons), or raise CLIPSEG_REQUEST_TIMEOUT_S on "
+                "the server",
+            )
+        self.metrics.rejected.labels(reason="deadline_too_short").inc()
+        raise ApiError(
+            422,
+            "deadline_too_short",
+            f"{what}, more than its X-Request-Timeout of {cost.asked_s:g} s; send a longer "
+            f"X-Request-Timeout (up to {timeout:g} s) or a lighter request",
+        )
 
     def abandon(self, job: SegmentJob) -> None:
         """The request gave up: never compute it, and stop counting it as queued work."""
@@ -271,7 +323,9 @@ class Batcher:
         outcomes: list[Outcome],
         seconds: float | None,
     ) -> None:
-        self.scheduler.finish(batch, seconds)
+        ratio = self.scheduler.finish(batch, seconds)
+        if ratio is not None:
+            self.metrics.estimate_ratio.labels(kind="batch").observe(ratio)
         self._record(batch, seconds)
         for job, outcome in zip(jobs, outcomes, strict=True):
             job.model_seconds = seconds or 0.0
@@ -358,6 +412,8 @@ class Batcher:
     def _publish_costs(self) -> None:
         for term, value in self.scheduler.cost.coefficients.items():
             self.metrics.batch_cost.labels(term=term).set(value)
+        for term, value in self.host_cost.coefficients.items():
+            self.metrics.host_cost.labels(term=term).set(value)
 
     def _execute(self, jobs: list[SegmentJob]) -> tuple[list[Outcome], float | None]:
         """On the model thread: (an outcome per job, seconds if the batch ran in one go).

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from model.postprocess import DEFAULT_POST, Background, PostProcess, Refine
 
 from .config import Settings
-from .cost import Work, work_for
+from .cost import HostWork, Work, host_work_for, work_for
 from .errors import ApiError
 
 #: Decoded bytes per pixel of PIL modes (what the decoder allocates before conversion).
@@ -80,13 +80,22 @@ class RequestShape:
     supports: tuple[ImageHeader, ...] = ()
     post: PostProcess = DEFAULT_POST
 
-    def work(self) -> Work:
-        """What it asks of the model, for the scheduler (before anything is decoded)."""
-        post = self.post
+    def work(self, texts: int, grid: int) -> Work:
+        """What it asks of the model thread (before anything is decoded): ``texts``
+        sequences to encode, for a model of ``grid`` tokens a side."""
         return work_for(
-            self.query.pixels, self.rows, self.masks, self.soft, len(self.supports),
-            refine=post.refine.value, host_steps=post.on_host,
+            (self.query.height, self.query.width), self.rows, self.masks, soft=self.soft,
+            supports=len(self.supports), texts=texts, post=self.post, grid=grid,
         )  # fmt: skip
+
+    def host_work(self, model_size: int, fmt: str) -> HostWork:
+        """Its decoding (query and supports) and the encoding of its answer as ``fmt``."""
+        refine = self.post.refine is not Refine.NONE
+        decoded = decode_bytes(self.query, model_size, full=refine) + sum(
+            decode_bytes(h, model_size) + 3 * h.pixels for h in self.supports
+        )
+        size = (self.query.height, self.query.width)
+        return host_work_for(size, self.masks, decoded, fmt, self.soft)
 
 
 def check_limits(settings: Settings, shape: RequestShape, model_size: int, fmt: str = "png") -> int:

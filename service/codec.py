@@ -58,14 +58,20 @@ def probe(predictor: Predictor, uploads: list[tuple[bytes, str]]) -> list[ImageH
     return headers
 
 
+def image_key(data: bytes, guide: bool = False) -> str:
+    """The content key of an upload (read before decoding: the scheduler counts queued
+    requests for one image as one backbone pass). A full decode (``guide``) gives the
+    model slightly different pixels than a drafted one, so it is a different image."""
+    return hashlib.blake2b(data, digest_size=16).hexdigest() + (":full" if guide else "")
+
+
 def prepare_query(
     predictor: Predictor, data: bytes, guide: bool = False
 ) -> tuple[PreparedImage, str]:
     """Decode the query image (``guide``: keep it at full size, for refinement); also
-    return a content key for in-batch de-duplication. A full decode gives the model
-    slightly different pixels than a drafted one, so it is a different image there."""
+    return its content key (``image_key``) for in-batch de-duplication."""
     _require_bytes(data, "image")
-    key = hashlib.blake2b(data, digest_size=16).hexdigest() + (":full" if guide else "")
+    key = image_key(data, guide)
     prepared = predictor.prepare_image(data, guide=True) if guide else predictor.prepare_image(data)
     return prepared, key
 

@@ -66,7 +66,10 @@ class Settings(BaseSettings):
         30.0, gt=0, description="deadline per request (504); X-Request-Timeout may ask for less"
     )
     max_queue_wait_s: float = Field(
-        2.0, gt=0, description="admit only what starts within this estimated queueing time"
+        20.0,
+        gt=0,
+        description="the most estimated queueing a burst may build (deadlines permitting); "
+        "past it the overload is sustained and the queue is held to about half a request",
     )
     shutdown_delay_s: float = Field(
         0.0,

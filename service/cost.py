@@ -1,24 +1,36 @@
-"""What a batch costs on this device, learned online from the batches the model runs.
+"""What work costs on this device: calibrated at warm-up, learned online, robust.
 
-A batch's wall time on the model thread is modelled as a linear function of what it does:
+Two linear models of the same kind (``LinearCost``), one per place where time is spent:
 
-    seconds = per_batch + per_image * images + per_row * rows
-              + per_megapixel * output_megapixels + per_support * supports
+* ``CostModel``, a batch's wall time on the model thread::
 
-``images`` are distinct query images (backbone passes), ``rows`` decoder rows (prompts),
-``output_megapixels`` the mask (and soft-map) pixels rendered at the images' own sizes,
-``supports`` support images through the full vision tower. The coefficients come from an
-exponentially weighted least-squares fit (recent batches count most, so the model follows
-a device that gets busier or a GPU that warms up), regularised toward a prior — the
-warm-up calibration's figures — so that a term the traffic has not exercised yet (no
-supports so far, say) keeps a sensible value instead of an arbitrary one. Coefficients
-are kept non-negative: no work makes a batch cheaper.
+      seconds = per_batch + per_image * images + per_row * rows + per_text * texts
+                + per_support * supports + per_render_mp * render_mp + ...
 
-Plain numpy on a 5x5 system; no web stack, no torch.
+  ``images`` are distinct query images (backbone passes: a batch runs each once),
+  ``rows`` decoder rows, ``texts`` CLIP text sequences not in the embedding cache, and the
+  ``*_mp`` terms megapixels of each kind of pixel work at the image's own size (``Work``).
+* ``HostCost``, one request's time off the model thread: decoding its upload and
+  encoding its answer (``HostWork``).
+
+Each term's coefficient is the warm-up calibration's figure on this device
+(``service.calibrate``) times a learned scale. Every observation (a batch, a request)
+moves the scales multiplicatively by the log of actual / predicted, each term by its share
+of the prediction: a device that got uniformly slower moves every term, a term the
+calibration got wrong is corrected by the observations it dominates, and a term the
+traffic never exercises keeps its calibrated figure. A least-squares fit over a dozen
+terms is ill-posed on real traffic (one image, one prompt, batch after batch makes
+per_batch, per_image and per_row collinear, and the fit then splits time between them
+arbitrarily); the multiplicative update keeps the calibrated structure. Robust: a ratio
+counts at most ``CLIP_RATIO`` either way and scales stay within ``SCALE_LIMIT``, so one
+stalled batch cannot make everything look unaffordable.
+
+Pure numpy; no web stack, no torch.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 from collections.abc import Hashable, Iterable, Sequence
@@ -26,76 +38,149 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TERMS = ("per_batch", "per_image", "per_row", "per_megapixel", "per_support")
+from model.postprocess import PostProcess, Refine
+from model.refine import DEFAULT_GRID, PAMR_LONG_SIDE, auto_radius, working_size
 
-#: Weight kept by past observations at each new one: ~30 batches of memory.
-FORGETTING = 0.97
-#: How many observations' worth of confidence the prior carries.
-PRIOR_WEIGHT = 0.05
-#: An observation counts as at most this many times its prediction: one stalled batch (a
-#: pause, a blocked thread) must not make every later request look unaffordable, while a
-#: device that really got slower is still learned within a few batches.
-OUTLIER_FACTOR = 3.0
+#: Weight of one observation in the log-scale update (~10 observations to follow a change).
+LEARNING_RATE = 0.2
+#: An observation's actual / predicted counts as at most this factor (or its inverse).
+CLIP_RATIO = 3.0
+#: A learned scale stays within [1 / SCALE_LIMIT, SCALE_LIMIT] of the calibrated figure.
+SCALE_LIMIT = 1000.0
 
 
 @dataclass(frozen=True)
 class Work:
-    """What a job (or a batch) asks of the model; additive over the jobs of a batch."""
+    """What a job (or a batch) asks of the model thread; additive over jobs except
+    ``images``, which a batch counts once per distinct image (``batch_work``).
+
+    images: backbone passes; rows: decoder rows; texts: CLIP text sequences to encode;
+    supports: support images through the vision tower. Megapixels at the image's size:
+    render_mp (every row, bilinear, thresholded, packed), guided_mp (the guided filter's
+    full-size step, every row), guided_work_mp (its solve at the working scale), pamr_mp
+    (PAMR at <= 384 px: rows x iterations), pamr_setup_mp (its 48 affinities per pixel,
+    once a request: at 384 px this outweighs ten iterations), soft_mp (8-bit maps),
+    shape_mp (components / holes / distance transforms, each mask and step),
+    instances_mp (connected components, scored, each mask).
+    """
 
     images: float = 0.0
     rows: float = 0.0
-    megapixels: float = 0.0
+    texts: float = 0.0
     supports: float = 0.0
+    render_mp: float = 0.0
+    guided_mp: float = 0.0
+    guided_work_mp: float = 0.0
+    pamr_mp: float = 0.0
+    pamr_setup_mp: float = 0.0
+    soft_mp: float = 0.0
+    shape_mp: float = 0.0
+    instances_mp: float = 0.0
 
     def __add__(self, other: Work) -> Work:
-        return Work(
-            self.images + other.images,
-            self.rows + other.rows,
-            self.megapixels + other.megapixels,
-            self.supports + other.supports,
-        )
+        return Work(*(a + b for a, b in zip(self.vector(), other.vector(), strict=True)))
 
     def __sub__(self, other: Work) -> Work:
-        return Work(
-            self.images - other.images,
-            self.rows - other.rows,
-            self.megapixels - other.megapixels,
-            self.supports - other.supports,
-        )
+        return Work(*(a - b for a, b in zip(self.vector(), other.vector(), strict=True)))
+
+    def vector(self) -> tuple[float, ...]:
+        return dataclasses.astuple(self)
 
     def features(self, batches: float = 1.0) -> np.ndarray:
-        """float64 [5]: (batches, images, rows, megapixels, supports)."""
-        return np.array([batches, self.images, self.rows, self.megapixels, self.supports])
+        """float64 [len(TERMS)]: (batches, images, rows, ...), in ``TERMS`` order."""
+        return np.array((batches, *self.vector()), dtype=np.float64)
+
+    def with_images(self, images: float) -> Work:
+        return dataclasses.replace(self, images=images)
 
 
-#: Refinement's cost in bilinear-map equivalents per row at full size (``model.refine``,
-#: measured on 2 CPU cores for a 2 MP map: bilinear 2.1 ms, guided 12 ms).
-REFINE_MAPS = {"none": 0.0, "guided": 5.0, "pamr": 5.0}
-#: PAMR's fixed cost per row in full-size megapixel equivalents: it runs at <= 384 px on
-#: the long side whatever the image (~110 ms on 2 CPU cores, ~50x a 1 MP bilinear map).
-PAMR_MEGAPIXELS = 50.0
-#: The host steps (components, distance transforms) per mask, in map equivalents.
-HOST_STEP_MAPS = 4.0
+TERMS = ("per_batch", *(f"per_{f.name.removesuffix('s')}" for f in dataclasses.fields(Work)))
+
+
+@dataclass(frozen=True)
+class HostWork:
+    """What a request costs off the model thread (threadpool): decoding and encoding.
+
+    decode_mb: decoded megabytes (``service.budget.decode_bytes``); png_mp / rle_mp /
+    polygon_mp: mask megapixels encoded in that format; soft_mp: 8-bit maps as PNGs.
+    """
+
+    decode_mb: float = 0.0
+    png_mp: float = 0.0
+    rle_mp: float = 0.0
+    polygon_mp: float = 0.0
+    soft_mp: float = 0.0
+
+    def features(self) -> np.ndarray:
+        """float64 [len(HOST_TERMS)]: (1 request, decode_mb, ...)."""
+        return np.array((1.0, *dataclasses.astuple(self)), dtype=np.float64)
+
+
+HOST_TERMS = ("per_request", *(f"per_{f.name}" for f in dataclasses.fields(HostWork)))
 
 
 def work_for(
-    pixels: int,
+    size: tuple[int, int],
     rows: int,
     masks: int,
-    soft: bool,
-    supports: int,
-    refine: str = "none",
-    host_steps: bool = False,
+    *,
+    soft: bool = False,
+    supports: int = 0,
+    texts: int = 0,
+    post: PostProcess | None = None,
+    grid: int = DEFAULT_GRID,
 ) -> Work:
-    """The cost model's view of a request: one image, its decoder rows, the full-size maps
-    it renders (each row, plus each mask again when soft maps are returned, plus what
-    ``refine`` (none | guided | pamr) and the ``host_steps`` cost in maps), supports."""
-    maps = rows * (1.0 + REFINE_MAPS[refine]) + (masks if soft else 0)
-    maps += masks * HOST_STEP_MAPS if host_steps else 0.0
-    megapixels = pixels * maps / 1e6
-    if refine == "pamr":
-        megapixels += rows * PAMR_MEGAPIXELS
-    return Work(images=1.0, rows=float(rows), megapixels=megapixels, supports=supports)
+    """The model thread's work for one request on an image of ``size`` (height, width):
+    ``rows`` decoder rows (prompts, negatives, the visual and background rows), ``masks``
+    in the answer, ``soft`` maps returned, ``supports`` images, ``texts`` sequences to
+    encode, ``post``'s steps, a model of ``grid`` tokens a side."""
+    post = post or PostProcess()
+    height, width = size
+    mp = height * width / 1e6
+    work = Work(
+        images=1.0,
+        rows=float(rows),
+        texts=float(texts),
+        supports=float(supports),
+        render_mp=rows * mp,
+        soft_mp=masks * mp if (soft or post.instances) else 0.0,
+        shape_mp=masks * mp * shape_steps(post),
+        instances_mp=masks * mp if post.instances else 0.0,
+    )
+    if post.refine is Refine.NONE:
+        return work
+    radius = post.radius or auto_radius(size, grid)
+    (work_h, work_w), _ = working_size(size, radius)
+    work = dataclasses.replace(
+        work, guided_mp=rows * mp, guided_work_mp=rows * work_h * work_w / 1e6
+    )
+    if post.refine is not Refine.PAMR:
+        return work
+    scale = min(1.0, PAMR_LONG_SIDE / max(size))
+    pamr_mp = max(1, round(height * scale)) * max(1, round(width * scale)) / 1e6
+    return dataclasses.replace(
+        work, pamr_mp=rows * post.pamr_iterations * pamr_mp, pamr_setup_mp=pamr_mp
+    )
+
+
+def shape_steps(post: PostProcess) -> int:
+    """How many whole-mask host passes ``post``'s shape steps make."""
+    return (post.min_area > 0) + post.fill_holes + (post.erode > 0) + (post.dilate > 0)
+
+
+def host_work_for(
+    size: tuple[int, int], masks: int, decode_bytes: int, fmt: str, soft: bool
+) -> HostWork:
+    """A request's host work: ``decode_bytes`` to decode, ``masks`` at ``size`` (h, w)
+    to encode as ``fmt`` (png | rle | polygon), and as 8-bit PNGs when ``soft``."""
+    mp = masks * size[0] * size[1] / 1e6
+    return HostWork(
+        decode_mb=decode_bytes / 1e6,
+        png_mp=mp if fmt == "png" else 0.0,
+        rle_mp=mp if fmt == "rle" else 0.0,
+        polygon_mp=mp if fmt == "polygon" else 0.0,
+        soft_mp=mp if soft else 0.0,
+    )
 
 
 def batch_work(parts: Iterable[tuple[Work, Hashable]]) -> Work:
@@ -104,84 +189,90 @@ def batch_work(parts: Iterable[tuple[Work, Hashable]]) -> Work:
     for work, key in parts:
         total = total + work
         keys.add(key)
-    return Work(float(len(keys)), total.rows, total.megapixels, total.supports)
+    return total.with_images(float(len(keys)))
 
 
-class CostModel:
-    """Online estimate of batch cost in seconds; thread-safe (observed on the model thread,
-    read on the event loop).
+class LinearCost:
+    """seconds = sum over terms of calibrated coefficient x learned scale x amount.
 
-    Args:
-        prior: seconds per term, in ``TERMS`` order (e.g. from a calibration run).
+    Thread-safe: observed on one thread (the model's, the threadpool's), read on the event
+    loop. ``prior``: seconds per unit of each of ``terms`` on this device (>= 0).
     """
 
-    def __init__(self, prior: Sequence[float]) -> None:
-        if len(prior) != len(TERMS) or any(not math.isfinite(p) or p < 0 for p in prior):
-            raise ValueError(f"prior must be {len(TERMS)} non-negative numbers, got {prior}")
+    def __init__(self, terms: Sequence[str], prior: Sequence[float]) -> None:
+        if len(prior) != len(terms) or any(not math.isfinite(p) or p < 0 for p in prior):
+            raise ValueError(f"prior must be {len(terms)} non-negative numbers, got {prior}")
+        self.terms = tuple(terms)
         self._prior = np.asarray(prior, dtype=np.float64)
-        self._gram = np.zeros((len(TERMS), len(TERMS)))  # sum of w * x x^T
-        self._moment = np.zeros(len(TERMS))  # sum of w * seconds * x
-        self._weight = 0.0  # sum of w: the effective number of observations
+        self._log_scale = np.zeros(len(terms))
         self._coef = self._prior.copy()
-        self._error = 0.1  # EWMA of |actual - predicted| / predicted
+        self._error = 0.1  # EWMA of |actual - predicted| / predicted, capped at 1
+        self._ratio = 1.0  # the last observation's predicted / actual
         self._lock = threading.Lock()
         self.observations = 0
 
     @property
     def coefficients(self) -> dict[str, float]:
         with self._lock:
-            return dict(zip(TERMS, (float(c) for c in self._coef), strict=True))
+            return dict(zip(self.terms, (float(c) for c in self._coef), strict=True))
 
     @property
     def relative_error(self) -> float:
         """Recent mean relative prediction error (0.1 = predictions off by 10%)."""
         return self._error
 
-    def predict(self, work: Work, batches: float = 1.0) -> float:
-        """Seconds for ``work`` spread over ``batches`` batches (>= 0)."""
+    def _predict(self, x: np.ndarray) -> float:
         with self._lock:
             coef = self._coef
-        return max(0.0, float(coef @ work.features(batches)))
+        return max(0.0, float(coef @ x))
+
+    def _observe(self, x: np.ndarray, seconds: float) -> float | None:
+        """Learn from ``seconds`` taken by work ``x``; the prediction / actual ratio (None
+        when there was nothing to learn)."""
+        if not math.isfinite(seconds) or seconds <= 0:
+            return None
+        with self._lock:
+            parts = self._coef * x
+            predicted = float(parts.sum())
+            if predicted <= 0:
+                return None
+            ratio = seconds / predicted
+            self._error = 0.8 * self._error + 0.2 * min(1.0, abs(ratio - 1.0))
+            step = LEARNING_RATE * math.log(min(CLIP_RATIO, max(1 / CLIP_RATIO, ratio)))
+            limit = math.log(SCALE_LIMIT)
+            self._log_scale = np.clip(self._log_scale + step * parts / predicted, -limit, limit)
+            self._coef = self._prior * np.exp(self._log_scale)
+            self.observations += 1
+            return predicted / seconds
+
+
+class CostModel(LinearCost):
+    """A batch's seconds on the model thread (``TERMS``)."""
+
+    def __init__(self, prior: Sequence[float]) -> None:
+        super().__init__(TERMS, prior)
+
+    def predict(self, work: Work, batches: float = 1.0) -> float:
+        """Seconds for ``work`` spread over ``batches`` batches (>= 0)."""
+        return self._predict(work.features(batches))
 
     def marginal(self, work: Work) -> float:
         """Seconds ``work`` adds to a batch that runs anyway (no per-batch term)."""
         return self.predict(work, batches=0.0)
 
-    def observe(self, work: Work, seconds: float) -> None:
-        """Learn from one batch that did ``work`` in ``seconds``."""
-        if not math.isfinite(seconds) or seconds < 0:
-            return
-        x = work.features()
-        with self._lock:
-            predicted = max(1e-6, float(self._coef @ x))
-            self._error = 0.8 * self._error + 0.2 * min(1.0, abs(seconds - predicted) / predicted)
-            seconds = min(seconds, OUTLIER_FACTOR * predicted)
-            self._gram = FORGETTING * self._gram + np.outer(x, x)
-            self._moment = FORGETTING * self._moment + seconds * x
-            self._weight = FORGETTING * self._weight + 1.0
-            self._coef = self._solve()
-            self.observations += 1
+    def observe(self, work: Work, seconds: float) -> float | None:
+        """Learn from one batch that did ``work`` in ``seconds``; predicted / actual."""
+        return self._observe(work.features(), seconds)
 
-    def _solve(self) -> np.ndarray:
-        """Ridge fit toward the prior, kept non-negative by pinning negative terms at 0.
 
-        The ridge on each term is ``PRIOR_WEIGHT`` observations of that term's typical
-        size, so the prior fades as data arrive; a term the data never exercised (its
-        feature always 0) keeps its prior exactly.
-        """
-        typical = np.diag(self._gram) / max(self._weight, 1.0)
-        ridge = np.maximum(PRIOR_WEIGHT * typical, 1e-9)
-        free = np.ones(len(TERMS), dtype=bool)
-        for _ in range(len(TERMS)):
-            a = self._gram[np.ix_(free, free)] + np.diag(ridge[free])
-            b = self._moment[free] + ridge[free] * self._prior[free]
-            try:
-                solved = np.linalg.solve(a, b)
-            except np.linalg.LinAlgError:
-                return self._coef
-            coef = np.zeros(len(TERMS))
-            coef[free] = solved
-            if (solved >= 0).all():
-                return coef
-            free &= coef > 0
-        return np.maximum(coef, 0.0)
+class HostCost(LinearCost):
+    """A request's seconds off the model thread (``HOST_TERMS``)."""
+
+    def __init__(self, prior: Sequence[float]) -> None:
+        super().__init__(HOST_TERMS, prior)
+
+    def predict(self, work: HostWork) -> float:
+        return self._predict(work.features())
+
+    def observe(self, work: HostWork, seconds: float) -> float | None:
+        return self._observe(work.features(), seconds)

@@ -7,15 +7,24 @@ from dataclasses import dataclass, field
 
 from model.batch import Segmentation, SegmentRequest
 
-from .cost import Work, work_for
+from .cost import HostWork, Work
 from .request_id import current as current_request_id
 from .scheduler import Ticket
 
 
-def request_work(request: SegmentRequest) -> Work:
-    """``work_for`` a decoded request (the same figures the headers gave before)."""
-    supports = 0 if request.supports is None else int(request.supports.shape[0])
-    return work_for(request.output_pixels, request.rows, request.mask_count, request.soft, supports)
+@dataclass(frozen=True)
+class Cost:
+    """What a request will cost, known before its pixels are decoded.
+
+    work: on the model thread; host: its decoding and encoding; image_key: the upload's
+    content key (requests for the same image share its backbone pass); asked_s: the
+    client's own ``X-Request-Timeout`` (None: the server's timeout applies).
+    """
+
+    work: Work
+    host: HostWork
+    image_key: str
+    asked_s: float | None = None
 
 
 @dataclass(eq=False)
@@ -30,12 +39,9 @@ class SegmentJob:
 
     request: SegmentRequest
     deadline: float
+    cost: Cost
     future: asyncio.Future[Segmentation] | None = None
     ticket: Ticket | None = None
     abandoned: bool = False
     model_seconds: float = 0.0
     request_id: str | None = field(default_factory=current_request_id)
-
-    @property
-    def work(self) -> Work:
-        return request_work(self.request)

@@ -36,7 +36,7 @@ from prometheus_client.platform_collector import PlatformCollector
 from prometheus_client.process_collector import ProcessCollector
 from prometheus_client.registry import Collector
 
-__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "ServiceMetrics"]
+__all__ = ["BATCH_BUCKETS", "CONTENT_TYPE", "LATENCY_BUCKETS", "RATIO_BUCKETS", "ServiceMetrics"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +48,8 @@ LATENCY_BUCKETS: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 BATCH_BUCKETS: tuple[float, ...] = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
+#: Estimate / actual: the cost models' target band is 0.5..2.
+RATIO_BUCKETS: tuple[float, ...] = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.11, 1.25, 1.5, 2.0, 4.0)
 
 
 class _ScrapeTimeCollector(Collector):
@@ -222,10 +224,26 @@ class ServiceMetrics:
         )
         self.batch_cost = Gauge(
             "clipseg_batch_cost_seconds",
-            "The scheduler's learned batch cost model: seconds per term "
-            "(per batch, per image, per decoder row, per megapixel, per support image).",
+            "The scheduler's learned batch cost model: seconds per term (per batch, per "
+            "image, per decoder row, per text, per support image, per megapixel of each "
+            "kind of pixel work).",
             ("term",),
             registry=r,
+        )
+        self.host_cost = Gauge(
+            "clipseg_host_cost_seconds",
+            "The learned cost of a request's decoding and encoding: seconds per term (per "
+            "request, per decoded MB, per megapixel encoded as png / rle / polygon / soft).",
+            ("term",),
+            registry=r,
+        )
+        self.estimate_ratio = Histogram(
+            "clipseg_cost_estimate_ratio",
+            "Estimated / actual seconds, before each observation is learned: of each model "
+            "batch (kind=batch) and of each request's decoding and encoding (kind=host).",
+            ("kind",),
+            registry=r,
+            buckets=RATIO_BUCKETS,
         )
         self._scrape_time = _ScrapeTimeCollector()
         r.register(self._scrape_time)

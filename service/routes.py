@@ -26,6 +26,7 @@ from starlette.concurrency import run_in_threadpool
 
 from model.batch import Segmentation, SegmentRequest
 from model.postprocess import (
+    BACKGROUND_PROMPT,
     Background,
     Combine,
     PostProcess,
@@ -40,7 +41,7 @@ from . import accept, codec
 from .budget import ImageHeader, RequestShape, check_limits, shape_of
 from .encode_limits import EncodeLimits
 from .errors import ApiError
-from .jobs import SegmentJob
+from .jobs import Cost, SegmentJob
 from .post_form import PostFields, check_answer, post_fields
 from .schemas import ERROR_RESPONSES, SegmentResponse
 from .state import ServiceState, get_state
@@ -114,27 +115,36 @@ PNG_OR_JSON = {
     },
     **ERROR_RESPONSES,
 }
+#: The prompts whose texts the model may have to encode, and their template.
+Texts = tuple[tuple[str, ...], Template]
 #: Builds the frozen request once the images are decoded.
 MakeRequest = Callable[[PreparedImage, str, torch.Tensor | None], SegmentRequest]
 
 
 def request_deadline(request: Request, state: ServiceState, start: float) -> float:
     """The request's deadline (monotonic): the server's timeout, or less if asked."""
+    asked = asked_timeout(request)
     timeout = state.settings.request_timeout_s
+    return start + (timeout if asked is None else min(timeout, asked))
+
+
+def asked_timeout(request: Request) -> float | None:
+    """The client's ``X-Request-Timeout`` in seconds (None when not sent); 422 when it is
+    not a positive number."""
     raw = request.headers.get(DEADLINE_HEADER)
-    if raw is not None:
-        try:
-            asked = float(raw)
-        except ValueError:
-            asked = math.nan
-        if not math.isfinite(asked) or asked <= 0:
-            raise ApiError(
-                422,
-                "invalid_header",
-                f"{DEADLINE_HEADER} must be a positive number of seconds, got {raw[:40]!r}",
-            )
-        timeout = min(timeout, asked)
-    return start + timeout
+    if raw is None:
+        return None
+    try:
+        asked = float(raw)
+    except ValueError:
+        asked = math.nan
+    if not math.isfinite(asked) or asked <= 0:
+        raise ApiError(
+            422,
+            "invalid_header",
+            f"{DEADLINE_HEADER} must be a positive number of seconds, got {raw[:40]!r}",
+        )
+    return asked
 
 
 def _check_prompts(
@@ -196,31 +206,39 @@ async def _wait(request: Request, state: ServiceState, job: SegmentJob) -> Segme
 async def _serve(
     request: Request,
     shape: RequestShape,
-    query: bytes,
-    pairs: list[tuple[bytes, bytes]],
+    texts: Texts,
+    uploads: tuple[bytes, list[tuple[bytes, bytes]]],
     make: MakeRequest,
     answer: Answer,
     started: tuple[float, float],
 ) -> Response:
     """Budget, decode, queue, encode: the path shared by both endpoints."""
     t0, deadline = started
+    query, pairs = uploads
     state = get_state(request)
     predictor, batcher = state.require_ready()
-    nbytes = check_limits(state.settings, shape, predictor.config.input_size, answer.format)
-    batcher.check(shape.work(), deadline)  # refuse before decoding anything
-    reservation = state.memory.reserve(nbytes)
+    size = predictor.config.input_size
+    nbytes = check_limits(state.settings, shape, size, answer.format)
     guide = shape.post.refine is not Refine.NONE
+    cost = Cost(
+        shape.work(predictor.texts_to_encode(*texts), predictor.config.grid_size),
+        shape.host_work(size, answer.format),
+        codec.image_key(query, guide),
+        asked_timeout(request),
+    )
+    batcher.check(cost, deadline)  # refuse before decoding anything
+    reservation = state.memory.reserve(nbytes)
     try:
         prepared, key = await run_in_threadpool(codec.prepare_query, predictor, query, guide)
         supports = None
         if pairs:
             supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
-        job = SegmentJob(make(prepared, key, supports), deadline)
+        job = SegmentJob(make(prepared, key, supports), deadline, cost)
         decoded = time.perf_counter()
         result = await _wait(request, state, job)
         done = time.perf_counter()
         marks = (t0, decoded, done, job.model_seconds)
-        return await _respond(request, state, result, answer, marks, deadline)
+        return await _respond(request, state, result, answer, marks, deadline, cost)
     finally:
         reservation.release()
 
@@ -232,6 +250,7 @@ async def _respond(
     answer: Answer,
     marks: tuple[float, float, float, float],
     deadline: float,
+    cost: Cost,
 ) -> Response:
     """Encode the answer in the threadpool: inside the deadline (504 once it passes) and
     the polygon vertex cap (413), both checked as the masks are encoded."""
@@ -257,11 +276,16 @@ async def _respond(
             state.metrics.rejected.labels(reason="deadline").inc()
         raise
     encoded = time.perf_counter()
+    _, batcher = state.require_ready()
+    batcher.observe_host(cost.host, (decoded - t0) + (encoded - done))
+    estimate, estimate_host = batcher.estimate(cost)
     timings = {
         "decode": decoded - t0,
         "queue_and_model": done - decoded,
         "model": model_seconds,
+        "estimate": estimate,
         "encode": encoded - done,
+        "estimate_host": estimate_host,
         "total": encoded - t0,
     }
     for stage in ("decode", "encode", "total"):
@@ -392,7 +416,9 @@ async def segment_text(
         )
 
     answer = Answer(format, int(png_bits), fields.polygon_tolerance)
-    return await _serve(request, shape, data, [], make, answer, started)
+    background_row = (BACKGROUND_PROMPT,) if post.background is Background.PROMPT else ()
+    texts = ((*prompts, *negatives, *background_row), Template(template))
+    return await _serve(request, shape, texts, (data, []), make, answer, started)
 
 
 @router.post(
@@ -479,7 +505,8 @@ async def segment_visual(
         )
 
     answer = Answer(format, int(png_bits), fields.polygon_tolerance)
-    return await _serve(request, shape, data, pairs, make, answer, started)
+    texts = (prompts, Template.NONE)
+    return await _serve(request, shape, texts, (data, pairs), make, answer, started)
 
 
 def _thresholds(values: list[float] | None, prompts: int) -> float | tuple[float, ...] | None:

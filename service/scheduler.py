@@ -1,27 +1,40 @@
-"""Admission and batch formation that keep goodput under overload. Pure logic, any clock.
+"""Admission and batch formation: bursts welcome, standing queues not. Pure logic, any clock.
 
-The queue is not a buffer to fill. A job is admitted only if, by the cost model's
-estimate of the work ahead of it (earliest deadline first) plus its own, it will finish
-inside its deadline — and inside ``max_queue_wait_s`` of queueing, so a burst cannot build
-a backlog that takes longer to drain than clients wait; otherwise it is refused at once
-with an honest retry delay from the same estimate. Admitting a job with an earlier
-deadline than queued ones must not push any of them past theirs.
+A job is admitted when, by the cost model's estimate, it and every admitted job still
+finish inside their deadlines in earliest-deadline-first order, counting what the worker
+will really do: queued jobs that share an image share its backbone pass (a burst of
+prompts for one picture costs one image, not twelve). Otherwise it is refused at once
+(429) with an honest retry delay from the same estimate.
 
-Shedding has hysteresis: once the estimated queueing passes ``max_queue_wait_s`` the
-scheduler refuses until it has drained to half of that, then admits again. Without it,
-under sustained overload the gate would reopen for one job at a time, every few hundred
-milliseconds, and a Retry-After could only ever say "a moment" (HTTP's is whole
-seconds); with it, a refusal's delay is the real time until the gate reopens, and the
-clients that come back then are admitted together.
+A queue that a burst builds and that drains is good; a queue that stands because demand
+exceeds capacity only adds latency (CoDel's distinction; Facebook's "adaptive LIFO +
+CoDel" switches to short queue timeouts once the queue has not been empty for a while).
+Here the two modes are:
+
+* **burst** (the normal state): a job may wait up to ``max_queue_wait_s`` (default: most
+  of the request timeout) as long as the deadlines hold. Twelve prompts or eight images
+  sent at once to an idle CPU server are all queued and served.
+* **standing**: entered when that is not enough — a job is refused because the queue
+  ahead of it passed ``max_queue_wait_s``, or missed a deadline it had plenty of time
+  for (at least ``max_queue_wait_s``): demand has outrun the device. Then a job is
+  admitted only while the work ahead of it is at most the *target*, about half of a
+  typical request's time (at least ``MIN_TARGET_S``): the device always has the next job
+  queued (goodput) and a request that arrives after the load stops waits for at most
+  about two requests (fast recovery). The mode ends once no job has been refused for the
+  queue's length for ``QUIET_S`` (or ``QUIET_TARGETS`` targets, if longer).
+
+A refusal's retry delay is the time until the queue will have drained enough to admit it.
+Clients that need an answer sooner say so with a shorter deadline and get ahead by EDF,
+in either mode, as long as no admitted job is pushed past its own deadline.
 
 Batches take the most urgent live jobs first (EDF), grow only while the estimated batch
 time fits the most urgent job's remaining time (and the image/row limits), and jobs that
 can no longer make their deadline even alone are dropped before they cost anything.
 
-Compared with what serving stacks do by default: Triton's queue policy rejects or times
-out by a fixed queue delay and a fixed batch size; Ray Serve's backpressure caps queued
-requests by count; CoDel drops by sojourn time after the fact. Here the decision uses the
-learned cost of *this* request on *this* device against *its* deadline, before it waits.
+Compared with what serving stacks do: Triton's queue policy rejects or times out by a
+fixed queue delay and batch size; Ray Serve's back-pressure caps queued requests by
+count; CoDel drops by measured sojourn after the fact. Here the decision uses the learned
+cost of *this* request on *this* device against *its* deadline, before it waits.
 
 No asyncio and no wall clock inside: ``clock`` is injected, so the unit tests drive it by
 hand (tests/service/test_scheduler.py).
@@ -33,15 +46,24 @@ import heapq
 import itertools
 import math
 import time
-from collections.abc import Callable, Hashable
+from collections import Counter
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from .cost import CostModel, Work, batch_work
 
-#: While shedding, admission reopens once the estimated queueing is down to this fraction
-#: of ``max_queue_wait_s``.
-REOPEN_FRACTION = 0.5
+#: The standing queue's target: at least this many seconds of work ahead of a new job
+#: (a fast device's batch must still be able to form), else ``TARGET_REQUESTS`` typical
+#: requests' worth.
+MIN_TARGET_S = 0.1
+TARGET_REQUESTS = 0.5
+#: Standing mode ends after this long without a refusal for the queue's length (or
+#: ``QUIET_TARGETS`` targets, if longer).
+QUIET_S = 1.0
+QUIET_TARGETS = 4.0
+#: Weight of the newest admitted job in the typical request's time.
+TYPICAL_WEIGHT = 0.2
 
 
 @dataclass(frozen=True)
@@ -51,7 +73,7 @@ class Limits:
     max_batch_images: int = 32
     max_batch_rows: int = 256
     queue_size: int = 256
-    max_queue_wait_s: float = 2.0
+    max_queue_wait_s: float = 20.0
 
 
 @dataclass(eq=False)
@@ -73,7 +95,7 @@ class Ticket:
 
 class Rejected(Exception):
     """Not admitted. ``status`` 429 (retry after ``retry_after`` s) or 504 (the deadline
-    cannot be met even on an idle server)."""
+    cannot be met any more: the time left is shorter than the job alone needs)."""
 
     def __init__(self, status: int, reason: str, message: str, retry_after: float) -> None:
         super().__init__(message)
@@ -101,16 +123,24 @@ class Scheduler:
         self._heap: list[Ticket] = []
         self._seq = itertools.count()
         self._queued = 0
-        self._queued_work = Work()
+        self._queued_work = Work()  # summed over queued jobs; images are counted in _keys
+        self._keys: Counter[Hashable] = Counter()  # queued jobs per image
         self._latest_deadline = -math.inf
         self._running: _Running | None = None
-        self._shedding = False
+        self._standing = False
+        self._last_refusal = -math.inf  # clock() of the last refusal for the queue's length
+        self._typical: float | None = None  # seconds of a typical admitted job, alone
 
     # ------------------------------------------------------------------ state
     @property
     def depth(self) -> int:
         """Jobs waiting (admitted, not cancelled, not yet in a batch)."""
         return self._queued
+
+    @property
+    def standing(self) -> bool:
+        """Whether the queue is held at the target (a sustained overload was seen)."""
+        return self._standing
 
     def first_admitted_at(self) -> float | None:
         """When the job at the head of the queue (the next batch's first) was admitted."""
@@ -120,29 +150,42 @@ class Scheduler:
 
     def backlog_seconds(self) -> float:
         """Estimated seconds until the model is free: running batch + everything queued."""
-        return self._running_left(self.clock()) + self._drain_seconds(self._queued_work)
+        queued = self._queued_work.with_images(len(self._keys))
+        return self._running_left(self.clock()) + self._drain_seconds(queued)
 
     def margin(self) -> float:
         """Relative safety margin on estimates, from the model's recent prediction error."""
         return min(0.5, max(0.05, 2.0 * self.cost.relative_error))
 
+    def target(self) -> float:
+        """Seconds of work a new job may find ahead of it while the queue is standing."""
+        typical = self._typical or 0.0
+        return max(MIN_TARGET_S, TARGET_REQUESTS * typical)
+
+    def alone_seconds(self, work: Work) -> float:
+        """Estimated seconds of model time for ``work`` on an idle server, margin included."""
+        return self.cost.predict(work) * (1.0 + self.margin())
+
     # --------------------------------------------------------------- admission
-    def check(self, work: Work, deadline: float) -> None:
+    def check(self, work: Work, deadline: float, image_key: Hashable = None) -> None:
         """Raise ``Rejected`` if a job like this would not be admitted now (queues nothing).
 
         Lets the caller refuse before spending CPU on decoding the upload.
         """
-        self._assess(work, deadline, self.clock())
+        self._assess(work, deadline, image_key, self.clock())
 
     def admit(self, payload: Any, work: Work, deadline: float, image_key: Hashable) -> Ticket:
         """Queue a job, or raise ``Rejected``."""
         now = self.clock()
-        self._assess(work, deadline, now)
+        own = self._assess(work, deadline, image_key, now)
         ticket = Ticket(payload, work, image_key, deadline, now, next(self._seq))
         heapq.heappush(self._heap, ticket)
         self._queued += 1
         self._queued_work = self._queued_work + work
+        self._keys[image_key] += 1
         self._latest_deadline = max(self._latest_deadline, deadline)
+        typical = self._typical
+        self._typical = own if typical is None else typical + TYPICAL_WEIGHT * (own - typical)
         return ticket
 
     def cancel(self, ticket: Ticket) -> None:
@@ -151,49 +194,54 @@ class Scheduler:
             self._dequeue(ticket)
         ticket.cancelled = True
 
-    def _assess(self, work: Work, deadline: float, now: float) -> None:
+    def _assess(self, work: Work, deadline: float, key: Hashable, now: float) -> float:
+        """Refuse (``Rejected``) or return the job's own estimated seconds, alone."""
         own = self.cost.predict(work)
         grow = 1.0 + self.margin()
-        if own * grow > deadline - now:
+        left = deadline - now
+        if own * grow > left:
             raise Rejected(
                 504,
                 "deadline_unreachable",
-                f"this request needs about {own:.2f} s of model time on this server, more "
-                f"than its deadline allows ({max(0.0, deadline - now):.2f} s)",
+                f"this request needs about {own * grow:.2f} s of model time on this server "
+                f"(with a {100 * (grow - 1):.0f} % margin) and has {max(0.0, left):.2f} s "
+                "left before its deadline",
                 retry_after=0.0,
             )
-        shedding = self._shedding_delay(now)
+        self._update_mode(now)
+        joins = self._keys[key] > 0 if key is not None else False
+        added = work.with_images(0.0) if joins else work  # its image is queued already
         ahead, later = self._split(deadline)
         wait = self._running_left(now) + self._drain_seconds(ahead)
-        late = (wait + own) * grow - (deadline - now)
+        late = (wait + self.cost.predict(added)) * grow - left
         if self._queued >= self.limits.queue_size:
-            retry = max(shedding, late, self._running_left(now) or own)
+            self._refused_for_length(now)
+            retry = max(late, self._running_left(now) or own)
             raise self._busy("queue_full", f"{self._queued} requests are queued", retry)
-        if shedding > 0.0 and shedding >= late:
-            why = f"shedding load until the queued work is below {self._reopen_at():.2f} s"
-            raise self._busy("overloaded", why, shedding)
+        limit = self.target() if self._standing else self.limits.max_queue_wait_s
+        if wait > limit:
+            self._refused_for_length(now)
+            why = f"about {wait:.2f} s of work is ahead of it"
+            raise self._busy("overloaded", why, max(late, wait - self.target()))
         if late > 0.0:
-            why = (
-                f"about {wait:.2f} s of work is ahead of it, {deadline - now:.2f} s to its deadline"
-            )
+            if left >= self.limits.max_queue_wait_s:
+                self._refused_for_length(now)  # it had time to spare: demand is too high
+            why = f"about {wait:.2f} s of work is ahead of it, {left:.2f} s to its deadline"
             raise self._busy("overloaded", why, late)
-        if later and not self._later_jobs_keep_their_deadlines(work, deadline, now):
-            delay = self.cost.marginal(work) * grow
+        if later and not self._later_jobs_keep_their_deadlines(added, deadline, now):
+            delay = self.cost.marginal(added) * grow
             raise self._busy("overloaded", "it would delay admitted requests", delay)
+        return own
 
-    def _shedding_delay(self, now: float) -> float:
-        """Seconds until the gate reopens (0 when it is open), updating the shedding state
-        from the whole backlog: it closes past ``max_queue_wait_s`` and reopens at half."""
-        backlog = self._running_left(now) + self._drain_seconds(self._queued_work)
-        reopen = self._reopen_at()
-        if self._shedding and backlog <= reopen:
-            self._shedding = False
-        elif not self._shedding and backlog > self.limits.max_queue_wait_s:
-            self._shedding = True
-        return backlog - reopen if self._shedding else 0.0
+    def _update_mode(self, now: float) -> None:
+        """Leave standing mode after a quiet spell (no refusal for the queue's length)."""
+        quiet = max(QUIET_S, QUIET_TARGETS * self.target())
+        if self._standing and now - self._last_refusal > quiet:
+            self._standing = False
 
-    def _reopen_at(self) -> float:
-        return self.limits.max_queue_wait_s * REOPEN_FRACTION
+    def _refused_for_length(self, now: float) -> None:
+        self._standing = True
+        self._last_refusal = now
 
     @staticmethod
     def _busy(reason: str, why: str, retry: float) -> Rejected:
@@ -205,31 +253,26 @@ class Scheduler:
         )
 
     def _split(self, deadline: float) -> tuple[Work, bool]:
-        """(work queued ahead of a job with ``deadline`` in EDF order, whether any is after)."""
+        """(work queued ahead of a job with ``deadline`` in EDF order, shared images
+        counted once; whether any queued job is due after it)."""
         if deadline >= self._latest_deadline:
-            return self._queued_work, False
-        ahead, later = Work(), False
-        for ticket in self._heap:
-            if ticket.cancelled:
-                continue
-            if ticket.deadline <= deadline:
-                ahead = ahead + ticket.work
-            else:
-                later = True
-        return ahead, later
+            return self._queued_work.with_images(len(self._keys)), False
+        tickets = [t for t in self._heap if not t.cancelled]
+        ahead = [t for t in tickets if t.deadline <= deadline]
+        return _work_of(ahead), len(ahead) < len(tickets)
 
-    def _later_jobs_keep_their_deadlines(self, work: Work, deadline: float, now: float) -> bool:
-        """Would every queued job with a later deadline still finish in time with ``work``
+    def _later_jobs_keep_their_deadlines(self, added: Work, deadline: float, now: float) -> bool:
+        """Would every queued job with a later deadline still finish in time with ``added``
         served before it? Walks the queue in EDF order (only for early-deadline jobs)."""
         grow = 1.0 + self.margin()
-        extra = self.cost.marginal(work)
+        extra = self.cost.marginal(added)
         running = self._running_left(now)
-        done = Work()
+        done: list[Ticket] = []
         for ticket in sorted(t for t in self._heap if not t.cancelled):
-            done = done + ticket.work
+            done.append(ticket)
             if ticket.deadline <= deadline:
                 continue
-            finish = now + (running + self._drain_seconds(done) + extra) * grow
+            finish = now + (running + self._drain_seconds(_work_of(done)) + extra) * grow
             if finish > ticket.deadline:
                 return False
         return True
@@ -269,8 +312,7 @@ class Scheduler:
         limits = self.limits
         if images > limits.max_batch_images or work.rows > limits.max_batch_rows:
             return False
-        batch = Work(images, work.rows, work.megapixels, work.supports)
-        return self.cost.predict(batch) * (1.0 + self.margin()) <= budget
+        return self.cost.predict(work.with_images(images)) * (1.0 + self.margin()) <= budget
 
     def _drop_hopeless(self, now: float) -> list[Ticket]:
         """Pop jobs at the head that cannot finish by their deadline even alone."""
@@ -290,8 +332,9 @@ class Scheduler:
         """The work of a batch of tickets (shared images counted once)."""
         return batch_work((ticket.work, ticket.image_key) for ticket in batch)
 
-    def finish(self, batch: list[Ticket], seconds: float | None) -> None:
+    def finish(self, batch: list[Ticket], seconds: float | None) -> float | None:
         """The batch is over; ``seconds`` it took (None if it failed: nothing to learn).
+        Returns the cost model's predicted / actual for it (None when nothing was learned).
 
         A pipelined worker finishes a batch after the next one has started: only the
         batch's own running estimate is cleared.
@@ -299,13 +342,17 @@ class Scheduler:
         if self._running is not None and self._running.batch is batch:
             self._running = None
         if seconds is not None and batch:
-            self.cost.observe(self.batch_work(batch), seconds)
+            return self.cost.observe(self.batch_work(batch), seconds)
+        return None
 
     # ---------------------------------------------------------------- helpers
     def _dequeue(self, ticket: Ticket) -> None:
         ticket.queued = False
         self._queued -= 1
         self._queued_work = self._queued_work - ticket.work
+        self._keys[ticket.image_key] -= 1
+        if self._keys[ticket.image_key] <= 0:
+            del self._keys[ticket.image_key]
         if self._queued == 0:
             # Exact zero again (no float drift), and no stale latest deadline.
             self._queued_work = Work()
@@ -317,9 +364,13 @@ class Scheduler:
         return max(0.0, self._running.started + self._running.predicted - now)
 
     def _drain_seconds(self, work: Work) -> float:
-        """Seconds to compute queued ``work``: its marginal cost plus one per-batch cost
-        per ``max_batch_images`` images."""
+        """Seconds to compute queued ``work`` (images already counted once each): its
+        marginal cost plus one per-batch cost per ``max_batch_images`` images."""
         if work.images <= 0 and work.rows <= 0:
             return 0.0
         batches = max(1.0, math.ceil(work.images / self.limits.max_batch_images))
         return self.cost.predict(work, batches=batches)
+
+
+def _work_of(tickets: Iterable[Ticket]) -> Work:
+    return batch_work((ticket.work, ticket.image_key) for ticket in tickets)

@@ -19,9 +19,9 @@ from model.weights.files import sha256_of
 
 from .batcher import Batcher
 from .budget import MemoryBudget
-from .calibrate import GENERIC_PRIOR, calibrate
+from .calibrate import GENERIC_HOST_PRIOR, GENERIC_PRIOR, calibrate
 from .config import Settings
-from .cost import CostModel
+from .cost import CostModel, HostCost
 from .errors import ApiError
 from .metrics import ServiceMetrics
 
@@ -116,15 +116,15 @@ class ServiceState:
         files = self.predictor.describe()["weights"]["files"]
         if files:
             self.weights_sha256 = await asyncio.to_thread(sha256_of, files)
-        prior = CostModel(GENERIC_PRIOR)
-        self.batcher = Batcher(self.predictor, self.settings, self.metrics, prior)
+        prior, host = CostModel(GENERIC_PRIOR), HostCost(GENERIC_HOST_PRIOR)
+        self.batcher = Batcher(self.predictor, self.settings, self.metrics, prior, host)
         self._bind_worker_metrics(self.batcher)
         self.batcher.start()
         # Compilation (if configured) happens here, not on a user's first request.
         await self.batcher.run_on_model_thread(self.predictor.warm_up)
         if self.settings.warmup:
-            cost = await self.batcher.run_on_model_thread(calibrate, self.predictor)
-            self.batcher.use_cost_model(cost)
+            cost, host = await self.batcher.run_on_model_thread(calibrate, self.predictor)
+            self.batcher.use_cost_model(cost, host)
         self.ready = True
         log.info("%s", self.ready_line())
 

@@ -16,6 +16,33 @@ from model.predictor import Predictor
 from model.weights.loader import build_random
 
 
+@pytest.fixture(scope="session", autouse=True)
+def calibrate_once_per_model():
+    """Apps started in this process calibrate each kind of predictor once: the suite
+    starts hundreds of them on the same model and CPU, and each calibration takes ~2 s.
+    The calibration's own tests call ``service.calibrate.calibrate`` directly."""
+    import service.calibrate
+    import service.state
+
+    measured: dict[tuple, object] = {}
+    calibrate = service.calibrate.calibrate
+
+    def once(predictor):
+        config = predictor.config
+        key = (type(predictor), predictor.backend, config.input_size, config.grid_size)
+        if key not in measured:
+            measured[key] = calibrate(predictor)
+        cost, host = measured[key]
+        # Fresh copies: each app learns from its own batches.
+        return type(cost)(list(cost.coefficients.values())), type(host)(
+            list(host.coefficients.values())
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(service.state, "calibrate", once)
+        yield
+
+
 @pytest.fixture(scope="session")
 def tiny_model():
     """The registered ``tiny`` variant with seeded random weights, in eval mode."""

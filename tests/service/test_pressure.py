@@ -17,14 +17,17 @@ import pytest
 from PIL import Image
 
 from service.app import create_app
-from service.cost import CostModel
+from service.cost import TERMS, CostModel
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 
-#: One (ten) seconds per image, nothing else: admission arithmetic a test can follow.
-SLOW = CostModel((0.0, 1.0, 0.0, 0.0, 0.0))
-SLOW_10 = CostModel((0.0, 10.0, 0.0, 0.0, 0.0))
+
+def per_image(seconds: float) -> CostModel:
+    """``seconds`` per image, nothing else: admission arithmetic a test can follow."""
+    return CostModel((0.0, seconds) + (0.0,) * (len(TERMS) - 2))
+
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -79,7 +82,7 @@ def test_overload_is_refused_at_once_with_an_honest_retry_after(live, factory):
     with live(max_wait_ms=0.0, **settings) as (server, app):
         # 10 s per image: the arithmetic is coarse enough that milliseconds of jitter in
         # when the requests arrive cannot change a decision.
-        on_loop(app, lambda: service_state(app).batcher.use_cost_model(SLOW_10))
+        on_loop(app, lambda: service_state(app).batcher.use_cost_model(per_image(10.0)))
         factory.gate.clear()  # the first request blocks in the model
         with ThreadPoolExecutor(8) as pool:
             first = pool.submit(post, server.url, image, ["first"])
@@ -95,14 +98,15 @@ def test_overload_is_refused_at_once_with_an_honest_retry_after(live, factory):
             assert first.result().status_code == 200
             assert [f.result().status_code for f in waiting] == [200, 200]
     # The running job has < 10 s left, so the next two queue up (< 20 s of waiting); the
-    # third would wait ~28 s (two admitted requests each took a 1 s look above): shedding
-    # starts and lasts until the queue is down to 10 s, ~18 s from then.
+    # third would wait ~28 s (two admitted requests each took a 1 s look above), past the
+    # burst bound: the queue is standing, and a job is admitted again once the work ahead
+    # is down to the target, half a typical request (5 s): ~23 s from then.
     assert len(refused) == 4
     for response in refused:
         assert response.status_code == 429
         error = response.json()["error"]
         assert error["code"] == "overloaded"
-        assert 16.0 < error["retry_after_s"] < 20.0
+        assert 20.0 < error["retry_after_s"] < 25.0
         assert int(response.headers["retry-after"]) == math.ceil(error["retry_after_s"])
         assert response.elapsed.total_seconds() < 0.5  # refused at once, not after waiting
 
@@ -147,12 +151,34 @@ def test_client_deadline_header(live, factory):
         assert response.status_code == 504 and 0.35 < waited < 3.0
         # Longer than the server's own timeout is capped, not refused.
         assert post(server.url, image, headers={"X-Request-Timeout": "9999"}).status_code == 200
-        on_loop(app, lambda: service_state(app).batcher.use_cost_model(SLOW))
+        on_loop(app, lambda: service_state(app).batcher.use_cost_model(per_image(1.0)))
         start = time.monotonic()
         hopeless = post(server.url, image, headers={"X-Request-Timeout": "0.5"})
-        assert hopeless.status_code == 504
-        assert hopeless.json()["error"]["code"] == "deadline_unreachable"
+        # 1 s of work cannot fit 0.5 s even on an idle server: the client's own deadline
+        # is the cause, a 4xx (clients and load balancers do not retry it), at once.
+        assert hopeless.status_code == 422
+        error = hopeless.json()["error"]
+        assert error["code"] == "deadline_too_short"
+        assert "X-Request-Timeout of 0.5 s" in error["message"]
+        assert "1.00 s of model time" in error["message"] and "margin" in error["message"]
         assert time.monotonic() - start < 0.5  # no waiting for a deadline that cannot be met
+
+
+def test_a_request_no_deadline_can_fit_is_413_at_once(live):
+    image = encode(random_image(16, 16))
+    with live(request_timeout_s=5.0) as (server, app):
+        on_loop(app, lambda: service_state(app).batcher.use_cost_model(per_image(10.0)))
+        start = time.monotonic()
+        response = post(server.url, image)
+        assert time.monotonic() - start < 0.5
+    assert response.status_code == 413
+    error = response.json()["error"]
+    assert error["code"] == "request_too_costly"
+    # The estimate with its margin, the deadline, and what to change.
+    assert "an estimated 10.00 s of model time" in error["message"]
+    assert "margin" in error["message"]
+    assert "deadline of 5 s" in error["message"]
+    assert "CLIPSEG_REQUEST_TIMEOUT_S" in error["message"]
 
 
 @pytest.mark.parametrize(
