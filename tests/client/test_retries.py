@@ -18,6 +18,7 @@ from clipseg_client import (
     InvalidInput,
     NotReady,
     Overloaded,
+    PayloadTooLarge,
     RetryPolicy,
     Segmentation,
 )
@@ -89,6 +90,20 @@ def test_final_errors_are_not_retried():
     stub = Stub([error_reply(422, "invalid_field"), Reply()])
     with stub, Client(stub.url, retry=FAST) as client, pytest.raises(InvalidInput):
         client.segment_text(IMAGE, "a cat")
+    assert len(stub.seen) == 1
+
+
+@pytest.mark.parametrize(
+    ("status", "code", "error"),
+    [(413, "request_too_costly", PayloadTooLarge), (422, "deadline_too_short", InvalidInput)],
+)
+def test_a_request_that_can_never_fit_is_not_retried(status, code, error):
+    """The server's "this cannot finish inside its deadline even when idle" is final: the
+    same request would be refused the same way every time."""
+    stub = Stub([error_reply(status, code), Reply()])
+    with stub, Client(stub.url, retry=FAST) as client, pytest.raises(error) as caught:
+        client.segment_text(IMAGE, "a cat")
+    assert caught.value.code == code and caught.value.attempts == 1
     assert len(stub.seen) == 1
 
 
