@@ -95,7 +95,7 @@ class RequestShape:
             decode_bytes(h, model_size) + 3 * h.pixels for h in self.supports
         )
         size = (self.query.height, self.query.width)
-        return host_work_for(size, self.masks, decoded, fmt, self.soft)
+        return host_work_for(size, self.masks, decoded, fmt, self.soft, self.post)
 
 
 def check_limits(settings: Settings, shape: RequestShape, model_size: int, fmt: str = "png") -> int:

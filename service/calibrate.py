@@ -21,7 +21,6 @@ request; the traffic then refines it.
 
 from __future__ import annotations
 
-import dataclasses
 import io
 import statistics
 import time
@@ -31,7 +30,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from model.batch import Segmentation, SegmentRequest
+from model.batch import SegmentRequest
 from model.postprocess import PostProcess, Refine
 from model.predictor import Predictor
 
@@ -44,7 +43,7 @@ from .encode_limits import EncodeLimits
 #: deliberately optimistic (a fast GPU's figures), so admission refuses nothing until the
 #: first batches have taught the model the real costs.
 GENERIC_PRIOR = (0.001, 0.005, 0.0005, 0.0005, 0.005) + (0.001,) * 8
-GENERIC_HOST_PRIOR = (0.0005, 0.001, 0.001, 0.001, 0.002, 0.001)
+GENERIC_HOST_PRIOR = (0.0005, 0.001, 0.001, 0.002, 0.001, 0.0001, 0.001, 0.002)
 #: Measured runs of each calibration step (their median counts).
 REPEATS = 3
 #: The pixel work's two images (0.26 and 2.1 MP): the per-megapixel slope between them.
@@ -182,7 +181,8 @@ def _pamr_terms(
 
 
 def _host_terms(predictor: Predictor) -> list[float]:
-    """Seconds per request, decoded MB and encoded megapixels (png, rle, polygon, soft)."""
+    """Seconds per request, per decoded MB and per encoded megapixel, in ``HOST_TERMS``
+    order: png, polygon, rle (runs found here), runs (found on the device), soft, instances."""
     rng = np.random.default_rng(2)
     photo = Image.fromarray(rng.integers(0, 256, (*LARGE, 3), dtype=np.uint8))
     data = io.BytesIO()
@@ -191,22 +191,21 @@ def _host_terms(predictor: Predictor) -> list[float]:
     header = ImageHeader("PNG", LARGE[1], LARGE[0], "RGB")
     decoded_mb = decode_bytes(header, predictor.config.input_size) / 1e6
     decode = _median_seconds(lambda: codec.prepare_query(predictor, png)) / decoded_mb
-    result = predictor.render(_blobs(predictor.config.input_size), LARGE, soft=True)
+    logits = _blobs(predictor.config.input_size)
     masks_mp = LARGE[0] * LARGE[1] / 1e6
-    plain = _without_soft(result)
 
-    def encode(fmt: str, answer: Segmentation = plain) -> float:
+    def encode(fmt: str, **render: object) -> float:
+        answer = predictor.render(logits, LARGE, **render)  # type: ignore[arg-type]
         return _median_seconds(lambda: codec.json_body(answer, fmt, 8, 1.0, _no_limit()))
 
-    tiny = predictor.render(_blobs(predictor.config.input_size), (8, 8))
+    tiny = predictor.render(logits, (8, 8), runs=True)
     per_request = _median_seconds(lambda: codec.json_body(tiny, "rle", 8, 1.0, _no_limit()))
-    terms = [(encode(fmt) - per_request) / masks_mp for fmt in ("png", "rle", "polygon")]
-    soft = (encode("png", result) - encode("png")) / masks_mp
-    return [max(v, 0.0) for v in (per_request, decode, *terms, soft)]
-
-
-def _without_soft(result: Segmentation) -> Segmentation:
-    return dataclasses.replace(result, soft=None)
+    png_s, polygon, rle = (encode(fmt) - per_request for fmt in ("png", "polygon", "rle"))
+    runs = encode("rle", runs=True) - per_request
+    soft = encode("png", soft=True) - per_request - png_s
+    instances = encode("rle", post=PostProcess(instances=True)) - per_request - rle
+    per_mp = (v / masks_mp for v in (png_s, polygon, rle, runs, soft, instances))
+    return [max(v, 0.0) for v in (per_request, decode, *per_mp)]
 
 
 def _no_limit() -> EncodeLimits:

@@ -101,15 +101,19 @@ TERMS = ("per_batch", *(f"per_{f.name.removesuffix('s')}" for f in dataclasses.f
 class HostWork:
     """What a request costs off the model thread (threadpool): decoding and encoding.
 
-    decode_mb: decoded megabytes (``service.budget.decode_bytes``); png_mp / rle_mp /
-    polygon_mp: mask megapixels encoded in that format; soft_mp: 8-bit maps as PNGs.
+    decode_mb: decoded megabytes (``service.budget.decode_bytes``). Mask megapixels
+    encoded: png_mp, polygon_mp; rle_mp (runs found on the host: masks reshaped or split
+    into instances), runs_mp (runs found on the device: only written out here);
+    soft_mp (8-bit maps as PNGs); instances_mp (each mask's instances, each encoded).
     """
 
     decode_mb: float = 0.0
     png_mp: float = 0.0
-    rle_mp: float = 0.0
     polygon_mp: float = 0.0
+    rle_mp: float = 0.0
+    runs_mp: float = 0.0
     soft_mp: float = 0.0
+    instances_mp: float = 0.0
 
     def features(self) -> np.ndarray:
         """float64 [len(HOST_TERMS)]: (1 request, decode_mb, ...)."""
@@ -169,17 +173,27 @@ def shape_steps(post: PostProcess) -> int:
 
 
 def host_work_for(
-    size: tuple[int, int], masks: int, decode_bytes: int, fmt: str, soft: bool
+    size: tuple[int, int],
+    masks: int,
+    decode_bytes: int,
+    fmt: str,
+    soft: bool,
+    post: PostProcess | None = None,
 ) -> HostWork:
     """A request's host work: ``decode_bytes`` to decode, ``masks`` at ``size`` (h, w)
-    to encode as ``fmt`` (png | rle | polygon), and as 8-bit PNGs when ``soft``."""
+    to encode as ``fmt`` (png | rle | polygon), and as 8-bit PNGs when ``soft``, after
+    ``post``'s steps (reshaped masks and instances have no runs from the device)."""
+    post = post or PostProcess()
     mp = masks * size[0] * size[1] / 1e6
+    host_runs = post.reshapes or post.instances
     return HostWork(
         decode_mb=decode_bytes / 1e6,
         png_mp=mp if fmt == "png" else 0.0,
-        rle_mp=mp if fmt == "rle" else 0.0,
         polygon_mp=mp if fmt == "polygon" else 0.0,
+        rle_mp=mp if fmt == "rle" and host_runs else 0.0,
+        runs_mp=mp if fmt == "rle" and not host_runs else 0.0,
         soft_mp=mp if soft else 0.0,
+        instances_mp=mp if post.instances else 0.0,
     )
 
 

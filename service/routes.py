@@ -227,6 +227,7 @@ async def _serve(
         asked_timeout(request),
     )
     batcher.check(cost, deadline)  # refuse before decoding anything
+    estimates = batcher.estimate(cost)  # as admission sees it, before its batch is learned
     reservation = state.memory.reserve(nbytes)
     try:
         prepared, key = await run_in_threadpool(codec.prepare_query, predictor, query, guide)
@@ -238,7 +239,7 @@ async def _serve(
         result = await _wait(request, state, job)
         done = time.perf_counter()
         marks = (t0, decoded, done, job.model_seconds)
-        return await _respond(request, state, result, answer, marks, deadline, cost)
+        return await _respond(request, state, result, answer, marks, deadline, (cost, estimates))
     finally:
         reservation.release()
 
@@ -250,10 +251,12 @@ async def _respond(
     answer: Answer,
     marks: tuple[float, float, float, float],
     deadline: float,
-    cost: Cost,
+    costs: tuple[Cost, tuple[float, float]],
 ) -> Response:
     """Encode the answer in the threadpool: inside the deadline (504 once it passes) and
-    the polygon vertex cap (413), both checked as the masks are encoded."""
+    the polygon vertex cap (413), both checked as the masks are encoded. ``costs``: the
+    request's cost and the (model, host) seconds estimated at admission (reported in
+    Server-Timing; the host time measured here teaches the host model)."""
     t0, decoded, done, model_seconds = marks
     single_png = (
         len(result.labels) == 1
@@ -276,9 +279,9 @@ async def _respond(
             state.metrics.rejected.labels(reason="deadline").inc()
         raise
     encoded = time.perf_counter()
+    cost, (estimate, estimate_host) = costs
     _, batcher = state.require_ready()
     batcher.observe_host(cost.host, (decoded - t0) + (encoded - done))
-    estimate, estimate_host = batcher.estimate(cost)
     timings = {
         "decode": decoded - t0,
         "queue_and_model": done - decoded,

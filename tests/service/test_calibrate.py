@@ -47,7 +47,14 @@ def test_every_term_is_measured(calibrated):
         assert model_terms[term] > 0.0, term
     assert model_terms["per_batch"] + model_terms["per_image"] > 0.0
     assert model_terms["per_text"] > 0.0 and model_terms["per_support"] > 0.0
-    for term in ("per_decode_mb", "per_png_mp", "per_rle_mp", "per_polygon_mp", "per_soft_mp"):
+    for term in (
+        "per_decode_mb",
+        "per_png_mp",
+        "per_rle_mp",
+        "per_polygon_mp",
+        "per_soft_mp",
+        "per_instances_mp",
+    ):
         assert host_terms[term] > 0.0, term
 
 
