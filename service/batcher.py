@@ -173,7 +173,7 @@ class Batcher:
         ratio = self.host_cost.observe(work, seconds)
         if ratio is not None:
             self.metrics.estimate_ratio.labels(kind="host").observe(ratio)
-            self._publish_costs()
+            self._publish_host_costs()
 
     async def run_on_model_thread(self, fn: Callable[..., T], *args: Any) -> T:
         """Run ``fn`` on the model thread (warm-up, maintenance) and await it."""
@@ -412,6 +412,9 @@ class Batcher:
     def _publish_costs(self) -> None:
         for term, value in self.scheduler.cost.coefficients.items():
             self.metrics.batch_cost.labels(term=term).set(value)
+        self._publish_host_costs()
+
+    def _publish_host_costs(self) -> None:
         for term, value in self.host_cost.coefficients.items():
             self.metrics.host_cost.labels(term=term).set(value)
 

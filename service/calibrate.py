@@ -22,6 +22,7 @@ request; the traffic then refines it.
 from __future__ import annotations
 
 import io
+import itertools
 import statistics
 import time
 from collections.abc import Callable
@@ -113,7 +114,7 @@ def _model_terms(predictor: Predictor) -> list[float]:
 
 def _text_seconds(predictor: Predictor) -> float:
     """Seconds per text sequence through the encoder (fresh phrases: never cached)."""
-    rounds = iter(range(1_000_000))
+    rounds = itertools.count()
 
     def fresh() -> None:
         n = next(rounds)
