@@ -20,10 +20,9 @@ Query images are seeded smooth random fields plus noise, as JPEGs (quality 90).
 Every 200 carries ``Server-Timing`` (``service/routes.py``): ``model`` (the batch's real
 model-thread time: the request ran alone, so its own), ``estimate`` (the cost model's
 seconds for this request alone), ``decode``, ``encode`` and ``estimate_host``. Per 200:
-ratio_model = estimate / model, ratio_host = estimate_host / (decode + encode). Note that
-the server computes both estimates after it has observed this request's own batch and
-host time (one learning step, at most 3 ** 0.2 = 1.25x), so they are slightly kinder
-than the estimate admission used. Other answers are recorded with their status, error
+ratio_model = estimate / model, ratio_host = estimate_host / (decode + encode). Both
+estimates are the ones admission used, taken before the request's own batch taught the
+model anything. Other answers are recorded with their status, error
 code and latency (a 4xx must be immediate).
 
 The server runs with ``CLIPSEG_REQUEST_TIMEOUT_S=110`` (below the client's 120 s), so that

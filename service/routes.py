@@ -3,7 +3,8 @@
 Each request: validate the form; read the image headers (threadpool) and check the
 request's cost against the per-request limits (413), the scheduler (429 before any pixel
 is decoded) and the memory budget; decode (threadpool) into one frozen
-``SegmentRequest``; admit it (429/504 from the scheduler's estimate); wait for the batch
+``SegmentRequest``; admit it by the cost model's estimate (413/422: not even an idle server
+would meet the deadline; 429: the queue would not); wait for the batch
 (504 past the deadline, 499 if the client left); encode (threadpool).
 """
 
