@@ -184,13 +184,13 @@ class Batcher:
         """(model seconds, host seconds) ``cost`` would take alone, without margins."""
         return self.scheduler.cost.predict(cost.work), self.host_cost.predict(cost.host)
 
-    def check(self, cost: Cost, deadline: float) -> None:
+    def check(self, cost: Cost, deadline: float, arrived: float | None = None) -> None:
         """Refuse now (ApiError 413/422/429/503/504) what ``submit`` would refuse; queues
-        nothing."""
+        nothing. ``arrived``: the request's arrival (monotonic; default now)."""
         self._require_accepting()
         host = self._feasible(cost)
         try:
-            self.scheduler.check(cost.work, deadline - host, cost.image_key)
+            self.scheduler.check(cost.work, deadline - host, cost.image_key, arrived)
         except Rejected as rejected:
             raise self._refused(rejected) from None
 
@@ -212,7 +212,8 @@ class Batcher:
         cost = job.cost
         host = self._feasible(cost)
         try:
-            job.ticket = self.scheduler.admit(job, cost.work, job.deadline - host, cost.image_key)
+            deadline = job.deadline - host
+            job.ticket = self.scheduler.admit(job, cost.work, deadline, cost.image_key, job.arrived)
         except Rejected as rejected:
             raise self._refused(rejected) from None
         job.future = asyncio.get_running_loop().create_future()

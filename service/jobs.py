@@ -31,7 +31,8 @@ class Cost:
 class SegmentJob:
     """One HTTP request's work for the model thread.
 
-    deadline: a ``time.monotonic()`` value. abandoned: set on the event loop when the
+    deadline: a ``time.monotonic()`` value; arrived: the request's arrival on the same
+    clock (None: when it is admitted). abandoned: set on the event loop when the
     request gave up (client gone, deadline passed); the model thread reads it before
     rendering the job's masks and skips them. request_id: the HTTP request's ID (taken
     where the job is made), for the model thread's log lines.
@@ -40,6 +41,7 @@ class SegmentJob:
     request: SegmentRequest
     deadline: float
     cost: Cost
+    arrived: float | None = None
     future: asyncio.Future[Segmentation] | None = None
     ticket: Ticket | None = None
     abandoned: bool = False

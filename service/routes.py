@@ -211,10 +211,10 @@ async def _serve(
     uploads: tuple[bytes, list[tuple[bytes, bytes]]],
     make: MakeRequest,
     answer: Answer,
-    started: tuple[float, float],
+    started: Started,
 ) -> Response:
     """Budget, decode, queue, encode: the path shared by both endpoints."""
-    t0, deadline = started
+    t0, deadline = started.perf, started.deadline
     query, pairs = uploads
     state = get_state(request)
     predictor, batcher = state.require_ready()
@@ -227,7 +227,7 @@ async def _serve(
         codec.image_key(query, guide),
         asked_timeout(request),
     )
-    batcher.check(cost, deadline)  # refuse before decoding anything
+    batcher.check(cost, deadline, started.arrived)  # refuse before decoding anything
     estimates = batcher.estimate(cost)  # as admission sees it, before its batch is learned
     reservation = state.memory.reserve(nbytes)
     try:
@@ -235,7 +235,7 @@ async def _serve(
         supports = None
         if pairs:
             supports = await run_in_threadpool(codec.prepare_supports, predictor, pairs)
-        job = SegmentJob(make(prepared, key, supports), deadline, cost)
+        job = SegmentJob(make(prepared, key, supports), deadline, cost, started.arrived)
         decoded = time.perf_counter()
         result = await _wait(request, state, job)
         done = time.perf_counter()
@@ -323,12 +323,22 @@ async def _probe(state: ServiceState, uploads: list[tuple[bytes, str]]) -> list[
     return await run_in_threadpool(codec.probe, predictor, uploads)
 
 
-def _start(request: Request) -> tuple[ServiceState, tuple[float, float]]:
-    """The state, and (perf_counter at the start, the deadline); 503 unless ready."""
-    t0, now = time.perf_counter(), time.monotonic()
+@dataclass(frozen=True)
+class Started:
+    """When the endpoint took the request: ``perf`` (perf_counter, for Server-Timing),
+    ``arrived`` (monotonic, for the scheduler) and its ``deadline`` (monotonic)."""
+
+    perf: float
+    arrived: float
+    deadline: float
+
+
+def _start(request: Request) -> tuple[ServiceState, Started]:
+    """The state and the request's start; 503 unless ready."""
+    perf, now = time.perf_counter(), time.monotonic()
     state = get_state(request)
     state.require_ready()
-    return state, (t0, request_deadline(request, state, now))
+    return state, Started(perf, now, request_deadline(request, state, now))
 
 
 TEXT_SUMMARY = "Segment an image from text prompts"

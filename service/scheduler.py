@@ -11,15 +11,21 @@ exceeds capacity only adds latency (CoDel's distinction; Facebook's "adaptive LI
 CoDel" switches to short queue timeouts once the queue has not been empty for a while).
 Here the two modes are:
 
-* **burst** (the normal state): a job may wait up to ``max_queue_wait_s`` (default: most
-  of the request timeout) as long as the deadlines hold. Twelve prompts or eight images
-  sent at once to an idle CPU server are all queued and served.
+* **burst** (the normal state): a burst is what arrives at once. A job that finds the
+  queue empty opens a burst window of ``BURST_WINDOW_S``; a job that arrived inside it
+  may wait up to ``max_queue_wait_s`` (default: most of the request timeout) as long as
+  the deadlines hold, so twelve prompts or eight images sent at once to an idle CPU
+  server are all queued and served. A later arrival may wait up to the *settled* bound,
+  a few typical requests (``SETTLED_REQUESTS``, at least ``SETTLED_MIN_S``): enough that
+  a few clients in a closed loop are never refused, too little for the first second of
+  an overload to build a long queue that everyone after it waits behind (CoDel likewise
+  tolerates a queue above its target only for one ``interval``).
 * **standing**: entered when that is not enough — a job is refused because the queue
-  ahead of it passed ``max_queue_wait_s``, or missed a deadline it had plenty of time
-  for (at least ``max_queue_wait_s``): demand has outrun the device. Then a job is
-  admitted only while the work ahead of it is at most the *target*, about half of a
-  typical request's time (at least ``MIN_TARGET_S``): the device always has the next job
-  queued (goodput) and a request that arrives after the load stops waits for at most
+  ahead of it passed its bound (the burst's or the settled one), or missed a deadline it
+  had plenty of time for (at least ``max_queue_wait_s``): demand has outrun the device.
+  Then a job is admitted only while the work ahead of it is at most the *target*, about
+  half of a typical request's time (at least ``MIN_TARGET_S``): the device always has the
+  next job queued (goodput) and a request that arrives after the load stops waits for at most
   about two requests (fast recovery). The mode ends once no job has been refused for the
   queue's length for ``QUIET_S`` (or ``QUIET_TARGETS`` targets, if longer).
 
@@ -64,6 +70,13 @@ QUIET_S = 1.0
 QUIET_TARGETS = 4.0
 #: Weight of the newest admitted job in the typical request's time.
 TYPICAL_WEIGHT = 0.2
+#: Jobs that arrive within this many seconds of the one that found the queue empty are
+#: one burst: they may queue up to ``max_queue_wait_s``.
+BURST_WINDOW_S = 0.5
+#: Outside a burst window a job may find at most this many typical requests' work ahead
+#: of it (at least ``SETTLED_MIN_S``), and never more than ``max_queue_wait_s``.
+SETTLED_REQUESTS = 4.0
+SETTLED_MIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -130,6 +143,7 @@ class Scheduler:
         self._standing = False
         self._last_refusal = -math.inf  # clock() of the last refusal for the queue's length
         self._typical: float | None = None  # seconds of a typical admitted job, alone
+        self._burst_opened = -math.inf  # arrival of the job that last found the queue empty
 
     # ------------------------------------------------------------------ state
     @property
@@ -162,22 +176,44 @@ class Scheduler:
         typical = self._typical or 0.0
         return max(MIN_TARGET_S, TARGET_REQUESTS * typical)
 
+    def settled(self) -> float:
+        """Seconds of work a job that arrived outside a burst window may find ahead of it."""
+        typical = self._typical or 0.0
+        bound = max(SETTLED_MIN_S, SETTLED_REQUESTS * typical)
+        return min(self.limits.max_queue_wait_s, bound)
+
     def alone_seconds(self, work: Work) -> float:
         """Estimated seconds of model time for ``work`` on an idle server, margin included."""
         return self.cost.predict(work) * (1.0 + self.margin())
 
     # --------------------------------------------------------------- admission
-    def check(self, work: Work, deadline: float, image_key: Hashable = None) -> None:
+    def check(
+        self, work: Work, deadline: float, image_key: Hashable = None, arrived: float | None = None
+    ) -> None:
         """Raise ``Rejected`` if a job like this would not be admitted now (queues nothing).
 
-        Lets the caller refuse before spending CPU on decoding the upload.
+        Lets the caller refuse before spending CPU on decoding the upload. ``arrived``: when
+        its request arrived (``clock()`` time; default now).
         """
-        self._assess(work, deadline, image_key, self.clock())
-
-    def admit(self, payload: Any, work: Work, deadline: float, image_key: Hashable) -> Ticket:
-        """Queue a job, or raise ``Rejected``."""
         now = self.clock()
-        own = self._assess(work, deadline, image_key, now)
+        self._assess(work, deadline, image_key, now, self._arrival(arrived, now))
+
+    def admit(
+        self,
+        payload: Any,
+        work: Work,
+        deadline: float,
+        image_key: Hashable,
+        arrived: float | None = None,
+    ) -> Ticket:
+        """Queue a job, or raise ``Rejected``. ``arrived``: when its request arrived
+        (``clock()`` time; default now): decoding between arrival and admission does not
+        push a burst's late members out of its window."""
+        now = self.clock()
+        arrival = self._arrival(arrived, now)
+        own = self._assess(work, deadline, image_key, now, arrival)
+        if self._queued == 0:
+            self._burst_opened = arrival
         ticket = Ticket(payload, work, image_key, deadline, now, next(self._seq))
         heapq.heappush(self._heap, ticket)
         self._queued += 1
@@ -194,7 +230,22 @@ class Scheduler:
             self._dequeue(ticket)
         ticket.cancelled = True
 
-    def _assess(self, work: Work, deadline: float, key: Hashable, now: float) -> float:
+    @staticmethod
+    def _arrival(arrived: float | None, now: float) -> float:
+        return now if arrived is None else min(arrived, now)
+
+    def _wait_limit(self, arrival: float) -> float:
+        """Seconds of work a job that arrived at ``arrival`` may find ahead of it."""
+        if self._standing:
+            return self.target()
+        opened = arrival if self._queued == 0 else self._burst_opened
+        if arrival - opened <= BURST_WINDOW_S:
+            return self.limits.max_queue_wait_s
+        return self.settled()
+
+    def _assess(
+        self, work: Work, deadline: float, key: Hashable, now: float, arrival: float
+    ) -> float:
         """Refuse (``Rejected``) or return the job's own estimated seconds, alone."""
         own = self.cost.predict(work)
         grow = 1.0 + self.margin()
@@ -218,7 +269,7 @@ class Scheduler:
             self._refused_for_length(now)
             retry = max(late, self._running_left(now) or own)
             raise self._busy("queue_full", f"{self._queued} requests are queued", retry)
-        limit = self.target() if self._standing else self.limits.max_queue_wait_s
+        limit = self._wait_limit(arrival)
         if wait > limit:
             self._refused_for_length(now)
             why = f"about {wait:.2f} s of work is ahead of it"

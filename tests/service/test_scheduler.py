@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from service.cost import TERMS, CostModel, Work, batch_work
-from service.scheduler import QUIET_S, QUIET_TARGETS, Limits, Rejected, Scheduler
+from service.scheduler import (
+    BURST_WINDOW_S,
+    QUIET_S,
+    QUIET_TARGETS,
+    SETTLED_MIN_S,
+    Limits,
+    Rejected,
+    Scheduler,
+)
 
 # 0.1 s per batch + 1 s per image; margin = 2 x the initial 10% error = 20%.
 PRIOR = (0.1, 1.0) + (0.0,) * (len(TERMS) - 2)
@@ -56,6 +64,46 @@ def test_a_burst_that_fits_its_deadlines_is_queued_whole():
     assert s.depth == 12
     # One backbone pass for all twelve: the queue holds 1.1 s, not 12 s.
     assert s.backlog_seconds() == pytest.approx(1.1)
+
+
+def test_a_burst_counts_by_arrival_not_by_when_its_members_were_decoded():
+    """Eight images arrive at once; decoding admits them 0.3 s apart. All eight are one
+    burst: the last finds 7.1 s ahead, more than the settled bound, and is still queued."""
+    s, clock = scheduler(max_queue_wait_s=20.0)
+    arrived = clock.now
+    for i in range(8):
+        s.admit(f"image {i}", ONE, arrived + 30, f"image {i}", arrived=arrived)
+        clock.now += 0.3
+    assert s.depth == 8 and not s.standing
+
+
+def test_the_onset_of_an_overload_queues_only_what_arrived_in_the_burst_window():
+    """An open loop at 10x this device's capacity (one 1.1 s job every 0.11 s) hits an idle
+    server with a 20 s burst bound: only the window's arrivals may queue long; after it
+    the settled bound applies, the first refusal turns the queue standing, and no job
+    admitted waits anywhere near the 20 s a burst may."""
+    s, clock = scheduler(max_queue_wait_s=20.0)
+    admitted: list[float] = []
+    waits: list[float] = []
+    start = clock.now
+    for step in range(300):
+        clock.now = start + 0.11 * step
+        try:
+            waits.append(s.backlog_seconds())
+            admit(s, clock, f"j{step}")
+            admitted.append(clock.now - start)
+        except Rejected:
+            pass
+        if s._running is None or s._running_left(clock.now) == 0.0:
+            s.finish(s._running.batch if s._running else [], None)
+            s.next_batch()
+    in_window = [t for t in admitted if t <= BURST_WINDOW_S]
+    assert len(in_window) == int(BURST_WINDOW_S / 0.11) + 1
+    assert s.standing
+    settled = max(SETTLED_MIN_S, 4 * 1.1)
+    # The worst wait: the window's jobs plus one settled bound, not the burst bound.
+    assert max(waits) <= len(in_window) * 1.1 + settled + 1e-9 < 20.0
+    assert len(admitted) >= 30 * 0.8  # still ~one job per 1.1 s of device time
 
 
 def test_a_sustained_overload_turns_the_queue_standing_and_keeps_it_short():
