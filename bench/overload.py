@@ -47,6 +47,7 @@ import asyncio
 import bisect
 import contextlib
 import io
+import json
 import os
 import platform
 import statistics
@@ -304,12 +305,24 @@ def one_run(args: argparse.Namespace) -> dict:
         cap = asyncio.run(capacity(url, images, args.clients, args.capacity_seconds))
         run = asyncio.run(overload(url, images, cap, args))
         result = summarise(run, args)
+        if args.dump is not None:
+            dump(run, args.dump)
         result["single"] = single
         result["first_new_singles"] = result["first_200_new"] / single
         report(result)
         return result
     finally:
         stop_server(process)
+
+
+def dump(run: Run, path: Path) -> None:
+    """Append the run's answers to ``path`` as JSON lines (times relative to the load's
+    start: the first request's send), for plots and diagnosis."""
+    first = min(a.sent for a in run.answers)
+    with path.open("a") as out:
+        for a in run.answers + run.probes:
+            row = {"sent": a.sent - first, "latency": a.latency, "status": a.status}
+            out.write(json.dumps({**row, "code": a.code, "retry_after_s": a.retry_after_s}) + "\n")
 
 
 def counts(answers: list[Answer]) -> tuple[dict[int, int], dict[str, int]]:
@@ -469,6 +482,7 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=1)
     parser.add_argument("--source", type=Path, default=ROOT, help="checkout to serve from")
     parser.add_argument("--env", action="append", default=[], help="KEY=VALUE for the server")
+    parser.add_argument("--dump", type=Path, help="append the overload's answers (JSON lines)")
     args = parser.parse_args()
     load = {
         "overload": f"{args.factor:g}x capacity for {args.seconds:g} s",
