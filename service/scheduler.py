@@ -24,10 +24,10 @@ Here the two modes are:
 * **standing**: entered when that is not enough — a job is refused because the queue
   ahead of it passed its bound (the burst's or the settled one), or missed a deadline it
   had plenty of time for (at least ``max_queue_wait_s``): demand has outrun the device.
-  Then a job is admitted only while the work ahead of it is at most the *target*, one
-  typical request's time (at least ``MIN_TARGET_S``): one request in hand while one runs,
-  so the next batch is decoded and queued before the device frees (goodput), and a
-  request that arrives after the load stops waits for about two requests (recovery). The mode ends once no job has been refused for the
+  Then a job is admitted only while the work ahead of it is at most the *target*, one and
+  a half typical requests' time (at least ``MIN_TARGET_S``): the next batch, of one or
+  two requests, is decoded and queued before the device frees (goodput), and a request
+  that arrives after the load stops waits for at most about two requests (recovery). The mode ends once no job has been refused for the
   queue's length for ``QUIET_S`` (or ``QUIET_TARGETS`` targets, if longer).
 
 A refusal's retry delay is the time until the queue will have drained enough to admit it.
@@ -63,9 +63,12 @@ from .cost import CostModel, Work, batch_work
 #: The standing queue's target: at least this many seconds of work ahead of a new job
 #: (a fast device's batch must still be able to form), else ``TARGET_REQUESTS`` typical
 #: requests' worth. Less than one request leaves the device idle while the next admitted
-#: job is still being decoded (measured: ~15 % of goodput lost on a 2-core CPU at half).
+#: job is still being decoded; at one, every batch holds one request, and the per-batch
+#: cost is never shared (2-core CPU, full-size model: batches of one serve ~85 % of what
+#: batches of four do, of two ~95 %). More than two would make a request arriving after
+#: an overload wait behind more than two others.
 MIN_TARGET_S = 0.1
-TARGET_REQUESTS = 1.0
+TARGET_REQUESTS = 1.5
 #: Standing mode ends after this long without a refusal for the queue's length (or
 #: ``QUIET_TARGETS`` targets, if longer).
 QUIET_S = 1.0

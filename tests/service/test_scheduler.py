@@ -124,7 +124,7 @@ def test_a_sustained_overload_turns_the_queue_standing_and_keeps_it_short():
     assert admitted == 5 and refused.value.reason == "overloaded"
     assert s.standing
     target = s.target()
-    assert target == pytest.approx(1.1)  # one typical job
+    assert target == pytest.approx(1.5 * 1.1)  # one and a half typical jobs
     # Its retry delay: until the queue has drained to the target.
     assert refused.value.retry_after == pytest.approx(5.1 - target)
     s.next_batch()  # the five jobs start: 5.1 s
