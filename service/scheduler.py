@@ -27,8 +27,9 @@ Here the two modes are:
   Then a job is admitted only while the work ahead of it is at most the *target*, one and
   a half typical requests' time (at least ``MIN_TARGET_S``): the next batch, of one or
   two requests, is decoded and queued before the device frees (goodput), and a request
-  that arrives after the load stops waits for at most about two requests (recovery). The mode ends once no job has been refused for the
-  queue's length for ``QUIET_S`` (or ``QUIET_TARGETS`` targets, if longer).
+  that arrives after the load stops waits for at most about two requests (recovery).
+  The mode ends once no job has been refused for the queue's length for ``QUIET_S`` (or
+  ``QUIET_TARGETS`` targets, if longer).
 
 A refusal's retry delay is the time until the queue will have drained enough to admit it.
 Clients that need an answer sooner say so with a shorter deadline and get ahead by EDF,
