@@ -11,7 +11,7 @@ text embeddings on every call (no cache), like ``bench/model_vs_hf.py``:
   model, render), for our rows;
 * images/s with ``BATCH`` images in one model call (1 prompt each), as the service
   batches them, for our rows;
-* agreement with torch fp32's masks (``model.fidelity``) on the two test photos and a
+* agreement with torch fp32's masks (``model.onnx.fidelity``) on the two test photos and a
   noise image, 4 prompts + a visual prompt: at the model's threshold (random weights
   can leave those masks nearly empty) and split at each map's median (half foreground).
 
@@ -37,16 +37,22 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from clipseg_serve.model.device import cpu_bf16_support
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.network.text import tokenize
+from clipseg_serve.model.onnx.export import export_graphs
+from clipseg_serve.model.onnx.fidelity import compare_backends
+from clipseg_serve.model.onnx.int8_kernels import (
+    FORMATS,
+    choose_format,
+    exact_formats,
+    kernel_class,
+)
+from clipseg_serve.model.onnx.quantize import calibration_pixels, quantize_export
+from clipseg_serve.model.onnx.runtime import OnnxClipSeg
+from clipseg_serve.model.weights.loader import load_model
+
 from bench.model_vs_hf import PROMPTS, timed  # the same prompts and timer as there
-from model.device import cpu_bf16_support
-from model.export import export_graphs
-from model.fidelity import compare_backends
-from model.int8_kernels import FORMATS, choose_format, exact_formats, kernel_class
-from model.onnx_model import OnnxClipSeg
-from model.predictor import Predictor
-from model.quantize import calibration_pixels, quantize_export
-from model.text import tokenize
-from model.weights.loader import load_model
 from tests.hf_reference import build_hf_clipseg, save_hf_checkpoint
 
 #: Images per call for the batched throughput (the service batches images).

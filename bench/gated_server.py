@@ -15,12 +15,12 @@ import contextlib
 import time
 from pathlib import Path
 
-from model.predictor import Predictor
-from service.app import create_app
-from service.config import Settings
-from service.logs import configure_logging
-from service.server import serve_app
-from service.state import default_predictor_factory
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.logs import configure_logging
+from clipseg_serve.service.server import serve_app
+from clipseg_serve.service.state import default_predictor_factory
 
 
 def gated_factory(gate: Path):

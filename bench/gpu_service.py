@@ -79,7 +79,7 @@ def peak_rss_mib(pid: int) -> float | None:
 
 def settings_supported() -> set[str]:
     """The ``CLIPSEG_*`` setting names (lower case) this checkout's service knows."""
-    from service.config import Settings
+    from clipseg_serve.service.config import Settings
 
     return set(Settings.model_fields)
 
@@ -275,8 +275,8 @@ def train_command(suite: Suite, output: Path, ranks: int) -> list[str]:
     ]
     if ranks > 1:
         launcher = ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={ranks}"]
-        return [sys.executable, *launcher, "-m", "training.train", *args]
-    return [sys.executable, "-m", "training.train", *args]
+        return [sys.executable, *launcher, "-m", "clipseg_serve.training.train", *args]
+    return [sys.executable, "-m", "clipseg_serve.training.train", *args]
 
 
 def run_bounded(suite: Suite, command: list[str], log: Path, timeout: float) -> int:

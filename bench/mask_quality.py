@@ -1,6 +1,6 @@
 """Mask quality of the refinement modes: foreground IoU, boundary F and their CPU cost.
 
-What it measures, for each refine mode of ``model.postprocess.PostProcess`` (``none``,
+What it measures, for each refine mode of ``model.masks.postprocess.PostProcess`` (``none``,
 ``guided``, ``pamr``):
 
 1. **Quality on held-out synthetic scenes** with anti-aliased edges. The model is the tiny
@@ -91,15 +91,16 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import this checkout's packages
     sys.path.insert(0, str(ROOT))
 
-from model.batch import Segmentation  # noqa: E402
-from model.finish import shape_mask  # noqa: E402
-from model.mask_ops import feather_alpha, split_instances  # noqa: E402
-from model.polygons import mask_to_polygons  # noqa: E402
-from model.postprocess import PostProcess, Refine  # noqa: E402
-from model.predictor import Predictor  # noqa: E402
-from model.refine import DEFAULT_GRID, auto_radius  # noqa: E402
-from training.datasets.sampling import split_seed  # noqa: E402
-from training.datasets.synthetic import (  # noqa: E402
+from clipseg_serve.model.backends import load_predictor  # noqa: E402
+from clipseg_serve.model.codecs.polygons import mask_to_polygons  # noqa: E402
+from clipseg_serve.model.inference.batch import Segmentation  # noqa: E402
+from clipseg_serve.model.inference.finish import shape_mask  # noqa: E402
+from clipseg_serve.model.inference.predictor import Predictor  # noqa: E402
+from clipseg_serve.model.masks.mask_ops import feather_alpha, split_instances  # noqa: E402
+from clipseg_serve.model.masks.postprocess import PostProcess, Refine  # noqa: E402
+from clipseg_serve.model.masks.refine import DEFAULT_GRID, auto_radius  # noqa: E402
+from clipseg_serve.training.datasets.sampling import split_seed  # noqa: E402
+from clipseg_serve.training.datasets.synthetic import (  # noqa: E402
     _GAP,
     _PLACEMENT_TRIES,
     _SIDE_RANGE,
@@ -107,7 +108,7 @@ from training.datasets.synthetic import (  # noqa: E402
     PHRASES,
     _background,
 )
-from training.metrics import fg_iou as official_fg_iou  # noqa: E402
+from clipseg_serve.training.metrics import fg_iou as official_fg_iou  # noqa: E402
 
 MODES: tuple[str, ...] = tuple(r.value for r in Refine)  # none, guided, pamr
 PHOTOS = ROOT / "tests" / "data" / "photos"
@@ -309,7 +310,7 @@ def photos(root: Path = PHOTOS) -> list[tuple[str, Path, str, np.ndarray]]:
 # -------------------------------------------------------------------------- the model
 def train_tiny(output: Path, steps: int) -> Path:
     """The README's recipe (``steps`` replacing its 600) in this process; ``best/``."""
-    from training.train import main as train_main
+    from clipseg_serve.training.train import main as train_main
 
     args = list(TRAIN_RECIPE)
     args[args.index("--steps") + 1] = str(steps)
@@ -575,7 +576,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="mask-quality-") as tmp:
         weights = args.weights or str(train_tiny(Path(tmp) / "run", steps))
-        predictor = Predictor.from_source(weights, device=args.device)
+        predictor = load_predictor(weights, device=args.device)
     trained_s = time.monotonic() - started
     env = environment(args.threads, args.work_threads)
     env["device"] = str(predictor.device)

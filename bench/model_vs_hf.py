@@ -23,8 +23,9 @@ import torch
 # Benchmarks run from a checkout: the reference builder lives with the tests.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.text import tokenize
-from model.weights.loader import load_model
+from clipseg_serve.model.network.text import tokenize
+from clipseg_serve.model.weights.loader import load_model
+
 from tests.hf_reference import build_hf_clipseg, save_hf_checkpoint
 
 PROMPTS = ["a cat", "the red mug", "something to sit on", "a wooden table", "the sky"]

@@ -20,12 +20,11 @@ import dataclasses
 import warnings
 
 import torch
-
-from model.config import get_variant
-from model.predictor import Predictor
-from model.text import Template
-from model.weights.loader import build_random
-from service.config import Settings
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.network.text import Template
+from clipseg_serve.model.weights.loader import build_random
+from clipseg_serve.service.config import Settings
 
 #: Side of the model input the null model pretends to have (the released weights').
 INPUT_SIZE = 352

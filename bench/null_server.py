@@ -16,11 +16,12 @@ import argparse
 import contextlib
 import functools
 
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.logs import configure_logging
+from clipseg_serve.service.server import serve_app
+
 from bench.null_model import null_factory
-from service.app import create_app
-from service.config import Settings
-from service.logs import configure_logging
-from service.server import serve_app
 
 
 def main() -> None:

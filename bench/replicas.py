@@ -1,6 +1,6 @@
 """Replicas on loopback for the load-balancer test and bench: start, wait, drive, stop.
 
-Each replica is a real ``clipseg-serve`` process (``service.main``) or, for "still
+Each replica is a real ``clipseg-serve`` process (``clipseg_serve.service.main``) or, for "still
 loading", ``bench.gated_server``; all with ``CLIPSEG_WEIGHTS=random:tiny`` on the CPU and
 one torch thread each, and each pinned to a core of its own where there are enough: one
 replica = one device, as on a GPU host, where a replica brings its GPU with it.
@@ -83,7 +83,7 @@ def spawn(gate: Path | None = None, core: int | None = None, **settings: str) ->
     """Start a replica (not waiting for it); with ``gate``, one that loads only once the
     file exists; with ``core``, pinned to that CPU (modulo the cores this process has)."""
     port = free_port()
-    module = "bench.gated_server" if gate else "service.main"
+    module = "bench.gated_server" if gate else "clipseg_serve.service.main"
     command = [sys.executable, "-m", module, "--port", str(port), "--log-level", "warning"]
     if gate:
         command += ["--gate", str(gate)]

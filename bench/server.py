@@ -26,12 +26,13 @@ def start_server(
     settings: Mapping[str, str],
     source: Path = ROOT,
     timeout: float = 900.0,
-    module: str = "service.main",
+    module: str | None = None,
     args: Sequence[str] = (),
 ) -> tuple[subprocess.Popen, str]:
-    """Run ``python -m module`` (default ``service.main``; ``bench.null_server`` for the
+    """Run ``python -m module`` (default: the service's main; ``bench.null_server`` for the
     null model) from ``source`` (a checkout: compare versions) with the ``CLIPSEG_*``
     ``settings`` and extra ``args``; return the process and its URL once /readyz is 200."""
+    module = module or service_module(source)
     port = free_port()
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "PYTHONPATH": str(source), **settings}
     command = [sys.executable, "-m", module, "--port", str(port), "--log-level", "warning"]
@@ -50,6 +51,12 @@ def start_server(
         time.sleep(0.2)
     process.kill()
     raise RuntimeError("server did not become ready")
+
+
+def service_module(source: Path) -> str:
+    """The service's main module in ``source``: under the ``clipseg_serve`` root, or at
+    the top level in checkouts from before it."""
+    return "clipseg_serve.service.main" if (source / "clipseg_serve").is_dir() else "service.main"
 
 
 def stop_server(

@@ -25,11 +25,11 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from clipseg_serve.model.inference import preparation
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.service import codec
 from fastapi import FastAPI
 from starlette.formparsers import MultiPartParser
-
-import model.predictor
-import service.codec
 
 _lock = threading.Lock()
 _seconds: dict[str, float] = defaultdict(float)
@@ -73,16 +73,16 @@ def timed_async(stage: str, fn: Callable[..., Any]) -> Callable[..., Any]:
 def install(app: FastAPI) -> None:
     """Wrap the stages (process-wide) and add ``GET /bench/cpu`` to ``app``."""
     MultiPartParser.parse = timed_async("parse", MultiPartParser.parse)  # type: ignore[method-assign]
-    service.codec.probe = timed("probe", service.codec.probe)
-    service.codec.prepare_query = timed("query", service.codec.prepare_query)
-    service.codec.mask_entries = timed("encode", service.codec.mask_entries)
-    service.codec.single_png = timed("encode", service.codec.single_png)
-    model.predictor.decode_image = timed("decode", model.predictor.decode_image)
+    codec.probe = timed("probe", codec.probe)
+    codec.prepare_query = timed("query", codec.prepare_query)
+    codec.mask_entries = timed("encode", codec.mask_entries)
+    codec.single_png = timed("encode", codec.single_png)
+    preparation.decode_image = timed("decode", preparation.decode_image)
     # The worker calls execute (plain) or launch + collect (pipelined); execute is
     # collect(launch()), so wrapping the two parts counts either path once.
     for name in ("launch", "collect"):
-        method = getattr(model.predictor.Predictor, name)
-        setattr(model.predictor.Predictor, name, timed(name, method))
+        method = getattr(Predictor, name)
+        setattr(Predictor, name, timed(name, method))
 
     @app.get("/bench/cpu", include_in_schema=False)
     async def cpu() -> dict:

@@ -22,9 +22,9 @@ from PIL import Image, ImageDraw
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.predictor import Predictor
-from training.datasets import build_dataset
-from training.train import main as train_main
+from clipseg_serve.model.backends import load_predictor
+from clipseg_serve.training.datasets import build_dataset
+from clipseg_serve.training.train import main as train_main
 
 COLOURS = [(0, 230, 255), (255, 0, 200), (40, 255, 40)]  # cyan, magenta, green
 SCALE = 3  # the synthetic images are 96x96; enlarge for the README
@@ -63,7 +63,7 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         weights = args.weights or str(train_tiny(Path(tmp) / "run"))
-        predictor = Predictor.from_source(weights, device="cpu")
+        predictor = load_predictor(weights, device="cpu")
     data = build_dataset("synthetic", "", "test", 11, augment=False, negative_prob=0.0)
     sample = next(data[i] for i in range(args.index, len(data)) if data[i].source.count(",") >= 1)
     prompts = [part.strip() for part in sample.source.split(":", 1)[1].split(",")][:3]

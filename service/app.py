@@ -9,27 +9,23 @@ import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Callable
 
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp
-
-from . import demo, docs, request_id, single_values
-from .config import Settings
-from .door import (
+from clipseg_serve.service import demo, docs, request_id, single_values
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.door import (
     OPEN_PATHS,
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     JsonCORSMiddleware,
     document_bearer_auth,
 )
-from .early_refusal import EarlyRefusalMiddleware
-from .errors import error_body, install_error_handlers
-from .head import HeadAsGetMiddleware
-from .metrics import CONTENT_TYPE, ServiceMetrics
-from .outermost import wrap_outermost
-from .routes import router
-from .slashes import StripTrailingSlashMiddleware
-from .state import (
+from clipseg_serve.service.early_refusal import EarlyRefusalMiddleware
+from clipseg_serve.service.errors import error_body, install_error_handlers
+from clipseg_serve.service.head import HeadAsGetMiddleware
+from clipseg_serve.service.metrics import CONTENT_TYPE, ServiceMetrics
+from clipseg_serve.service.outermost import wrap_outermost
+from clipseg_serve.service.routes import router
+from clipseg_serve.service.slashes import StripTrailingSlashMiddleware
+from clipseg_serve.service.state import (
     FatalHandler,
     PredictorFactory,
     ServiceState,
@@ -37,6 +33,9 @@ from .state import (
     get_state,
     redact_paths,
 )
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
 

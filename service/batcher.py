@@ -31,17 +31,15 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
-
-from model.batch import Segmentation, plan_batch
-from model.predictor import Predictor
-
-from . import request_id
-from .config import Settings
-from .cost import CostModel, HostCost, HostWork, Work
-from .errors import ApiError
-from .jobs import Cost, SegmentJob
-from .metrics import ServiceMetrics
-from .scheduler import Limits, Rejected, Scheduler, Ticket
+from clipseg_serve.model.inference.batch import Segmentation, plan_batch
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.service import request_id
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.cost import CostModel, HostCost, HostWork, Work
+from clipseg_serve.service.errors import ApiError
+from clipseg_serve.service.jobs import Cost, SegmentJob
+from clipseg_serve.service.metrics import ServiceMetrics
+from clipseg_serve.service.scheduler import Limits, Rejected, Scheduler, Ticket
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,10 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from model.postprocess import DEFAULT_POST, Background, PostProcess, Refine
-
-from .config import Settings
-from .cost import HostWork, Work, host_work_for, work_for
-from .errors import ApiError
+from clipseg_serve.model.masks.postprocess import DEFAULT_POST, Background, PostProcess, Refine
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.cost import HostWork, Work, host_work_for, work_for
+from clipseg_serve.service.errors import ApiError
 
 #: Decoded bytes per pixel of PIL modes (what the decoder allocates before conversion).
 _MODE_BYTES = {"1": 0.125, "L": 1, "P": 1, "LA": 2, "La": 2, "PA": 2, "I;16": 2, "RGB": 3}

@@ -29,16 +29,14 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from clipseg_serve.model.inference.batch import SegmentRequest
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.masks.postprocess import PostProcess, Refine
+from clipseg_serve.service import codec
+from clipseg_serve.service.budget import ImageHeader, decode_bytes
+from clipseg_serve.service.cost import CostModel, HostCost, shape_steps, work_for
+from clipseg_serve.service.encode_limits import EncodeLimits
 from PIL import Image
-
-from model.batch import SegmentRequest
-from model.postprocess import PostProcess, Refine
-from model.predictor import Predictor
-
-from . import codec
-from .budget import ImageHeader, decode_bytes
-from .cost import CostModel, HostCost, shape_steps, work_for
-from .encode_limits import EncodeLimits
 
 #: Priors for when no calibration ran (warm-up off), in ``TERMS`` / ``HOST_TERMS`` order:
 #: deliberately optimistic (a fast GPU's figures), so admission refuses nothing until the

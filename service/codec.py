@@ -12,20 +12,18 @@ import math
 
 import numpy as np
 import torch
-
-from model.batch import Segmentation
-from model.masks import (
+from clipseg_serve.model.codecs.polygons import DEFAULT_MAX_VERTICES
+from clipseg_serve.model.codecs.rle import (
     encode_png_gray,
     encode_png_packed,
     encode_rle,
     encode_rle_runs,
 )
-from model.polygons import DEFAULT_MAX_VERTICES
-from model.predictor import Predictor, PreparedImage
-
-from .budget import ImageHeader
-from .encode_limits import EncodeLimits
-from .errors import ApiError
+from clipseg_serve.model.inference.batch import Segmentation
+from clipseg_serve.model.inference.predictor import Predictor, PreparedImage
+from clipseg_serve.service.budget import ImageHeader
+from clipseg_serve.service.encode_limits import EncodeLimits
+from clipseg_serve.service.errors import ApiError
 
 #: Declared part types we refuse outright (415); anything else is sniffed by the decoder.
 ACCEPTED_TYPE_PREFIXES = ("image/", "application/octet-stream")

@@ -37,9 +37,8 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
-
-from model.postprocess import PostProcess, Refine
-from model.refine import DEFAULT_GRID, PAMR_LONG_SIDE, auto_radius, working_size
+from clipseg_serve.model.masks.postprocess import PostProcess, Refine
+from clipseg_serve.model.masks.refine import DEFAULT_GRID, PAMR_LONG_SIDE, auto_radius, working_size
 
 #: Weight of one observation in the log-scale update (~10 observations to follow a change).
 LEARNING_RATE = 0.2

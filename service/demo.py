@@ -19,12 +19,11 @@ import html
 import importlib.resources
 import json
 
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.static_files import static_files
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.types import Message, Receive, Scope, Send
-
-from .config import Settings
-from .static_files import static_files
 
 PAGE_PATH = "/"
 ASSETS_PATH = "/demo-assets"
@@ -67,14 +66,14 @@ SECURITY_HEADERS = {
 
 def assets_dir() -> str:
     """The folder of the page's packaged files (service/static/demo)."""
-    return str(importlib.resources.files("service") / "static" / "demo")
+    return str(importlib.resources.files("clipseg_serve.service") / "static" / "demo")
 
 
 @functools.cache
 def _template() -> str:
-    return (importlib.resources.files("service") / "static" / "demo" / "index.html").read_text(
-        encoding="utf-8"
-    )
+    return (
+        importlib.resources.files("clipseg_serve.service") / "static" / "demo" / "index.html"
+    ).read_text(encoding="utf-8")
 
 
 def page_config(settings: Settings) -> dict:

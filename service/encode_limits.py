@@ -16,11 +16,9 @@ from dataclasses import dataclass
 from time import monotonic
 
 import numpy as np
-
-from model.errors import PolygonTooComplexError
-from model.polygons import mask_to_polygons
-
-from .errors import ApiError
+from clipseg_serve.model.codecs.polygons import mask_to_polygons
+from clipseg_serve.model.errors import PolygonTooComplexError
+from clipseg_serve.service.errors import ApiError
 
 __all__ = ["EncodeLimits", "deadline_passed", "too_many_vertices"]
 
@@ -69,7 +67,7 @@ class EncodeLimits:
             raise deadline_passed()
 
     def polygons(self, mask: np.ndarray, tolerance: float) -> list[list[float]]:
-        """``mask`` bool [H, W] as COCO polygons (``model.polygons``), within what is left
+        """``mask`` bool [H, W] as COCO polygons (``model.codecs.polygons``), within what is left
         of the vertex allowance (413 past it) and the deadline (504), both checked while
         tracing."""
         left = self.max_vertices - self.vertices

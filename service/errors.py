@@ -8,12 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-from model.errors import (
+from clipseg_serve.model.errors import (
     ClipSegError,
     ImageDecodeError,
     ImageTooLargeError,
@@ -21,8 +16,11 @@ from model.errors import (
     InvalidPromptError,
     UnsupportedImageFormatError,
 )
-
-from . import request_id
+from clipseg_serve.service import request_id
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):

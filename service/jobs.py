@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from model.batch import Segmentation, SegmentRequest
-
-from .cost import HostWork, Work
-from .request_id import current as current_request_id
-from .scheduler import Ticket
+from clipseg_serve.model.inference.batch import Segmentation, SegmentRequest
+from clipseg_serve.service.cost import HostWork, Work
+from clipseg_serve.service.request_id import current as current_request_id
+from clipseg_serve.service.scheduler import Ticket
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import logging
 import sys
 from typing import IO, Literal
 
-from . import request_id
+from clipseg_serve.service import request_id
 
 LogFormat = Literal["text", "json"]
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"

@@ -14,7 +14,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any, get_args
 
-from .config import LogLevel, Settings
+from clipseg_serve.service.config import LogLevel, Settings
 
 #: Exit status when the server could not start (uvicorn.run's own), or when it stopped
 #: because it could not serve (weights failed to load, the model worker died or hung):
@@ -78,19 +78,19 @@ def main(argv: Sequence[str] | None = None) -> None:
     except ValueError as exc:  # pydantic's ValidationError: a bad CLIPSEG_* value
         parser.exit(2, f"clipseg-serve: invalid settings: {exc}\n")
 
-    from .logs import configure_logging
+    from clipseg_serve.service.logs import configure_logging
 
     configure_logging(settings.log_level, settings.log_format)
     # Heavy imports only now, and after logging is set up (their warnings are logged).
-    from .app import create_app
-    from .server import serve_app
+    from clipseg_serve.service.app import create_app
+    from clipseg_serve.service.server import serve_app
 
     fatal: list[str] = []
 
     def stop_on_fatal(reason: str) -> None:
         # The reason is already logged (one ERROR line); graceful stop (queued jobs still
         # finish), then a non-zero exit below.
-        logging.getLogger("service").warning(
+        logging.getLogger("clipseg_serve.service").warning(
             "stopping with exit status %d (CLIPSEG_EXIT_ON_FATAL=false keeps the process "
             "up, with /healthz 503)",
             FATAL_FAILURE,

@@ -1,6 +1,6 @@
 """The post-processing form fields both endpoints share, as one FastAPI dependency.
 
-The fields map one to one onto ``model.postprocess.PostProcess`` (the library's and the
+The fields map one to one onto ``model.masks.postprocess.PostProcess`` (the library's and the
 CLI's spelling of the same steps); their ranges are checked by FastAPI (422 naming the
 field) and the combinations that cannot mean anything by ``check_answer``. The bounds are
 the library's constants, so a form that passes FastAPI builds a ``PostProcess``.
@@ -11,9 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
-from fastapi import Form
-
-from model.postprocess import (
+from clipseg_serve.model.masks.postprocess import (
     MAX_EPS,
     MAX_MIN_AREA,
     MAX_MORPHOLOGY_PX,
@@ -23,8 +21,8 @@ from model.postprocess import (
     PostProcess,
     Refine,
 )
-
-from .errors import ApiError
+from clipseg_serve.service.errors import ApiError
+from fastapi import Form
 
 __all__ = ["PostFields", "check_answer", "post_fields"]
 

@@ -21,12 +21,9 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
-
-from model.batch import Segmentation, SegmentRequest
-from model.postprocess import (
+from clipseg_serve.model.inference.batch import Segmentation, SegmentRequest
+from clipseg_serve.model.inference.predictor import PreparedImage
+from clipseg_serve.model.masks.postprocess import (
     BACKGROUND_PROMPT,
     Background,
     Combine,
@@ -35,17 +32,18 @@ from model.postprocess import (
     check_background,
     check_thresholds,
 )
-from model.predictor import PreparedImage
-from model.text import Template
-
-from . import accept, codec
-from .budget import ImageHeader, RequestShape, check_limits, shape_of
-from .encode_limits import EncodeLimits
-from .errors import ApiError
-from .jobs import Cost, SegmentJob
-from .post_form import PostFields, check_answer, post_fields
-from .schemas import ERROR_RESPONSES, SegmentResponse
-from .state import ServiceState, get_state
+from clipseg_serve.model.network.text import Template
+from clipseg_serve.service import accept, codec
+from clipseg_serve.service.budget import ImageHeader, RequestShape, check_limits, shape_of
+from clipseg_serve.service.encode_limits import EncodeLimits
+from clipseg_serve.service.errors import ApiError
+from clipseg_serve.service.jobs import Cost, SegmentJob
+from clipseg_serve.service.post_form import PostFields, check_answer, post_fields
+from clipseg_serve.service.schemas import ERROR_RESPONSES, SegmentResponse
+from clipseg_serve.service.state import ServiceState, get_state
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
 
 router = APIRouter()
 

@@ -59,7 +59,7 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from .cost import CostModel, Work, batch_work
+from clipseg_serve.service.cost import CostModel, Work, batch_work
 
 #: The standing queue's target: at least this many seconds of work ahead of a new job
 #: (a fast device's batch must still be able to form), else ``TARGET_REQUESTS`` typical

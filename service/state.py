@@ -10,20 +10,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from clipseg_serve.model.backends import load_predictor
+from clipseg_serve.model.device import resolve_device
+from clipseg_serve.model.errors import ClipSegError
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.weights.files import sha256_of
+from clipseg_serve.service.batcher import Batcher
+from clipseg_serve.service.budget import MemoryBudget
+from clipseg_serve.service.calibrate import GENERIC_HOST_PRIOR, GENERIC_PRIOR, calibrate
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.cost import CostModel, HostCost
+from clipseg_serve.service.errors import ApiError
+from clipseg_serve.service.metrics import ServiceMetrics
 from fastapi import Request
-
-from model.device import resolve_device
-from model.errors import ClipSegError
-from model.predictor import Predictor
-from model.weights.files import sha256_of
-
-from .batcher import Batcher
-from .budget import MemoryBudget
-from .calibrate import GENERIC_HOST_PRIOR, GENERIC_PRIOR, calibrate
-from .config import Settings
-from .cost import CostModel, HostCost
-from .errors import ApiError
-from .metrics import ServiceMetrics
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +41,7 @@ def redact_paths(text: str) -> str:
 
 def default_predictor_factory(settings: Settings) -> Predictor:
     """Load the configured weights onto the configured device."""
-    return Predictor.from_source(
+    return load_predictor(
         settings.weights,
         variant=settings.variant,
         backbone=settings.backbone,

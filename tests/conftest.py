@@ -9,23 +9,22 @@ import zlib
 
 import numpy as np
 import pytest
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.weights.loader import build_random
 from PIL import Image
-
-from model.config import get_variant
-from model.predictor import Predictor
-from model.weights.loader import build_random
 
 
 @pytest.fixture(scope="session", autouse=True)
 def calibrate_once_per_model():
     """Apps started in this process calibrate each kind of predictor once: the suite
     starts hundreds of them on the same model and CPU, and each calibration takes ~2 s.
-    The calibration's own tests call ``service.calibrate.calibrate`` directly."""
-    import service.calibrate
-    import service.state
+    The calibration's own tests call ``clipseg_serve.service.calibrate.calibrate`` directly."""
+    import clipseg_serve.service.calibrate
+    import clipseg_serve.service.state
 
     measured: dict[tuple, object] = {}
-    calibrate = service.calibrate.calibrate
+    calibrate = clipseg_serve.service.calibrate.calibrate
 
     def once(predictor):
         config = predictor.config
@@ -39,7 +38,7 @@ def calibrate_once_per_model():
         )
 
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(service.state, "calibrate", once)
+        patch.setattr(clipseg_serve.service.state, "calibrate", once)
         yield
 
 
@@ -51,13 +50,13 @@ def tiny_model():
 
 @pytest.fixture(scope="session")
 def tiny_onnx(tiny_model, tmp_path_factory):
-    """``tiny_model`` exported (``model.export``) with dynamic int8 vision graphs: the
+    """``tiny_model`` exported (``model.onnx.export``) with dynamic int8 vision graphs: the
     folder the onnx backend loads."""
     import contextlib
     import sys
 
-    from model.export import export_graphs
-    from model.quantize import quantize_export
+    from clipseg_serve.model.onnx.export import export_graphs
+    from clipseg_serve.model.onnx.quantize import quantize_export
 
     folder = tmp_path_factory.mktemp("tiny-onnx")
     with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):

@@ -310,8 +310,8 @@ def run_probe(command: list[str], env: dict[str, str]) -> int:
 
 def app_get_routes() -> set[str]:
     """Paths the app answers with GET (what probes and health checks use)."""
-    from service.app import create_app
-    from service.config import Settings
+    from clipseg_serve.service.app import create_app
+    from clipseg_serve.service.config import Settings
 
     app = create_app(Settings(_env_file=None))  # builds the app; loads no weights
     return {

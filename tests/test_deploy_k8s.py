@@ -13,10 +13,10 @@ import re
 import shlex
 
 import pytest
+from clipseg_serve.service.config import DEFAULT_PORT, Settings
+from clipseg_serve.service.metrics import ServiceMetrics
+from clipseg_serve.service.server import build_config
 
-from service.config import DEFAULT_PORT, Settings
-from service.metrics import ServiceMetrics
-from service.server import build_config
 from tests.deploy_files import app_get_routes, load_dockerfile
 from tests.k8s_files import (
     CLUSTER_VERSIONS,
@@ -378,7 +378,7 @@ def test_training_writes_where_the_service_reads():
                 assert volumes[mount["name"]]["persistentVolumeClaim"]["claimName"] == serving_claim
                 output = container["command"][container["command"].index("--output") + 1]
                 assert output.startswith("/data/checkpoints/")
-                assert "training.train" in container["command"]
+                assert "clipseg_serve.training.train" in container["command"]
 
 
 def test_pytorchjob_is_multi_node():

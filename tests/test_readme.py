@@ -41,7 +41,7 @@ def test_console_scripts_point_at_real_functions():
 
 
 def test_every_setting_is_documented():
-    from service.config import Settings
+    from clipseg_serve.service.config import Settings
 
     readme = (ROOT / "README.md").read_text()
     missing = [n for n in Settings.model_fields if f"`CLIPSEG_{n.upper()}`" not in readme]

@@ -12,7 +12,7 @@ import sys
 
 #: ``training.datasets.DATASET_KINDS``.
 DATASET_KINDS: tuple[str, ...] = ("synthetic", "manifest", "coco", "phrasecut")
-#: ``model.text.Template`` values.
+#: ``model.network.text.Template`` values.
 TEMPLATES: tuple[str, ...] = ("none", "photo", "ensemble")
 
 DATASET_HELP = (
@@ -51,7 +51,7 @@ def fail(prog: str, exc: BaseException, weights_flag: str = "--weights") -> int:
     own weights flag (``weights_flag``), not the service's.
     """
     # Here, not at the top: --help never gets this far (model.errors itself is light).
-    from model.errors import WeightsUnavailableError
+    from clipseg_serve.model.errors import WeightsUnavailableError
 
     message = one_line(exc)
     if isinstance(exc, WeightsUnavailableError):

@@ -13,7 +13,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import BACKBONE_HELP, DATASET_HELP, DATASET_KINDS, DEVICE_HELP, VARIANT_HELP
+from clipseg_serve.training.cli import (
+    BACKBONE_HELP,
+    DATASET_HELP,
+    DATASET_KINDS,
+    DEVICE_HELP,
+    VARIANT_HELP,
+)
 
 
 def _opt(default: Any, help_text: str, **kwargs: Any) -> Any:

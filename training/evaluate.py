@@ -19,9 +19,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from model.cli_args import add_refine_options
-
-from .cli import BACKBONE_HELP, DATASET_HELP, DATASET_KINDS, DEVICE_HELP, TEMPLATES, fail
+from clipseg_serve.model.cli.args import add_refine_options
+from clipseg_serve.training.cli import (
+    BACKBONE_HELP,
+    DATASET_HELP,
+    DATASET_KINDS,
+    DEVICE_HELP,
+    TEMPLATES,
+    fail,
+)
 
 PROG = "clipseg-eval"
 
@@ -91,11 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
         # Heavy imports only now: --help and argument errors never pay for torch.
-        from model.errors import ClipSegError
-
-        from .distributed import resolve_device
-        from .evaluation import load_and_evaluate
-        from .report import format_table
+        from clipseg_serve.model.errors import ClipSegError
+        from clipseg_serve.training.distributed import resolve_device
+        from clipseg_serve.training.evaluation import load_and_evaluate
+        from clipseg_serve.training.report import format_table
     except ModuleNotFoundError as exc:
         return fail(PROG, exc)
     try:

@@ -3,7 +3,7 @@
 Sigmoid, bilinear upsample of the 352x352 map to each image's own size, then threshold
 over the fixed grid of ``training.metrics`` (whose docstring has the definitions). With
 ``refine`` the maps reach the image's size through the service's own refinement
-(``model.render.render_probabilities``), so its effect is measured with the same metrics.
+(``model.masks.render.render_probabilities``), so its effect is measured with the same metrics.
 """
 
 from __future__ import annotations
@@ -12,19 +12,22 @@ import argparse
 from typing import Any
 
 import torch
-
-from model.clipseg import ClipSeg
-from model.postprocess import DEFAULT_POST, PostProcess, Refine, probabilities_at_size
-from model.render import render_probabilities
-from model.text import Template
-from model.transforms import to_guide_pixels
-from model.weights.loader import load_model
-
-from .batching import image_batch
-from .data import Sample, SampleDataset
-from .datasets import build_dataset
-from .metrics import SegmentationMetrics
-from .progress import progress
+from clipseg_serve.model.imaging.transforms import to_guide_pixels
+from clipseg_serve.model.masks.postprocess import (
+    DEFAULT_POST,
+    PostProcess,
+    Refine,
+    probabilities_at_size,
+)
+from clipseg_serve.model.masks.render import render_probabilities
+from clipseg_serve.model.network.clipseg import ClipSeg
+from clipseg_serve.model.network.text import Template
+from clipseg_serve.model.weights.loader import load_model
+from clipseg_serve.training.batching import image_batch
+from clipseg_serve.training.data import Sample, SampleDataset
+from clipseg_serve.training.datasets import build_dataset
+from clipseg_serve.training.metrics import SegmentationMetrics
+from clipseg_serve.training.progress import progress
 
 
 @torch.inference_mode()

@@ -10,14 +10,14 @@ or ``random:tiny`` for smoke tests.
 
 from __future__ import annotations
 
-from model.clipseg import ClipSeg
-from model.config import get_variant
-from model.decoder import ClipSegDecoder
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.network.clipseg import ClipSeg
+from clipseg_serve.model.network.decoder import ClipSegDecoder
 
 # The loader's backbone resolution ("openai", a weights file, an HF checkpoint) is what
 # its native checkpoints use too; reusing it keeps one download path and one error text.
-from model.weights.loader import LoadedModel, backbone_state, load_model
-from model.weights.strict import load_strict
+from clipseg_serve.model.weights.loader import LoadedModel, backbone_state, load_model
+from clipseg_serve.model.weights.strict import load_strict
 
 CLIP_INIT = "clip"
 #: The paper's decoder for the fresh-decoder recipe (rd64, "uni" head).

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .metrics import REPORTED_THRESHOLDS
+from clipseg_serve.training.metrics import REPORTED_THRESHOLDS
 
 _METRICS = (("fg_iou", "fg IoU"), ("binary_iou", "binary IoU"), ("miou", "mIoU"))
 

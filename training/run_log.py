@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from .progress import progress
+from clipseg_serve.training.progress import progress
 
 log = logging.getLogger("clipseg.train")
 

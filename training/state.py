@@ -14,9 +14,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from model.clipseg import ClipSeg
-from model.weights.native import save_checkpoint
+from clipseg_serve.model.network.clipseg import ClipSeg
+from clipseg_serve.model.weights.native import save_checkpoint
 
 STATE_DIR = "state"
 STATE_FILE = "last.pt"

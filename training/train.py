@@ -1,7 +1,7 @@
 """``clipseg-train``: train the CLIPSeg decoder on a frozen CLIP backbone.
 
     clipseg-train --dataset phrasecut --data /datasets/phrasecut --output runs/pc
-    torchrun --nproc_per_node 4 -m training.train --config run.json
+    torchrun --nproc_per_node 4 -m clipseg_serve.training.train --config run.json
 
 With no ``--init`` it follows the paper: OpenAI's CLIP ViT-B/16, frozen, and a fresh rd64
 decoder (``training.initial``). The loop is ``training.trainer``; this module only parses
@@ -14,8 +14,8 @@ import json
 import logging
 import sys
 
-from .cli import fail
-from .config import config_from_args
+from clipseg_serve.training.cli import fail
+from clipseg_serve.training.config import config_from_args
 
 PROG = "clipseg-train"
 
@@ -27,10 +27,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(PROG, exc)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     try:
-        from model.errors import ClipSegError
-
-        from .distributed import shutdown
-        from .trainer import Trainer, TrainingError
+        from clipseg_serve.model.errors import ClipSegError
+        from clipseg_serve.training.distributed import shutdown
+        from clipseg_serve.training.trainer import Trainer, TrainingError
     except ModuleNotFoundError as exc:
         return fail(PROG, exc)
     try:

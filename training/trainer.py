@@ -1,7 +1,7 @@
 """One training run (one process of it under torchrun): the loop behind ``clipseg-train``.
 
-Reuses the model's preprocessing (``model.transforms``), visual-prompt engineering
-(``model.visual_prompt``) and forward; writes ``<output>/best`` and ``<output>/final``,
+Reuses the model's preprocessing (``model.imaging.transforms``), visual-prompt engineering
+(``model.imaging.visual_prompt``) and forward; writes ``<output>/best`` and ``<output>/final``,
 checkpoints the service loads directly, each with its own evaluation and calibrated
 threshold, plus ``state/last.pt`` for ``--resume``.
 """
@@ -18,21 +18,25 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from clipseg_serve.model.network.clipseg import ClipSeg
+from clipseg_serve.model.network.text import tokenize
+from clipseg_serve.training.batching import Batch, Collate, EpochStream, StreamSampler
+from clipseg_serve.training.config import TrainConfig
+from clipseg_serve.training.data import SampleDataset
+from clipseg_serve.training.datasets import build_dataset
+from clipseg_serve.training.distributed import (
+    DistInfo,
+    any_rank_values,
+    barrier,
+    init_distributed,
+    resolve_device,
+)
+from clipseg_serve.training.evaluation import evaluate_dataset
+from clipseg_serve.training.initial import load_initial
+from clipseg_serve.training.run_log import RunLogger
+from clipseg_serve.training.state import export, load_state, save_state, state_path
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
-
-from model.clipseg import ClipSeg
-from model.text import tokenize
-
-from .batching import Batch, Collate, EpochStream, StreamSampler
-from .config import TrainConfig
-from .data import SampleDataset
-from .datasets import build_dataset
-from .distributed import DistInfo, any_rank_values, barrier, init_distributed, resolve_device
-from .evaluation import evaluate_dataset
-from .initial import load_initial
-from .run_log import RunLogger
-from .state import export, load_state, save_state, state_path
 
 log = logging.getLogger("clipseg.train")
 

@@ -12,9 +12,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-
-from ..config import VIT_B_16, BackboneConfig, ClipSegConfig
-from ..errors import WeightsError
+from clipseg_serve.model.config import VIT_B_16, BackboneConfig, ClipSegConfig
+from clipseg_serve.model.errors import WeightsError
 
 _TEXT_DEFAULTS: dict[str, Any] = {
     "vocab_size": 49408,

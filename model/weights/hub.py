@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from ..errors import WeightsError, WeightsUnavailableError
+from clipseg_serve.model.errors import WeightsError, WeightsUnavailableError
 
 #: Errors of the network layer below huggingface_hub (httpx or requests, by version).
 _NETWORK_ERROR_NAMES = ("ConnectError", "ConnectTimeout", "TimeoutException", "ConnectionError")

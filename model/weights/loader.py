@@ -18,13 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
-
-from ..clipseg import ClipSeg
-from ..config import DEFAULT_VARIANT, ClipSegConfig, get_variant
-from ..errors import WeightsError, WeightsUnavailableError
-from . import hf, hub, native, official
-from .files import read_state_dict
-from .strict import load_strict
+from clipseg_serve.model.config import DEFAULT_VARIANT, ClipSegConfig, get_variant
+from clipseg_serve.model.errors import WeightsError, WeightsUnavailableError
+from clipseg_serve.model.network.clipseg import ClipSeg
+from clipseg_serve.model.weights import hf, hub, native, official
+from clipseg_serve.model.weights.files import read_state_dict
+from clipseg_serve.model.weights.strict import load_strict
 
 log = logging.getLogger(__name__)
 

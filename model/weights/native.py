@@ -18,12 +18,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from clipseg_serve.model.config import ClipSegConfig
+from clipseg_serve.model.errors import WeightsError
+from clipseg_serve.model.network.clipseg import ClipSeg
 from safetensors.torch import save_file
 from torch import nn
-
-from ..clipseg import ClipSeg
-from ..config import ClipSegConfig
-from ..errors import WeightsError
 
 FORMAT = "clipseg-serve"
 FORMAT_VERSION = 1
@@ -89,7 +88,7 @@ def save_checkpoint(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(_cpu_float32(model.decoder), str(path / DECODER_FILE))
+    save_file(_cpu_float32(model.network.decoder), str(path / DECODER_FILE))
     if include_backbone:
         save_file(_cpu_float32(model.clip), str(path / BACKBONE_FILE))
         backbone_source = "included"

@@ -11,9 +11,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-
-from ..config import ClipSegConfig, get_variant
-from ..errors import WeightsError
+from clipseg_serve.model.config import ClipSegConfig, get_variant
+from clipseg_serve.model.errors import WeightsError
 
 
 def variant_of_official(state: Mapping[str, torch.Tensor]) -> str:

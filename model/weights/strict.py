@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+from clipseg_serve.model.errors import WeightsError
 from torch import nn
-
-from ..errors import WeightsError
 
 _MAX_LISTED = 8
 

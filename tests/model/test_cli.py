@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
+from clipseg_serve.model.cli.predict import main
+from clipseg_serve.model.weights import native
 from PIL import Image
 
-from model.cli import main
-from model.weights import native
 from tests.conftest import random_image
 
 
@@ -49,22 +49,22 @@ def test_cli_visual_prompt_and_errors(tmp_path, tiny_model, capsys):
 
 
 def test_parser_choices_are_the_models_own():
-    """model.cli_args spells the enums out (importing them imports torch): keep them equal."""
-    from model import cli_args
-    from model.postprocess import Combine
-    from model.text import Template
+    """model.cli.args spells the enums out (importing them imports torch): keep them equal."""
+    from clipseg_serve.model import cli_args
+    from clipseg_serve.model.masks.postprocess import Combine
+    from clipseg_serve.model.network.text import Template
 
     assert tuple(t.value for t in Template) == cli_args.TEMPLATES
     assert tuple(c.value for c in Combine) == cli_args.COMBINES
 
 
 def test_bad_arguments_fail_before_the_model_loads(tmp_path, monkeypatch, capsys):
-    from model.predictor import Predictor
+    import clipseg_serve.model.backends
 
     def no_loading(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    monkeypatch.setattr(Predictor, "from_source", no_loading)
+    monkeypatch.setattr(clipseg_serve.model.backends, "load_predictor", no_loading)
     image = tmp_path / "photo.png"
     random_image(20, 20).save(image)
     cases = [
@@ -80,10 +80,9 @@ def test_bad_arguments_fail_before_the_model_loads(tmp_path, monkeypatch, capsys
 
 
 def test_post_processing_flags(tmp_path, tiny_model, capsys):
+    from clipseg_serve.model.cli.args import BACKGROUNDS, REFINES
+    from clipseg_serve.model.masks.postprocess import Background, Refine
     from pycocotools import mask as coco
-
-    from model.cli_args import BACKGROUNDS, REFINES
-    from model.postprocess import Background, Refine
 
     assert tuple(r.value for r in Refine) == REFINES
     assert tuple(b.value for b in Background) == BACKGROUNDS
@@ -115,8 +114,8 @@ def test_post_processing_flags(tmp_path, tiny_model, capsys):
 
 
 def test_polygons_past_the_vertex_cap_are_an_error_naming_it(tmp_path, tiny_model, capsys):
-    from model.cli_args import POLYGON_VERTICES
-    from model.polygons import DEFAULT_MAX_VERTICES
+    from clipseg_serve.model.cli.args import POLYGON_VERTICES
+    from clipseg_serve.model.codecs.polygons import DEFAULT_MAX_VERTICES
 
     assert POLYGON_VERTICES == DEFAULT_MAX_VERTICES
     weights = native.save_checkpoint(tiny_model, tmp_path / "ckpt", backbone_source="random:0")
@@ -133,8 +132,8 @@ def test_polygons_past_the_vertex_cap_are_an_error_naming_it(tmp_path, tiny_mode
 
 
 def test_cli_runs_the_onnx_backend_on_an_export_folder(tmp_path, tiny_onnx, capsys):
-    from model.onnx_model import OnnxClipSeg
-    from model.predictor import Predictor
+    from clipseg_serve.model.inference.predictor import Predictor
+    from clipseg_serve.model.onnx.runtime import OnnxClipSeg
 
     image = tmp_path / "photo.png"
     random_image(64, 40, seed=9).save(image)

@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.network.compiled import BucketedTower
 
-from model.compiled import BucketedTower
-from model.predictor import Predictor
 from tests.conftest import random_image
 
 
@@ -70,7 +70,7 @@ def test_a_compiled_predictor_warms_every_bucket_and_gives_the_eager_masks(tiny_
 def test_bad_buckets_are_refused(tiny_model):
     with pytest.raises(ValueError, match="positive"):
         BucketedTower(tiny_model.image_features, (), compiler=eager)
-    from service.config import Settings
+    from clipseg_serve.service.config import Settings
 
     assert Settings(_env_file=None, compile_batch_sizes="1, 8,32").compile_batch_sizes == [1, 8, 32]
     with pytest.raises(ValueError, match=">= 1"):

@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
-from model import device as device_module
-from model.device import autocast, cpu_bf16_support, resolve_device, resolve_dtype
+from clipseg_serve.model import device as device_module
+from clipseg_serve.model.device import autocast, cpu_bf16_support, resolve_device, resolve_dtype
 
 
 def _flags() -> set[str]:
@@ -67,8 +66,8 @@ def test_autocast_is_a_no_op_in_float32_and_casts_in_bfloat16():
 def test_cpu_bf16_keeps_the_residual_streams_in_the_weights_dtype(tiny_model):
     """Under CPU autocast every transformer block (vision, text, decoder) gets its input in
     the weights' dtype (fp32), so attention keeps its fused path: with a bf16 stream torch
-    expands each weight per token, 25x slower at batch 2 (``model.clipseg.in_weight_dtype``).
-    The matmuls inside still run in bf16."""
+    expands each weight per token, 25x slower at batch 2
+    (``model.network.clipseg.in_weight_dtype``). The matmuls inside still run in bf16."""
     seen: dict[str, torch.dtype] = {}
     blocks = {
         "vision": tiny_model.clip.visual.transformer.resblocks[0],

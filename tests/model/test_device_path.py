@@ -11,15 +11,15 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from clipseg_serve.model.errors import ImageDecodeError
+from clipseg_serve.model.imaging.device_decode import DeferredJpeg, decode_on_device, orient, squash
+from clipseg_serve.model.imaging.image_modes import upright
+from clipseg_serve.model.imaging.transforms import normalize_pixels, to_model_input, to_model_pixels
+from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.inference.transfer import Transfers
 from PIL import Image
 
-from model.batch import SegmentRequest, plan_batch
-from model.device_decode import DeferredJpeg, decode_on_device, orient, squash
-from model.errors import ImageDecodeError
-from model.image_modes import upright
-from model.predictor import Predictor
-from model.transfer import Transfers
-from model.transforms import normalize_pixels, to_model_input, to_model_pixels
 from tests.conftest import encode, random_image
 
 PROMPTS = ["a cat", "grass", "the sky"]
@@ -163,7 +163,7 @@ def test_what_the_device_cannot_decode_takes_the_cpu_path(device_predictor, pred
 def test_a_jpeg_too_large_for_the_device_is_decoded_on_the_cpu(device_predictor, monkeypatch):
     data = jpeg(photo(64, 48))
     assert isinstance(device_predictor.prepare_image(data).pixels, DeferredJpeg)
-    monkeypatch.setattr("model.predictor.DEVICE_MAX_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr("clipseg_serve.model.inference.predictor.DEVICE_MAX_PIXELS", 64 * 48 - 1)
     assert isinstance(device_predictor.prepare_image(data).pixels, torch.Tensor)
 
 
@@ -173,7 +173,7 @@ def test_a_jpeg_that_fails_on_the_device_falls_back_alone(device_predictor):
 
     def fallback(data):
         calls.append(data)
-        return device_predictor._cpu_pixels(data)
+        return device_predictor.preparer.cpu_pixels(data)
 
     out = decode_on_device([DeferredJpeg(good)], 352, torch.device("cpu"), fallback)
     assert len(out) == 1 and not calls
@@ -213,8 +213,8 @@ def test_nvjpeg_decoding_equals_pillow_within_jpeg_tolerance():
 @pytest.mark.gpu
 @cuda
 def test_bf16_weights_agree_with_fp32_on_99_percent_of_pixels():
-    from model.config import get_variant
-    from model.weights.loader import build_random
+    from clipseg_serve.model.config import get_variant
+    from clipseg_serve.model.weights.loader import build_random
 
     model = build_random(get_variant("rd64-refined"), seed=0)
     with warnings.catch_warnings():
@@ -237,8 +237,8 @@ def test_bf16_weights_agree_with_fp32_on_99_percent_of_pixels():
 @cuda
 def test_a_bf16_predictor_leaves_a_shared_module_in_fp32():
     """An fp32 and a bf16 predictor over one module: the bf16 one casts a copy."""
-    from model.config import get_variant
-    from model.weights.loader import build_random
+    from clipseg_serve.model.config import get_variant
+    from clipseg_serve.model.weights.loader import build_random
 
     model = build_random(get_variant("tiny"), seed=0)
     with warnings.catch_warnings():
@@ -270,10 +270,9 @@ def test_pinned_non_blocking_cuda_path_gives_the_cpu_masks(tiny_model):
 @pytest.mark.gpu
 @cuda
 def test_attention_runs_in_fused_kernels_on_cuda():
+    from clipseg_serve.model.config import get_variant
+    from clipseg_serve.model.weights.loader import build_random
     from torch.profiler import ProfilerActivity, profile
-
-    from model.config import get_variant
-    from model.weights.loader import build_random
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -1,4 +1,4 @@
-"""Split ONNX export (model.export, clipseg-export): every graph equals PyTorch under ONNX
+"""Split ONNX export (model.onnx.export, clipseg-export): every graph equals PyTorch under ONNX
 Runtime at other batch sizes than the export's, and the graphs chained give the model's
 logits for several images and prompts."""
 
@@ -10,11 +10,10 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
-
-from model.export import GRAPHS, check_graphs
-from model.export_cli import main
-from model.text import tokenize
-from model.weights import native
+from clipseg_serve.model.cli.export import main
+from clipseg_serve.model.network.text import tokenize
+from clipseg_serve.model.onnx.export import GRAPHS, check_graphs
+from clipseg_serve.model.weights import native
 
 
 @pytest.fixture(scope="module")

@@ -7,12 +7,21 @@ import struct
 
 import numpy as np
 import pytest
+from clipseg_serve.model import image_formats
+from clipseg_serve.model.errors import (
+    ImageDecodeError,
+    ImageTooLargeError,
+    UnsupportedImageFormatError,
+)
+from clipseg_serve.model.imaging.image_formats import (
+    ALLOWED_FORMATS,
+    ImageInfo,
+    identify_format,
+    probe_image,
+)
+from clipseg_serve.model.imaging.transforms import decode_image, load_mask
 from PIL import Image, ImageFile, features
 
-from model import image_formats
-from model.errors import ImageDecodeError, ImageTooLargeError, UnsupportedImageFormatError
-from model.image_formats import ALLOWED_FORMATS, ImageInfo, identify_format, probe_image
-from model.transforms import decode_image, load_mask
 from tests.conftest import png_claiming
 
 

@@ -1,4 +1,4 @@
-"""Verdicts per kernel class (``model.int8_checks``): the export's check keeps its images
+"""Verdicts per kernel class (``model.onnx.int8_checks``): the export's check keeps its images
 and records its machine's class; a machine of another class checks at start-up once,
 caches its verdict beside the export (or in the user's cache when it cannot write there)
 and runs int8 only when it passed; a new export's check outdates the cached verdicts."""
@@ -9,15 +9,15 @@ import json
 import shutil
 from pathlib import Path
 
+import clipseg_serve.model.onnx.fidelity
 import pytest
+from clipseg_serve.model.onnx.gate import check_export
+from clipseg_serve.model.onnx.int8_checks import CACHE_FILE, STORED_IMAGES, STORED_SIDE
+from clipseg_serve.model.onnx.int8_kernels import choose_format, kernel_class
+from clipseg_serve.model.onnx.runtime import read_manifest
+from clipseg_serve.model.onnx.source import load_onnx
 from PIL import Image
 
-import model.fidelity
-from model.gate import check_export
-from model.int8_checks import CACHE_FILE, STORED_IMAGES, STORED_SIDE
-from model.int8_kernels import choose_format, kernel_class
-from model.onnx_model import read_manifest
-from model.onnx_source import load_onnx
 from tests.conftest import random_image
 
 PROMPTS = ["a cat", "a red square"]
@@ -42,13 +42,13 @@ def checked(tiny_model, tiny_onnx, tmp_path) -> Path:
 def checks_run(monkeypatch) -> list[int]:
     """Counts the fidelity comparisons (a start-up check is one)."""
     calls: list[int] = []
-    original = model.fidelity.compare_backends
+    original = clipseg_serve.model.onnx.fidelity.compare_backends
 
     def counted(*args, **kwargs):
         calls.append(1)
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(model.fidelity, "compare_backends", counted)
+    monkeypatch.setattr(clipseg_serve.model.onnx.fidelity, "compare_backends", counted)
     return calls
 
 

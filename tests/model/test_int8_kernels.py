@@ -7,12 +7,17 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
+import clipseg_serve.model.onnx.int8_kernels as kernels
 import pytest
-
-import model.int8_kernels as kernels
-from model.errors import WeightsError
-from model.int8_kernels import FORMATS, choose_format, exact_formats, format_named, kernel_class
-from model.onnx_model import int8_format_for
+from clipseg_serve.model.errors import WeightsError
+from clipseg_serve.model.onnx.int8_kernels import (
+    FORMATS,
+    choose_format,
+    exact_formats,
+    format_named,
+    kernel_class,
+)
+from clipseg_serve.model.onnx.runtime import int8_format_for
 
 #: Classes whose u8 x s8 kernels sum pairs of products in int16 (``vpmaddubsw``).
 SATURATING = {"x86-64 avx2", "x86-64 avx512-core"}

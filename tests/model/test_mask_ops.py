@@ -1,13 +1,11 @@
-"""Host mask steps (model.mask_ops, model.finish) against hand-built masks."""
+"""Host mask steps (model.masks.mask_ops, model.inference.finish) against hand-built masks."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
-from pycocotools import mask as coco
-
-from model.finish import shape_mask
-from model.mask_ops import (
+from clipseg_serve.model.inference.finish import shape_mask
+from clipseg_serve.model.masks.mask_ops import (
     dilate,
     drop_small,
     erode,
@@ -16,7 +14,8 @@ from model.mask_ops import (
     mask_box,
     split_instances,
 )
-from model.postprocess import PostProcess
+from clipseg_serve.model.masks.postprocess import PostProcess
+from pycocotools import mask as coco
 
 
 def blank(height: int = 40, width: int = 60) -> np.ndarray:

@@ -1,4 +1,4 @@
-"""Tests of model.masks: COCO RLE (checked against pycocotools) and PNG mask encodings."""
+"""Tests of model.codecs.rle: COCO RLE (checked against pycocotools) and PNG mask encodings."""
 
 from __future__ import annotations
 
@@ -6,10 +6,7 @@ import io
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from model.errors import ImageDecodeError, InvalidMaskError
-from model.masks import (
+from clipseg_serve.model.codecs.rle import (
     decode_png_mask,
     decode_rle,
     encode_png_mask,
@@ -18,6 +15,8 @@ from model.masks import (
     mask_bbox,
     rle_area,
 )
+from clipseg_serve.model.errors import ImageDecodeError, InvalidMaskError
+from PIL import Image
 
 
 @pytest.fixture(scope="module")

@@ -12,14 +12,15 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+from clipseg_serve.model.backends import load_predictor
+from clipseg_serve.model.errors import WeightsError
+from clipseg_serve.model.inference.batch import SegmentRequest
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.masks.postprocess import PostProcess
+from clipseg_serve.model.onnx.int8_kernels import choose_format, kernel_class
+from clipseg_serve.model.onnx.runtime import OnnxClipSeg, read_manifest
+from clipseg_serve.model.onnx.source import load_onnx
 
-from model.batch import SegmentRequest
-from model.errors import WeightsError
-from model.int8_kernels import choose_format, kernel_class
-from model.onnx_model import OnnxClipSeg, read_manifest
-from model.onnx_source import load_onnx
-from model.postprocess import PostProcess
-from model.predictor import Predictor
 from tests.conftest import random_image
 
 
@@ -192,12 +193,12 @@ def test_missing_int8_graphs_and_foreign_folders_are_weights_errors(tiny_onnx, t
 
 
 def test_from_source_loads_an_export_folder(tiny_onnx):
-    predictor = Predictor.from_source(str(tiny_onnx), backend="onnx", device="cpu")
+    predictor = load_predictor(str(tiny_onnx), backend="onnx", device="cpu")
     described = predictor.describe()
     assert described["backend"] == "onnx" and described["weights"]["kind"] == "onnx"
     assert described["variant"] == "tiny"
     with pytest.raises(ValueError, match="unknown backend"):
-        Predictor.from_source(str(tiny_onnx), backend="tensorflow")
+        load_predictor(str(tiny_onnx), backend="tensorflow")
 
 
 def test_int8_graphs_the_manifest_does_not_list_are_not_used(tiny_onnx, tmp_path):
@@ -214,8 +215,7 @@ def test_int8_graphs_the_manifest_does_not_list_are_not_used(tiny_onnx, tmp_path
 
 def test_auto_device_is_the_cpu_without_a_gpu_provider(monkeypatch):
     import onnxruntime as ort
-
-    from model.onnx_source import resolve_onnx_device
+    from clipseg_serve.model.onnx.source import resolve_onnx_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(ort, "get_available_providers", lambda: ["CPUExecutionProvider"])
@@ -228,8 +228,7 @@ def test_auto_device_is_the_cpu_without_a_gpu_provider(monkeypatch):
 
 def test_cuda_devices_ask_for_the_gpu_providers_first(monkeypatch):
     import onnxruntime as ort
-
-    from model.onnx_model import providers_for
+    from clipseg_serve.model.onnx.runtime import providers_for
 
     assert providers_for(torch.device("cpu")) == ["CPUExecutionProvider"]
     every = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

@@ -12,14 +12,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.onnx.export import export_graphs
+from clipseg_serve.model.onnx.fidelity import compare_backends
+from clipseg_serve.model.onnx.quantize import quantize_export
+from clipseg_serve.model.onnx.runtime import OnnxClipSeg
+from clipseg_serve.model.weights.loader import build_random
 
-from model.config import get_variant
-from model.export import export_graphs
-from model.fidelity import compare_backends
-from model.onnx_model import OnnxClipSeg
-from model.predictor import Predictor
-from model.quantize import quantize_export
-from model.weights.loader import build_random
 from tests.conftest import random_image
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "photos"

@@ -6,10 +6,9 @@ import io
 
 import numpy as np
 import pytest
+from clipseg_serve.model.codecs.png import gray_png, packed_gray_png
+from clipseg_serve.model.codecs.rle import encode_png_packed
 from PIL import Image
-
-from model.masks import encode_png_packed
-from model.png import gray_png, packed_gray_png
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (17, 13), (64, 33), (3, 1000)]
 

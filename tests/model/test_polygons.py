@@ -1,16 +1,19 @@
-"""COCO polygons (model.polygons) round-trip through pycocotools."""
+"""COCO polygons (model.codecs.polygons) round-trip through pycocotools."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+from clipseg_serve.model import polygons
+from clipseg_serve.model.codecs.polygons import (
+    DEFAULT_MAX_VERTICES,
+    least_vertices,
+    mask_to_polygons,
+)
+from clipseg_serve.model.errors import PolygonTooComplexError
 from PIL import Image, ImageDraw
 from pycocotools import mask as coco
 from scipy import ndimage
-
-from model import polygons
-from model.errors import PolygonTooComplexError
-from model.polygons import DEFAULT_MAX_VERTICES, least_vertices, mask_to_polygons
 
 
 def decode(polygons: list[list[float]], height: int, width: int) -> np.ndarray:

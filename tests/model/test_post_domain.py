@@ -14,13 +14,9 @@ import warnings
 import numpy as np
 import pytest
 import torch
-from hypothesis import given
-from hypothesis import strategies as st
-from PIL import Image
-
-from model.batch import Segmentation
-from model.mask_ops import feather_alpha
-from model.postprocess import (
+from clipseg_serve.model.inference.batch import Segmentation
+from clipseg_serve.model.masks.mask_ops import feather_alpha
+from clipseg_serve.model.masks.postprocess import (
     MAX_EPS,
     MAX_INSTANCES,
     MAX_MIN_AREA,
@@ -33,7 +29,11 @@ from model.postprocess import (
     PostProcess,
     Refine,
 )
-from model.render import render_masks
+from clipseg_serve.model.masks.render import render_masks
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
 from tests.properties import examples
 
 

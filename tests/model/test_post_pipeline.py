@@ -1,18 +1,18 @@
 """The post-processing pipeline through the library: thresholds per prompt, the
-background prompt, refinement, host steps and instances (model.postprocess, model.batch,
-model.predictor, model.finish)."""
+background prompt, refinement, host steps and instances (model.masks.postprocess,
+model.inference.batch, model.inference.predictor, model.inference.finish)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
+from clipseg_serve.model.errors import InvalidPromptError
+from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
+from clipseg_serve.model.inference.finish import shape_mask
+from clipseg_serve.model.masks.mask_ops import mask_box
+from clipseg_serve.model.masks.postprocess import BACKGROUND_PROMPT, PostProcess, combine_masks
 
-from model.batch import SegmentRequest, plan_batch
-from model.errors import InvalidPromptError
-from model.finish import shape_mask
-from model.mask_ops import mask_box
-from model.postprocess import BACKGROUND_PROMPT, PostProcess, combine_masks
 from tests.conftest import encode, random_image
 
 

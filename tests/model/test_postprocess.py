@@ -1,4 +1,4 @@
-"""Tests of model.postprocess: reference order, output sizes, combine modes, negatives."""
+"""Tests of model.masks.postprocess: reference order, output sizes, combine modes, negatives."""
 
 from __future__ import annotations
 
@@ -7,8 +7,12 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model.postprocess import Combine, combine_masks, mask_scores, probabilities_at_size
+from clipseg_serve.model.masks.postprocess import (
+    Combine,
+    combine_masks,
+    mask_scores,
+    probabilities_at_size,
+)
 
 T, F_ = True, False
 

@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from clipseg_serve.model.errors import ImageDecodeError, InvalidMaskError, InvalidPromptError
+from clipseg_serve.model.masks.postprocess import Combine, probabilities_at_size
+from clipseg_serve.model.network.text import TRAINING_TEMPLATES, tokenize
 from PIL import Image
 
-from model.errors import ImageDecodeError, InvalidMaskError, InvalidPromptError
-from model.postprocess import Combine, probabilities_at_size
-from model.text import TRAINING_TEMPLATES, tokenize
 from tests.conftest import encode, random_image
 
 PROMPTS = ["a cat", "the red mug", "something to sit on", "sky", "a dog on a skateboard"]
@@ -222,7 +222,7 @@ def test_support_mask_must_match_its_image(predictor):
 def test_segment_batch_mixes_requests_without_mixing_them_up(predictor):
     """Text, negative, visual, hybrid and union requests in one batch give what each gives
     alone; two requests on the same image share one backbone pass."""
-    from model.batch import SegmentRequest
+    from clipseg_serve.model.inference.batch import SegmentRequest
 
     image_a, image_b = random_image(40, 30, seed=21), random_image(25, 50, seed=22)
     a, b = predictor.prepare_image(image_a), predictor.prepare_image(image_b)
@@ -266,20 +266,20 @@ def test_union_probabilities_are_the_max_over_prompts(predictor):
 def test_execute_skips_the_requests_it_is_told_to_drop(predictor, monkeypatch):
     """``keep`` is asked per request just before rendering; dropped ones are never rendered
     and come back as None, the others are unaffected."""
-    from model.batch import SegmentRequest, plan_batch
+    from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
 
     prepared = predictor.prepare_image(random_image(30, 20, seed=4))
     requests = [
         SegmentRequest(prepared.pixels, prepared.size, "x", prompts=(p,)) for p in PROMPTS[:3]
     ]
     rendered: list[tuple[int, int]] = []
-    original = predictor._render_span
+    original = predictor.engine.render_span
 
     def spy(rows, span):
         rendered.append(span.size)
         return original(rows, span)
 
-    monkeypatch.setattr(predictor, "_render_span", spy)
+    monkeypatch.setattr(predictor.engine, "render_span", spy)
     results = predictor.execute(plan_batch(requests), keep=lambda i: i != 1)
     assert results[1] is None and len(rendered) == 2
     alone = predictor.segment_batch([requests[2]])[0]
@@ -287,7 +287,7 @@ def test_execute_skips_the_requests_it_is_told_to_drop(predictor, monkeypatch):
 
 
 def test_requests_are_frozen_and_validated_when_built(predictor):
-    from model.batch import SegmentRequest
+    from clipseg_serve.model.inference.batch import SegmentRequest
 
     prepared = predictor.prepare_image(random_image(8, 8))
     request = SegmentRequest(prepared.pixels, prepared.size, "k", prompts=["a"])
@@ -303,9 +303,9 @@ def test_requests_are_frozen_and_validated_when_built(predictor):
 
 
 def test_plan_deduplicates_images_and_phrases():
-    from model.batch import SegmentRequest as R
-    from model.batch import TextRow, VisualRow, plan_batch
-    from model.text import Template
+    from clipseg_serve.model.inference.batch import SegmentRequest as R
+    from clipseg_serve.model.inference.batch import TextRow, VisualRow, plan_batch
+    from clipseg_serve.model.network.text import Template
 
     pixels = torch.zeros(3, 8, 8)
     supports = torch.zeros(2, 3, 8, 8)

@@ -1,4 +1,4 @@
-"""Edge-aware refinement (model.refine) and its banded rendering (model.render)."""
+"""Edge-aware refinement (model.masks.refine) and its banded rendering (model.masks.render)."""
 
 from __future__ import annotations
 
@@ -7,10 +7,9 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model.postprocess import PostProcess
-from model.refine import box_mean, guided_filter, pamr
-from model.render import render_masks
+from clipseg_serve.model.masks.postprocess import PostProcess
+from clipseg_serve.model.masks.refine import box_mean, guided_filter, pamr
+from clipseg_serve.model.masks.render import render_masks
 
 
 def _window_mean(x: torch.Tensor, radius: int) -> torch.Tensor:
@@ -144,7 +143,7 @@ def test_many_maps_are_solved_in_chunks_like_one_at_a_time():
 
 
 def test_the_working_scale_is_bounded_whatever_the_radius():
-    from model.refine import MAX_WORK_PIXELS, working_size
+    from clipseg_serve.model.masks.refine import MAX_WORK_PIXELS, working_size
 
     (h, w), radius = working_size((4000, 6000), 1)
     assert h * w <= MAX_WORK_PIXELS * 1.01 and radius >= 1

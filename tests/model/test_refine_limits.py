@@ -1,4 +1,5 @@
-"""The refinement's numeric edges, each once a crash or a NaN (model.refine, model.render).
+"""The refinement's numeric edges, each once a crash or a NaN (model.masks.refine and
+model.masks.render).
 
 * ``eps`` far below float32's resolution divided by ~0 on flat regions: NaN scores.
 * A radius of four times the image's long side reached a 1x1 working size, where PyTorch's
@@ -15,10 +16,9 @@ import math
 
 import pytest
 import torch
-
-from model.postprocess import PostProcess, mask_scores
-from model.refine import box_mean, guided_filter
-from model.render import render_masks
+from clipseg_serve.model.masks.postprocess import PostProcess, mask_scores
+from clipseg_serve.model.masks.refine import box_mean, guided_filter
+from clipseg_serve.model.masks.render import render_masks
 
 SMALLEST_EPS = 1e-6  # model.refine.MIN_EPS, spelled out so this file states the contract
 

@@ -13,9 +13,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model.postprocess import PostProcess
-from model.render import render_masks
+from clipseg_serve.model.masks.postprocess import PostProcess
+from clipseg_serve.model.masks.render import render_masks
 
 SIZE = 512
 

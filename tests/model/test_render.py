@@ -1,4 +1,4 @@
-"""model.render: banded mask rendering equals the full-size reference, in bounded memory."""
+"""model.masks.render: banded mask rendering equals the full-size reference, in bounded memory."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model import render
-from model.masks import encode_rle, encode_rle_runs, mask_bbox
-from model.postprocess import Combine, combine_masks, mask_scores, probabilities_at_size
-from model.render import _or_rows, _Outputs, pack_bits, render_masks
+from clipseg_serve.model import render
+from clipseg_serve.model.codecs.rle import encode_rle, encode_rle_runs, mask_bbox
+from clipseg_serve.model.masks.postprocess import (
+    Combine,
+    combine_masks,
+    mask_scores,
+    probabilities_at_size,
+)
+from clipseg_serve.model.masks.render import _or_rows, _Outputs, pack_bits, render_masks
 
 SIZES = [(480, 640), (7, 3), (1, 1), (1000, 37), (353, 351), (352, 352), (100, 2000)]
 

@@ -9,19 +9,18 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from model.config import get_variant
-from model.errors import InvalidMaskError, UnsupportedImageFormatError
-from model.support import MAX_SUPPORT_ASPECT, prepare_support_input
-from model.transforms import decode_image, load_mask
-from model.visual_prompt import (
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.errors import InvalidMaskError, UnsupportedImageFormatError
+from clipseg_serve.model.imaging.support import MAX_SUPPORT_ASPECT, prepare_support_input
+from clipseg_serve.model.imaging.transforms import decode_image, load_mask
+from clipseg_serve.model.imaging.visual_prompt import (
     engineer_support_image,
     rescale_support,
     rescale_support_image,
     rescale_support_mask,
     support_shape,
 )
+from PIL import Image
 
 CONFIG = get_variant("tiny")  # input_size 96
 S = CONFIG.input_size

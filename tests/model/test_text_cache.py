@@ -7,8 +7,7 @@ import weakref
 
 import pytest
 import torch
-
-from model.text_cache import Key, TextEmbeddingCache
+from clipseg_serve.model.inference.text_cache import Key, TextEmbeddingCache
 
 D = 8
 

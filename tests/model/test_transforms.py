@@ -1,4 +1,4 @@
-"""Tests of model.transforms: decoding guards, EXIF, mode conversion, model input, masks."""
+"""Tests of model.imaging.transforms: decoding guards, EXIF, mode conversion, model input, masks."""
 
 from __future__ import annotations
 
@@ -8,11 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image, ImageOps
-
-from model.config import IMAGENET_MEAN, IMAGENET_STD
-from model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
-from model.transforms import (
+from clipseg_serve.model.config import IMAGENET_MEAN, IMAGENET_STD
+from clipseg_serve.model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
+from clipseg_serve.model.imaging.transforms import (
     DEFAULT_MAX_PIXELS,
     DecodedImage,
     decode_image,
@@ -22,6 +20,8 @@ from model.transforms import (
     reduction_factor,
     to_model_input,
 )
+from PIL import Image, ImageOps
+
 from tests.conftest import png_claiming
 
 RED = (255, 0, 0)
@@ -585,7 +585,7 @@ def test_load_mask_orientations_match_pil_exif_transpose(orientation: int, mode:
 
 
 def test_load_mask_bands_give_the_whole_image_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    from model import image_modes
+    from clipseg_serve.model import image_modes
 
     monkeypatch.setattr(image_modes, "_BAND_PIXELS", 3)  # one row per band
     image = Image.new("RGBA", (3, 4), (0, 0, 0, 0))

@@ -8,9 +8,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-from model.errors import InvalidMaskError
-from model.visual_prompt import (
+from clipseg_serve.model.errors import InvalidMaskError
+from clipseg_serve.model.imaging.visual_prompt import (
     engineer_visual_prompt,
     engineer_visual_prompts,
     gaussian_blur,

@@ -8,12 +8,11 @@ import warnings
 
 import pytest
 import torch
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.errors import WeightsError
+from clipseg_serve.model.weights import native
+from clipseg_serve.model.weights.loader import RANDOM_WARNING, build_random, load_model
 from safetensors.torch import load_file, save_file
-
-from model.config import get_variant
-from model.errors import WeightsError
-from model.weights import native
-from model.weights.loader import RANDOM_WARNING, build_random, load_model
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
@@ -24,7 +23,7 @@ def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
 def test_random_source_warns_loudly_once(caplog):
     with warnings.catch_warnings(record=True) as w:
         warnings.simplefilter("always")
-        with caplog.at_level(logging.WARNING, logger="model"):
+        with caplog.at_level(logging.WARNING, logger="clipseg_serve.model"):
             loaded = load_model("random:tiny")
     assert loaded.kind == "random" and loaded.model.config.variant == "tiny"
     assert "meaningless" in RANDOM_WARNING
@@ -115,7 +114,7 @@ def test_official_decoder_file_with_clip_weights(tmp_path):
 
 
 def test_official_decoder_file_loads_by_name(tmp_path, monkeypatch):
-    from model import config as config_module
+    from clipseg_serve.model import config as config_module
 
     tiny = get_variant("tiny")
     # An official file is matched to a registered variant by its shapes; register a tiny

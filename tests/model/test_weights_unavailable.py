@@ -8,10 +8,9 @@ cache in a temporary directory, and a hub endpoint on a closed loopback port.
 from __future__ import annotations
 
 import pytest
+from clipseg_serve.model.errors import WeightsError, WeightsUnavailableError
+from clipseg_serve.model.weights.loader import load_model
 from huggingface_hub import constants
-
-from model.errors import WeightsError, WeightsUnavailableError
-from model.weights.loader import load_model
 
 HUB_ID = "nosuch-org/nosuch-clipseg"
 FIXES = (

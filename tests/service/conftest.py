@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.onnx.runtime import OnnxClipSeg
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.config import Settings
 
-from model.onnx_model import OnnxClipSeg
-from model.predictor import Predictor
-from service.app import create_app
-from service.config import Settings
 from tests.service.live import LiveServer
 
 

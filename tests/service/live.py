@@ -7,9 +7,8 @@ import threading
 import time
 
 import httpx
-
-from service.config import Settings
-from service.server import build_server
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.server import build_server
 
 
 class LiveServer:

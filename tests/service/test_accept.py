@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import pytest
-
-from service.accept import parse_accept, quality
+from clipseg_serve.service.accept import parse_accept, quality
 
 
 @pytest.mark.parametrize(

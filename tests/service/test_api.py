@@ -7,13 +7,13 @@ import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+import clipseg_serve.service.calibrate
+import clipseg_serve.service.state
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-import service.calibrate
-import service.state
 from tests.conftest import encode, random_image
 from tests.service.conftest import BACKENDS, make_settings
 
@@ -140,7 +140,9 @@ def _sample(metrics: str, name: str) -> float:
 
 def test_readyz_is_503_until_the_warm_up_batch_ran(serve, factory, monkeypatch):
     # The real calibration (the suite otherwise reuses one per model: tests/conftest.py).
-    monkeypatch.setattr(service.state, "calibrate", service.calibrate.calibrate)
+    monkeypatch.setattr(
+        clipseg_serve.service.state, "calibrate", clipseg_serve.service.calibrate.calibrate
+    )
     factory.gate.clear()  # the warm-up batch blocks on the model
     with serve(ready=False) as server:
         assert httpx.get(server.url + "/healthz").status_code == 200

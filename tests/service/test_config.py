@@ -10,10 +10,9 @@ import time
 from pathlib import Path
 
 import pytest
+from clipseg_serve.service.config import DEFAULT_PORT, Settings
+from clipseg_serve.service.main import build_parser, settings_from
 from pydantic import ValidationError
-
-from service.config import DEFAULT_PORT, Settings
-from service.main import build_parser, settings_from
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "open_clip", "fastapi", "starlette", "uvicorn", "model")
@@ -55,8 +54,8 @@ def test_flags_override_the_environment_and_absent_flags_keep_it(monkeypatch, tm
 def test_a_bad_environment_value_is_one_line_and_status_2(monkeypatch):
     env = {**os.environ, "CLIPSEG_LOG_FORMAT": "yaml", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(
-        [sys.executable, "-m", "service.main"], capture_output=True, text=True, env=env,
-        cwd=ROOT, timeout=120,
+        [sys.executable, "-m", "clipseg_serve.service.main"], capture_output=True, text=True,
+        env=env, cwd=ROOT, timeout=120,
     )  # fmt: skip
     assert result.returncode == 2
     assert result.stderr.startswith("clipseg-serve: invalid settings:")
@@ -94,10 +93,10 @@ def test_serve_help_is_fast_and_imports_nothing_heavy():
 
 
 SCRIPTS = {
-    "clipseg-serve": "service.main",
-    "clipseg-predict": "model.cli",
-    "clipseg-train": "training.train",
-    "clipseg-eval": "training.evaluate",
+    "clipseg-serve": "clipseg_serve.service.main",
+    "clipseg-predict": "clipseg_serve.model.cli.predict",
+    "clipseg-train": "clipseg_serve.training.train",
+    "clipseg-eval": "clipseg_serve.training.evaluate",
 }
 
 

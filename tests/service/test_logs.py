@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from clipseg_serve.model.device import resolve_dtype
+from clipseg_serve.model.onnx.int8_kernels import kernel_class
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.logs import configure_logging
 from huggingface_hub import constants
 
-from model.device import resolve_dtype
-from model.int8_kernels import kernel_class
-from service.app import create_app
-from service.logs import configure_logging
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
@@ -271,7 +271,7 @@ def test_clipseg_serve_offline_first_start(tmp_path):
         "PYTHONPATH": str(ROOT),
     }
     env.pop("CLIPSEG_WEIGHTS", None)  # the default: CIDAS/clipseg-rd64-refined
-    command = [sys.executable, "-m", "service.main", "--port", "0"]
+    command = [sys.executable, "-m", "clipseg_serve.service.main", "--port", "0"]
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, timeout=180)
     stderr = done.stderr.decode()
     assert done.returncode == 3, stderr[-2000:]

@@ -11,10 +11,14 @@ import threading
 
 import prometheus_client
 import pytest
+from clipseg_serve.service.metrics import (
+    BATCH_BUCKETS,
+    CONTENT_TYPE,
+    LATENCY_BUCKETS,
+    ServiceMetrics,
+)
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.samples import Sample
-
-from service.metrics import BATCH_BUCKETS, CONTENT_TYPE, LATENCY_BUCKETS, ServiceMetrics
 
 # Family name as the parser reports it (counters lose "_total") -> type.
 RECORDED = {
@@ -270,7 +274,7 @@ def test_a_raising_callable_does_not_break_the_scrape(caplog):
         ready=boom,
         healthy=lambda: True,
     )
-    with caplog.at_level(logging.DEBUG, logger="service.metrics"):
+    with caplog.at_level(logging.DEBUG, logger="clipseg_serve.service.metrics"):
         got = scrape_time_values(m)  # one scrape per value read: several scrapes
         families = scrape(m)
 
@@ -284,7 +288,7 @@ def test_a_raising_callable_does_not_break_the_scrape(caplog):
     assert value(m, "clipseg_requests_total", route="/healthz", status="200") == 1
     assert value(m, "process_resident_memory_bytes") is not None
 
-    failures = [r for r in caplog.records if r.name == "service.metrics"]
+    failures = [r for r in caplog.records if r.name == "clipseg_serve.service.metrics"]
     assert all(r.levelno == logging.DEBUG for r in failures)
     # Once per failing callable however many scrapes there were.
     assert sorted(r.getMessage().split("'")[1] for r in failures) == [

@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.cost import TERMS, CostModel
 from PIL import Image
 
-from service.app import create_app
-from service.cost import TERMS, CostModel
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
@@ -284,7 +284,8 @@ def test_a_failed_load_fails_health_calls_on_fatal_and_hides_paths():
 
 def test_clipseg_serve_exits_non_zero_when_the_weights_cannot_load(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "CLIPSEG_DEVICE": "cpu", "PYTHONPATH": str(ROOT)}
-    command = [sys.executable, "-m", "service.main", "--weights", "random:no-such-variant",
+    command = [sys.executable, "-m", "clipseg_serve.service.main",
+               "--weights", "random:no-such-variant",
                "--port", "0", "--log-level", "warning"]  # fmt: skip
     done = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, timeout=180)
     assert done.returncode == 3, done.stderr.decode()[-2000:]

@@ -6,9 +6,8 @@ import contextlib
 
 import numpy as np
 import pytest
-
-from service.cost import TERMS, CostModel, Work, batch_work
-from service.scheduler import (
+from clipseg_serve.service.cost import TERMS, CostModel, Work, batch_work
+from clipseg_serve.service.scheduler import (
     BURST_WINDOW_S,
     QUIET_S,
     QUIET_TARGETS,

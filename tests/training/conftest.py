@@ -10,9 +10,8 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
-
-from training.run_log import RunLogger
-from training.train import main as train_main
+from clipseg_serve.training.run_log import RunLogger
+from clipseg_serve.training.train import main as train_main
 
 
 @pytest.fixture(scope="session")

@@ -58,11 +58,11 @@ def uncompressed_rle(mask: np.ndarray) -> dict[str, Any]:
 
 
 def compressed_rle(mask: np.ndarray) -> dict[str, Any]:
-    """COCO compressed RLE, from pycocotools when installed, else ``model.masks``."""
+    """COCO compressed RLE, from pycocotools when installed, else ``model.codecs.rle``."""
     try:
         from pycocotools import mask as coco_mask
     except ImportError:
-        from model.masks import encode_rle
+        from clipseg_serve.model.codecs.rle import encode_rle
 
         return encode_rle(mask)
     rle = coco_mask.encode(np.asfortranarray(mask.astype(np.uint8)))

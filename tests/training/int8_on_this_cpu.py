@@ -12,12 +12,11 @@ import sys
 from pathlib import Path
 
 import torch
-
-from model.fidelity import compare_backends
-from model.int8_kernels import FORMATS, exact_formats, kernel_class
-from model.onnx_model import OnnxClipSeg, read_manifest
-from model.onnx_source import load_onnx
-from model.predictor import Predictor
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.onnx.fidelity import compare_backends
+from clipseg_serve.model.onnx.int8_kernels import FORMATS, exact_formats, kernel_class
+from clipseg_serve.model.onnx.runtime import OnnxClipSeg, read_manifest
+from clipseg_serve.model.onnx.source import load_onnx
 
 
 def main(folder: Path) -> dict:

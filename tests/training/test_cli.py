@@ -9,26 +9,37 @@ import sys
 import time
 
 import pytest
+from clipseg_serve.model.network.text import Template
+from clipseg_serve.training import cli
+from clipseg_serve.training.config import build_parser as train_parser
+from clipseg_serve.training.datasets import DATASET_KINDS
+from clipseg_serve.training.evaluate import build_parser as eval_parser
 
-from model.text import Template
-from training import cli
-from training.config import build_parser as train_parser
-from training.datasets import DATASET_KINDS
-from training.evaluate import build_parser as eval_parser
-
-HEAVY = ("torch", "open_clip", "numpy", "PIL", "model.predictor", "model.clipseg")
+HEAVY = (
+    "torch",
+    "open_clip",
+    "numpy",
+    "PIL",
+    "clipseg_serve.model.inference.predictor",
+    "clipseg_serve.model.network.clipseg",
+)
 #: The parts of ``model`` that --help may import: its argument helpers and plain config
 #: (clipseg-eval shares clipseg-predict's --refine options).
-LIGHT_MODEL = {"model", "model.cli_args", "model.config"}
+LIGHT_MODEL = {
+    "clipseg_serve.model",
+    "clipseg_serve.model.cli",
+    "clipseg_serve.model.cli.args",
+    "clipseg_serve.model.config",
+}
 PROBE = """
 import sys
-from training.{module} import main
+from clipseg_serve.training.{module} import main
 try:
     main(["--help"])
 except SystemExit:
     pass
 print("imported:", ",".join(m for m in {heavy!r} if m in sys.modules))
-print("model:", ",".join(sorted(m for m in sys.modules if m.split(".")[0] == "model")))
+print("model:", ",".join(sorted(m for m in sys.modules if m.startswith("clipseg_serve.model"))))
 """
 
 

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from clipseg_serve.training.data import DatasetError
+from clipseg_serve.training.datasets import CocoDataset
+from clipseg_serve.training.datasets.loading import rasterize_polygons
 from pycocotools import mask as coco_mask
 from pycocotools.coco import COCO
-
-from training.data import DatasetError
-from training.datasets import CocoDataset
-from training.datasets.loading import rasterize_polygons
 
 from .fixtures import uncompressed_rle, write_image
 

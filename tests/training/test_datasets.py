@@ -8,11 +8,9 @@ import pickle
 
 import numpy as np
 import pytest
-from PIL import Image
-
-from model.text import TRAINING_TEMPLATES
-from training.data import DatasetError, Sample, sample_rng
-from training.datasets import (
+from clipseg_serve.model.network.text import TRAINING_TEMPLATES
+from clipseg_serve.training.data import DatasetError, Sample, sample_rng
+from clipseg_serve.training.datasets import (
     PHRASECUT_PLUS,
     Augmentation,
     CocoDataset,
@@ -21,8 +19,9 @@ from training.datasets import (
     SyntheticShapes,
     build_dataset,
 )
-from training.datasets.augment import allows_flip, random_crop
-from training.datasets.synthetic import COLOURS, PHRASES
+from clipseg_serve.training.datasets.augment import allows_flip, random_crop
+from clipseg_serve.training.datasets.synthetic import COLOURS, PHRASES
+from PIL import Image
 
 from .fixtures import (
     COCO_MASKS,

@@ -14,10 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
-
-from training.distributed import resolve_device, select_device
-from training.train import main as train_main
-from training.trainer import Trainer
+from clipseg_serve.training.distributed import resolve_device, select_device
+from clipseg_serve.training.train import main as train_main
+from clipseg_serve.training.trainer import Trainer
 
 QUICK = ["--init", "random:tiny", "--dataset", "synthetic", "--num-workers", "0"]
 #: Rank and step (1-based) whose loss the test turns into NaN.

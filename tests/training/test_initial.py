@@ -8,17 +8,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+import clipseg_serve.training.initial
 import pytest
 import torch
+from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.errors import WeightsError
+from clipseg_serve.model.weights.loader import build_random, load_model
+from clipseg_serve.training.config import TrainConfig
+from clipseg_serve.training.initial import load_initial
+from clipseg_serve.training.train import main as train_main
 from safetensors.torch import save_file
-
-import training.initial
-from model.config import get_variant
-from model.errors import WeightsError
-from model.weights.loader import build_random, load_model
-from training.config import TrainConfig
-from training.initial import load_initial
-from training.train import main as train_main
 
 
 def test_default_init_is_openai_clip_with_a_fresh_rd64_decoder(monkeypatch):
@@ -29,7 +28,7 @@ def test_default_init_is_openai_clip_with_a_fresh_rd64_decoder(monkeypatch):
         asked.append((source, config.variant, config.backbone.name))
         raise WeightsError("no network")
 
-    monkeypatch.setattr(training.initial, "backbone_state", offline)
+    monkeypatch.setattr(clipseg_serve.training.initial, "backbone_state", offline)
     with pytest.raises(WeightsError):
         load_initial(cfg.init, variant=cfg.variant, backbone=cfg.backbone)
     assert asked == [("openai", "rd64", "ViT-B-16")]
@@ -39,7 +38,7 @@ def test_unloadable_weights_fail_on_one_line_without_traceback(monkeypatch, tmp_
     def offline(source, config):
         raise WeightsError("cannot fetch the OpenAI ViT-B/16 weights\n  fixes: ...")
 
-    monkeypatch.setattr(training.initial, "backbone_state", offline)
+    monkeypatch.setattr(clipseg_serve.training.initial, "backbone_state", offline)
     code = train_main(["--dataset", "synthetic", "--output", str(tmp_path), "--steps", "1"])
     err = capsys.readouterr().err
     assert code == 2 and "Traceback" not in err
@@ -94,7 +93,8 @@ def test_offline_first_run_is_one_line_naming_the_train_flags(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
     env.pop("PYTHONPATH", None)
     done = subprocess.run(
-        [sys.executable, "-m", "training.train", "--output", str(tmp_path / "run"), "--steps", "1"],
+        [sys.executable, "-m", "clipseg_serve.training.train",
+         "--output", str(tmp_path / "run"), "--steps", "1"],
         capture_output=True, text=True, env=env, timeout=120, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     assert done.returncode == 2, done.stderr

@@ -21,11 +21,10 @@ import sys
 from pathlib import Path
 
 import pytest
-
-from model.export_cli import main as export_main
-from model.fidelity import DEFAULT_BAR
-from model.int8_kernels import kernel_class
-from training.datasets import build_dataset
+from clipseg_serve.model.cli.export import main as export_main
+from clipseg_serve.model.onnx.fidelity import DEFAULT_BAR
+from clipseg_serve.model.onnx.int8_kernels import kernel_class
+from clipseg_serve.training.datasets import build_dataset
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(

@@ -1,6 +1,6 @@
 """int8 on trained weights (the tiny model trained on synthetic shapes): its masks agree
 with fp32 within the gate for both quantisation methods, in the int8 format this machine
-runs (``model.int8_kernels``); the gate writes its verdict into the manifest for this
+runs (``model.onnx.int8_kernels``); the gate writes its verdict into the manifest for this
 machine's kernel class, and the onnx backend's dtype=auto follows it."""
 
 from __future__ import annotations
@@ -9,15 +9,14 @@ import json
 from pathlib import Path
 
 import pytest
-
-from model.export_cli import main as export_main
-from model.fidelity import Fidelity, recommended
-from model.gate import check_export
-from model.int8_kernels import choose_format, kernel_class
-from model.onnx_model import read_manifest
-from model.onnx_source import load_onnx
-from model.weights.loader import load_model
-from training.datasets import build_dataset
+from clipseg_serve.model.cli.export import main as export_main
+from clipseg_serve.model.onnx.fidelity import Fidelity, recommended
+from clipseg_serve.model.onnx.gate import check_export
+from clipseg_serve.model.onnx.int8_kernels import choose_format, kernel_class
+from clipseg_serve.model.onnx.runtime import read_manifest
+from clipseg_serve.model.onnx.source import load_onnx
+from clipseg_serve.model.weights.loader import load_model
+from clipseg_serve.training.datasets import build_dataset
 
 
 @pytest.fixture(scope="module")

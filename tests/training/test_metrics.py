@@ -12,13 +12,12 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-
-from training.metrics import (
+from clipseg_serve.training.metrics import (
     DEFAULT_THRESHOLDS,
     SegmentationMetrics,
     average_precision,
 )
-from training.report import format_table
+from clipseg_serve.training.report import format_table
 
 # A coarse grid keeps the hand computations short; index 1 is t = 0.5.
 GRID = (0.25, 0.5, 0.75)

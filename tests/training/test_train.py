@@ -16,17 +16,17 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from clipseg_serve.model.weights.loader import load_model
+from clipseg_serve.service.app import create_app
+from clipseg_serve.training.config import TrainConfig, config_from_args
+from clipseg_serve.training.datasets import build_dataset
+from clipseg_serve.training.evaluate import main as eval_main
+from clipseg_serve.training.train import main as train_main
+from clipseg_serve.training.trainer import Trainer, TrainingError
 from PIL import Image
 
-from model.weights.loader import load_model
-from service.app import create_app
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
-from training.config import TrainConfig, config_from_args
-from training.datasets import build_dataset
-from training.evaluate import main as eval_main
-from training.train import main as train_main
-from training.trainer import Trainer, TrainingError
 
 QUICK = ["--init", "random:tiny", "--dataset", "synthetic", "--num-workers", "0"]
 
@@ -174,7 +174,7 @@ def test_config_file_flags_and_validation(tmp_path):
 def test_ddp_two_cpu_processes_under_torchrun(tmp_path):
     output = tmp_path / "ddp"
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--standalone", "-m", "training.train", *QUICK, "--steps", "4",
+               "--standalone", "-m", "clipseg_serve.training.train", *QUICK, "--steps", "4",
                "--batch-size", "4", "--eval-every", "2", "--eval-samples", "8",
                "--output", str(output)]  # fmt: skip
     env = {**os.environ, "PYTHONWARNINGS": "ignore", "OMP_NUM_THREADS": "1"}
@@ -215,7 +215,7 @@ def test_final_gets_its_own_evaluation_and_threshold(tmp_path, monkeypatch):
         fg_iou, threshold = next(results)
         return {"best_fg_iou": fg_iou, "best_threshold": threshold, "ap": None, "fg_iou": []}
 
-    monkeypatch.setattr("training.trainer.evaluate_dataset", fake_evaluation)
+    monkeypatch.setattr("clipseg_serve.training.trainer.evaluate_dataset", fake_evaluation)
     original = Trainer._evaluate
 
     def evaluate(self):

@@ -19,12 +19,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ..data import SampleDataset
-from .augment import Augmentation
-from .coco import CocoDataset
-from .manifest import ManifestDataset
-from .phrasecut import PHRASECUT_PLUS, PhraseCutDataset
-from .synthetic import SyntheticShapes
+from clipseg_serve.training.data import SampleDataset
+from clipseg_serve.training.datasets.augment import Augmentation
+from clipseg_serve.training.datasets.coco import CocoDataset
+from clipseg_serve.training.datasets.manifest import ManifestDataset
+from clipseg_serve.training.datasets.phrasecut import PHRASECUT_PLUS, PhraseCutDataset
+from clipseg_serve.training.datasets.synthetic import SyntheticShapes
 
 __all__ = [
     "DATASET_KINDS",

@@ -8,7 +8,7 @@ a mask equals COCO's official one pixel for pixel. (The PIL fill-and-outline of
 pixels a polygon only touches, making masks 26% / 7% / 2% larger at radius 5 / 15 / 50 px.)
 
 pycocotools' C decoder trusts its input, so RLE runs are validated first
-(``model.masks.rle_area``: sizes, non-negative runs that cover exactly h x w pixels).
+(``model.codecs.rle.rle_area``: sizes, non-negative runs that cover exactly h x w pixels).
 """
 
 from __future__ import annotations
@@ -17,12 +17,10 @@ import warnings
 from typing import Any
 
 import numpy as np
+from clipseg_serve.model.codecs.rle import rle_area
+from clipseg_serve.model.errors import InvalidMaskError
+from clipseg_serve.training.data import DatasetError
 from pycocotools import mask as coco_mask
-
-from model.errors import InvalidMaskError
-from model.masks import rle_area
-
-from ..data import DatasetError
 
 __all__ = ["segmentation_mask"]
 

@@ -1,6 +1,6 @@
 """Reading images, masks and annotation files from disk, and rasterising polygons.
 
-Images and masks go through the model's own decoders (``model.transforms``), so EXIF
+Images and masks go through the model's own decoders (``model.imaging.transforms``), so EXIF
 orientation, odd PIL modes and alpha are handled exactly as at inference time. Every
 failure becomes a ``DatasetError`` that names the annotation file and record.
 """
@@ -13,12 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from clipseg_serve.model.errors import ClipSegError
+from clipseg_serve.model.imaging.transforms import decode_image, load_mask
+from clipseg_serve.training.data import DatasetError
 from PIL import Image, ImageDraw
-
-from model.errors import ClipSegError
-from model.transforms import decode_image, load_mask
-
-from ..data import DatasetError
 
 __all__ = ["rasterize_polygons", "read_image", "read_json", "read_mask"]
 

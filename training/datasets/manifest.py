@@ -3,7 +3,7 @@
     {"image": "images/0001.jpg", "mask": "masks/0001_dog.png", "phrase": "dog"}
 
 Relative paths are resolved against the manifest's folder. Masks are any image whose
-nonzero pixels mark the object (see ``model.transforms.load_mask``) at the image's size.
+nonzero pixels mark the object (see ``model.imaging.transforms.load_mask``) at the image's size.
 Records are checked when the manifest is opened (cheap: JSON and keys); the files
 themselves are checked when a sample is read, so opening a large manifest stays fast.
 An optional ``"class"`` (a non-empty string) names the record's class for the
@@ -18,11 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from clipseg_serve.training.data import DatasetError
+from clipseg_serve.training.datasets.loading import read_image, read_mask
+from clipseg_serve.training.datasets.sampling import AnnotatedDataset
 from PIL import Image
-
-from ..data import DatasetError
-from .loading import read_image, read_mask
-from .sampling import AnnotatedDataset
 
 __all__ = ["ManifestDataset"]
 

@@ -22,12 +22,10 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
+from clipseg_serve.model.network.text import TRAINING_TEMPLATES
+from clipseg_serve.training.data import Sample, SampleDataset, Support
+from clipseg_serve.training.datasets.augment import Augmentation
 from PIL import Image
-
-from model.text import TRAINING_TEMPLATES
-
-from ..data import Sample, SampleDataset, Support
-from .augment import Augmentation
 
 __all__ = [
     "AnnotatedDataset",

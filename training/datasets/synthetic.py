@@ -17,11 +17,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from clipseg_serve.training.data import Sample, SampleDataset, Support
+from clipseg_serve.training.datasets.augment import Augmentation
+from clipseg_serve.training.datasets.sampling import (
+    apply_template,
+    check_probability,
+    resolve_augment,
+    split_seed,
+)
 from PIL import Image, ImageDraw
-
-from ..data import Sample, SampleDataset, Support
-from .augment import Augmentation
-from .sampling import apply_template, check_probability, resolve_augment, split_seed
 
 __all__ = ["COLOURS", "PHRASES", "SHAPES", "SyntheticShapes"]
 

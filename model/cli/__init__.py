@@ -1,0 +1,1 @@
+"""Command-line front-ends: clipseg-predict and clipseg-export."""

@@ -1,0 +1,1 @@
+"""Mask encodings: COCO RLE, PNG, polygons."""

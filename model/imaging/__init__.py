@@ -1,0 +1,1 @@
+"""Images in: formats, modes, EXIF orientation, resizing, device decoding, supports."""

@@ -1,0 +1,1 @@
+"""Running the model: batch plans, the Predictor, transfers, the text cache."""

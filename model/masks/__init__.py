@@ -1,0 +1,1 @@
+"""Masks out: post-processing settings, rendering on the device, refinement, runs."""

@@ -1,0 +1,1 @@
+"""The network: CLIP's towers with CLIPSeg's decoder, text prompts, compiled towers."""
