@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.model_vs_hf import PROMPTS, timed  # the same prompts and timer as there
 from clipseg_serve.model.device import cpu_bf16_support
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.text import tokenize
@@ -51,8 +52,6 @@ from clipseg_serve.model.onnx.int8_kernels import (
 from clipseg_serve.model.onnx.quantize import calibration_pixels, quantize_export
 from clipseg_serve.model.onnx.runtime import OnnxClipSeg
 from clipseg_serve.model.weights.loader import load_model
-
-from bench.model_vs_hf import PROMPTS, timed  # the same prompts and timer as there
 from tests.hf_reference import build_hf_clipseg, save_hf_checkpoint
 
 #: Images per call for the batched throughput (the service batches images).

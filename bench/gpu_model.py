@@ -16,14 +16,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
+from gpu_runner import PROMPTS, Row, Suite, one_line
+from host_path import photo_like
+from torch.utils.flop_counter import FlopCounterMode
+
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.clipseg import ClipSeg
 from clipseg_serve.model.weights.loader import build_random
-from gpu_runner import PROMPTS, Row, Suite, one_line
-from host_path import photo_like
-from torch.utils.flop_counter import FlopCounterMode
 
 #: bf16 dense tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's datasheets, matched
 #: against ``torch.cuda.get_device_name()`` in this order (NVL/PCIe before plain H100/H200).

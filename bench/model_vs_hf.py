@@ -25,7 +25,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from clipseg_serve.model.network.text import tokenize
 from clipseg_serve.model.weights.loader import load_model
-
 from tests.hf_reference import build_hf_clipseg, save_hf_checkpoint
 
 PROMPTS = ["a cat", "the red mug", "something to sit on", "a wooden table", "the sky"]

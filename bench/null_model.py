@@ -20,6 +20,7 @@ import dataclasses
 import warnings
 
 import torch
+
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.text import Template

@@ -16,12 +16,11 @@ import argparse
 import contextlib
 import functools
 
+from bench.null_model import null_factory
 from clipseg_serve.service.app import create_app
 from clipseg_serve.service.config import Settings
 from clipseg_serve.service.logs import configure_logging
 from clipseg_serve.service.server import serve_app
-
-from bench.null_model import null_factory
 
 
 def main() -> None:

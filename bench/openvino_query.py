@@ -30,13 +30,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.backends import _write_crops
+from bench.model_vs_hf import timed
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.onnx.export import export_graphs
 from clipseg_serve.model.onnx.quantize import calibration_pixels, quantize_export
 from clipseg_serve.model.weights.loader import build_random
-
-from bench.backends import _write_crops
-from bench.model_vs_hf import timed
 
 
 def _median(fn: Callable[[], object], repeats: int) -> float:

@@ -25,11 +25,12 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
+from fastapi import FastAPI
+from starlette.formparsers import MultiPartParser
+
 from clipseg_serve.model.inference import preparation
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.service import codec
-from fastapi import FastAPI
-from starlette.formparsers import MultiPartParser
 
 _lock = threading.Lock()
 _seconds: dict[str, float] = defaultdict(float)

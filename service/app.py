@@ -9,6 +9,10 @@ import importlib.metadata
 import logging
 from collections.abc import AsyncIterator, Callable
 
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.types import ASGIApp
+
 from clipseg_serve.service import demo, docs, request_id, single_values
 from clipseg_serve.service.config import Settings
 from clipseg_serve.service.door import (
@@ -33,9 +37,6 @@ from clipseg_serve.service.state import (
     get_state,
     redact_paths,
 )
-from fastapi import Depends, FastAPI, Request
-from fastapi.responses import JSONResponse, Response
-from starlette.types import ASGIApp
 
 log = logging.getLogger(__name__)
 

@@ -31,6 +31,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import torch
+
 from clipseg_serve.model.inference.batch import Segmentation, plan_batch
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.service import request_id

@@ -29,6 +29,8 @@ from collections.abc import Callable
 
 import numpy as np
 import torch
+from PIL import Image
+
 from clipseg_serve.model.inference.batch import SegmentRequest
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.masks.postprocess import PostProcess, Refine
@@ -36,7 +38,6 @@ from clipseg_serve.service import codec
 from clipseg_serve.service.budget import ImageHeader, decode_bytes
 from clipseg_serve.service.cost import CostModel, HostCost, shape_steps, work_for
 from clipseg_serve.service.encode_limits import EncodeLimits
-from PIL import Image
 
 #: Priors for when no calibration ran (warm-up off), in ``TERMS`` / ``HOST_TERMS`` order:
 #: deliberately optimistic (a fast GPU's figures), so admission refuses nothing until the

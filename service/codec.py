@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 import torch
+
 from clipseg_serve.model.codecs.polygons import DEFAULT_MAX_VERTICES
 from clipseg_serve.model.codecs.rle import (
     encode_png_gray,

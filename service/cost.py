@@ -37,6 +37,7 @@ from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
 from clipseg_serve.model.masks.postprocess import PostProcess, Refine
 from clipseg_serve.model.masks.refine import DEFAULT_GRID, PAMR_LONG_SIDE, auto_radius, working_size
 

@@ -19,11 +19,12 @@ import html
 import importlib.resources
 import json
 
-from clipseg_serve.service.config import Settings
-from clipseg_serve.service.static_files import static_files
 from fastapi import FastAPI
 from fastapi.responses import HTMLResponse
 from starlette.types import Message, Receive, Scope, Send
+
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.static_files import static_files
 
 PAGE_PATH = "/"
 ASSETS_PATH = "/demo-assets"

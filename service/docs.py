@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import importlib.resources
 
-from clipseg_serve.service.static_files import static_files
 from fastapi import FastAPI, Request
 from fastapi.openapi.docs import get_redoc_html, get_swagger_ui_html
 from fastapi.responses import HTMLResponse
+
+from clipseg_serve.service.static_files import static_files
 
 DOCS_PATH = "/docs"
 REDOC_PATH = "/redoc"

@@ -37,12 +37,13 @@ import json
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from clipseg_serve.service.errors import error_body, error_response
 from fastapi import FastAPI
 from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clipseg_serve.service.errors import error_body, error_response
 
 #: Paths that never need a key: the orchestrator's liveness and readiness probes (the
 #: app adds the documentation's, service/docs.py).

@@ -21,12 +21,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
+from starlette.requests import Request
+from starlette.types import ASGIApp, Receive, Scope, Send
+
 from clipseg_serve.service.cost import Work
 from clipseg_serve.service.errors import ApiError, api_error_response
 from clipseg_serve.service.routes import SEGMENT_PATHS, request_deadline
 from clipseg_serve.service.state import ServiceState
-from starlette.requests import Request
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 #: The smallest job a request can be: the scheduler's estimate grows with every term.
 CHEAPEST = Work(images=1.0, rows=1.0)

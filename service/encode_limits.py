@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from time import monotonic
 
 import numpy as np
+
 from clipseg_serve.model.codecs.polygons import mask_to_polygons
 from clipseg_serve.model.errors import PolygonTooComplexError
 from clipseg_serve.service.errors import ApiError

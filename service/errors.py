@@ -8,6 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
 from clipseg_serve.model.errors import (
     ClipSegError,
     ImageDecodeError,
@@ -17,10 +22,6 @@ from clipseg_serve.model.errors import (
     UnsupportedImageFormatError,
 )
 from clipseg_serve.service import request_id
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
 
 
 class ApiError(Exception):

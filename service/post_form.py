@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
+from fastapi import Form
+
 from clipseg_serve.model.masks.postprocess import (
     MAX_EPS,
     MAX_MIN_AREA,
@@ -22,7 +24,6 @@ from clipseg_serve.model.masks.postprocess import (
     Refine,
 )
 from clipseg_serve.service.errors import ApiError
-from fastapi import Form
 
 __all__ = ["PostFields", "check_answer", "post_fields"]
 

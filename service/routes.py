@@ -21,6 +21,10 @@ from dataclasses import dataclass
 from typing import Annotated, Literal
 
 import torch
+from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
+from fastapi.responses import Response
+from starlette.concurrency import run_in_threadpool
+
 from clipseg_serve.model.inference.batch import Segmentation, SegmentRequest
 from clipseg_serve.model.inference.predictor import PreparedImage
 from clipseg_serve.model.masks.postprocess import (
@@ -41,9 +45,6 @@ from clipseg_serve.service.jobs import Cost, SegmentJob
 from clipseg_serve.service.post_form import PostFields, check_answer, post_fields
 from clipseg_serve.service.schemas import ERROR_RESPONSES, SegmentResponse
 from clipseg_serve.service.state import ServiceState, get_state
-from fastapi import APIRouter, Depends, File, Form, Request, UploadFile
-from fastapi.responses import Response
-from starlette.concurrency import run_in_threadpool
 
 router = APIRouter()
 

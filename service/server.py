@@ -58,13 +58,14 @@ from typing import Any
 
 import h11
 import uvicorn
-from clipseg_serve.service import request_id
-from clipseg_serve.service.config import Settings
-from clipseg_serve.service.door import encode_error, error_headers, send_error
 from starlette.applications import Starlette
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.http.h11_impl import STATUS_PHRASES, H11Protocol
 from uvicorn.server import ServerState
+
+from clipseg_serve.service import request_id
+from clipseg_serve.service.config import Settings
+from clipseg_serve.service.door import encode_error, error_headers, send_error
 
 #: Seconds an idle keep-alive connection stays open (uvicorn's default, as before).
 KEEP_ALIVE_S = 5

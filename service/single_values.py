@@ -20,10 +20,11 @@ import typing
 from collections.abc import Iterable, Sequence
 from collections.abc import Set as AbstractSet
 
-from clipseg_serve.service.errors import ApiError
 from fastapi import Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
+
+from clipseg_serve.service.errors import ApiError
 
 __all__ = ["one_value_per_field", "scalar_form_fields", "scalar_query_params"]
 

@@ -10,6 +10,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from fastapi import Request
+
 from clipseg_serve.model.backends import load_predictor
 from clipseg_serve.model.device import resolve_device
 from clipseg_serve.model.errors import ClipSegError
@@ -22,7 +24,6 @@ from clipseg_serve.service.config import Settings
 from clipseg_serve.service.cost import CostModel, HostCost
 from clipseg_serve.service.errors import ApiError
 from clipseg_serve.service.metrics import ServiceMetrics
-from fastapi import Request
 
 log = logging.getLogger(__name__)
 

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import http
 
-from clipseg_serve.service.door import encode_error
 from fastapi.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from clipseg_serve.service.door import encode_error
 
 __all__ = ["STATUS_CODES", "JsonErrorsStatic", "static_files"]
 

@@ -9,10 +9,11 @@ import zlib
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.weights.loader import build_random
-from PIL import Image
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -14,8 +14,8 @@ import subprocess
 import sys
 
 import pytest
-from clipseg_serve.service.config import DEFAULT_PORT, Settings
 
+from clipseg_serve.service.config import DEFAULT_PORT, Settings
 from tests.deploy_files import (
     ROOT,
     Stage,

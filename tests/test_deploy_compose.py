@@ -17,8 +17,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from clipseg_serve.service.config import DEFAULT_PORT, Settings
 
+from clipseg_serve.service.config import DEFAULT_PORT, Settings
 from tests.deploy_files import (
     CPU_INDEX,
     CPU_SERVICE,

@@ -7,9 +7,9 @@ import re
 import subprocess
 
 import pytest
-from clipseg_serve.service.config import DEFAULT_PORT, Settings
 
 from bench.lb import CONFIG, haproxy_binary
+from clipseg_serve.service.config import DEFAULT_PORT, Settings
 from tests.deploy_files import LB_REPLICA, LB_SERVICE, SERVICE, gpu_devices, load_compose, resolve
 
 TEXT = CONFIG.read_text()

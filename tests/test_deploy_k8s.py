@@ -13,10 +13,10 @@ import re
 import shlex
 
 import pytest
+
 from clipseg_serve.service.config import DEFAULT_PORT, Settings
 from clipseg_serve.service.metrics import ServiceMetrics
 from clipseg_serve.service.server import build_config
-
 from tests.deploy_files import app_get_routes, load_dockerfile
 from tests.k8s_files import (
     CLUSTER_VERSIONS,

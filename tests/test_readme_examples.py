@@ -11,10 +11,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from clipseg_serve.model.inference.predictor import Predictor
-from clipseg_serve.service.app import create_app
 from PIL import Image
 
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.service.app import create_app
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 

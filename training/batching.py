@@ -12,11 +12,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from torch.utils.data import Dataset, Sampler
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.imaging.transforms import to_model_input
 from clipseg_serve.model.imaging.visual_prompt import engineer_support_image
 from clipseg_serve.training.data import Sample, SampleDataset, sample_rng
-from torch.utils.data import Dataset, Sampler
 
 
 class EpochStream(Dataset):

@@ -12,6 +12,7 @@ import argparse
 from typing import Any
 
 import torch
+
 from clipseg_serve.model.imaging.transforms import to_guide_pixels
 from clipseg_serve.model.masks.postprocess import (
     DEFAULT_POST,

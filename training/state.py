@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from clipseg_serve.model.network.clipseg import ClipSeg
 from clipseg_serve.model.weights.native import save_checkpoint
 

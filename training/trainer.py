@@ -18,6 +18,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
 from clipseg_serve.model.network.clipseg import ClipSeg
 from clipseg_serve.model.network.text import tokenize
 from clipseg_serve.training.batching import Batch, Collate, EpochStream, StreamSampler
@@ -35,8 +38,6 @@ from clipseg_serve.training.evaluation import evaluate_dataset
 from clipseg_serve.training.initial import load_initial
 from clipseg_serve.training.run_log import RunLogger
 from clipseg_serve.training.state import export, load_state, save_state, state_path
-from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader
 
 log = logging.getLogger("clipseg.train")
 

@@ -32,6 +32,7 @@ from collections.abc import Callable
 
 import cv2
 import numpy as np
+
 from clipseg_serve.model.errors import PolygonTooComplexError
 
 __all__ = ["DEFAULT_MAX_VERTICES", "least_vertices", "mask_to_polygons"]

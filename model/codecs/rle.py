@@ -29,9 +29,10 @@ from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
+
 from clipseg_serve.model.codecs.png import gray_png, packed_bit_png, packed_gray_png
 from clipseg_serve.model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
-from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "decode_png_mask",

@@ -23,12 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeAlias
 
+from PIL import Image, UnidentifiedImageError
+
 from clipseg_serve.model.errors import (
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageFormatError,
 )
-from PIL import Image, UnidentifiedImageError
 
 __all__ = [
     "ALLOWED_FORMATS",

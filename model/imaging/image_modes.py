@@ -17,9 +17,10 @@ from collections.abc import Callable, Iterator
 from typing import cast
 
 import numpy as np
+from PIL import ExifTags, Image
+
 from clipseg_serve.model.errors import ImageDecodeError
 from clipseg_serve.model.imaging.image_formats import DECODE_ERRORS
-from PIL import ExifTags, Image
 
 __all__ = [
     "SWAPPING_ORIENTATIONS",

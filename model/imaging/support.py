@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import torch
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.errors import InvalidMaskError
 from clipseg_serve.model.imaging.image_formats import ALLOWED_FORMATS

@@ -28,6 +28,8 @@ from typing import TypeAlias, cast
 
 import numpy as np
 import torch
+from PIL import Image, JpegImagePlugin
+
 from clipseg_serve.model.errors import ClipSegError, ImageDecodeError, InvalidMaskError
 from clipseg_serve.model.imaging.image_formats import (
     ALLOWED_FORMATS,
@@ -50,7 +52,6 @@ from clipseg_serve.model.imaging.image_modes import (
     upright,
     upright_array,
 )
-from PIL import Image, JpegImagePlugin
 
 __all__ = [
     "ALLOWED_FORMATS",

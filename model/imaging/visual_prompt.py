@@ -34,10 +34,11 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.errors import InvalidMaskError
 from clipseg_serve.model.imaging.transforms import normalize_tensor
-from PIL import Image
 
 __all__ = [
     "BACKGROUND_FACTOR",

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.network.text import Template
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+
 from clipseg_serve.model.errors import InvalidPromptError
 from clipseg_serve.model.imaging.device_decode import DeferredJpeg
 from clipseg_serve.model.masks.mask_ops import Instances, feather_alpha

@@ -16,6 +16,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.device import autocast
 from clipseg_serve.model.errors import InvalidPromptError

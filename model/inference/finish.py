@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
+
 from clipseg_serve.model.inference.batch import Segmentation
 from clipseg_serve.model.masks.mask_ops import (
     dilate,

@@ -22,6 +22,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import torch
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.device import cpu_bf16_support, resolve_device, resolve_dtype
 from clipseg_serve.model.errors import InvalidMaskError, InvalidPromptError

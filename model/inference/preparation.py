@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from PIL import Image, JpegImagePlugin
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.imaging.device_decode import DEVICE_MAX_PIXELS, DEVICE_MODES, DeferredJpeg
 from clipseg_serve.model.imaging.image_formats import ALLOWED_FORMATS, open_image, read_bytes
@@ -20,7 +22,6 @@ from clipseg_serve.model.imaging.transforms import (
     to_guide_pixels,
     to_model_pixels,
 )
-from PIL import Image, JpegImagePlugin
 
 
 @dataclass(frozen=True)

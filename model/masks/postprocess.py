@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
 from clipseg_serve.model.masks.refine import MIN_EPS
 
 __all__ = [

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+
 from clipseg_serve.model.masks.postprocess import (
     DEFAULT_POST,
     Combine,

@@ -17,10 +17,11 @@ from typing import Any
 import open_clip
 import torch
 import torch.nn.functional as F
+from torch import nn
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.network.decoder import ClipSegDecoder
 from clipseg_serve.model.network.text import Template, embed_phrases
-from torch import nn
 
 
 def build_clip(config: ClipSegConfig) -> nn.Module:

@@ -7,8 +7,9 @@ Parameter names follow the official implementation (``film_mul``, ``film_add``,
 from __future__ import annotations
 
 import torch
-from clipseg_serve.model.config import ClipSegConfig
 from torch import nn
+
+from clipseg_serve.model.config import ClipSegConfig
 
 
 def build_head(reduce_dim: int, patch_size: int, refined: bool) -> nn.Module:

@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 
 import open_clip
 import torch
+
 from clipseg_serve.model.errors import InvalidPromptError
 
 PHOTO_TEMPLATE = "a photo of a {}."

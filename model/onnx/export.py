@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
+
 from clipseg_serve.model.network.clipseg import ClipSeg
 from clipseg_serve.model.network.text import tokenize
-from torch import nn
 
 __all__ = ["GRAPHS", "OPSET", "GraphCheck", "check_graphs", "export_graphs"]
 

@@ -27,9 +27,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from PIL import Image
+
 from clipseg_serve.model.imaging.transforms import decode_image
 from clipseg_serve.model.inference.predictor import Predictor
-from PIL import Image
 
 __all__ = ["DEFAULT_BAR", "DEFAULT_PROMPTS", "Fidelity", "compare_backends", "recommended"]
 

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+
 from clipseg_serve.model.device import cpu_bf16_support
 from clipseg_serve.model.imaging.transforms import decode_image
 from clipseg_serve.model.inference.predictor import Predictor

@@ -29,11 +29,12 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from PIL import Image
+
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.onnx.fidelity import Fidelity, recommended
 from clipseg_serve.model.onnx.int8_kernels import kernel_class
 from clipseg_serve.model.onnx.runtime import MANIFEST, int8_format_for
-from PIL import Image
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +169,7 @@ def _cache(folder: Path, digest: str, record: dict[str, Any]) -> None:
 def _check_now(folder: Path, spec: dict[str, Any], fmt: str, threads: int | None):
     """int8 in ``fmt`` against the export's fp32 graphs on its stored check images."""
     import torch
+
     from clipseg_serve.model.inference.predictor import Predictor
     from clipseg_serve.model.onnx.fidelity import compare_backends
     from clipseg_serve.model.onnx.runtime import OnnxClipSeg

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.errors import ClipSegError
 from clipseg_serve.model.imaging.image_formats import image_files

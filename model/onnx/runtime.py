@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import torch
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.network.text import Template, embed_phrases

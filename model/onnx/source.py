@@ -16,6 +16,7 @@ import tempfile
 from pathlib import Path
 
 import torch
+
 from clipseg_serve.model.device import resolve_device
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.onnx.int8_checks import Int8Decision, decide

@@ -6,8 +6,9 @@ import hashlib
 from pathlib import Path
 
 import torch
-from clipseg_serve.model.errors import WeightsError
 from safetensors.torch import load_file
+
+from clipseg_serve.model.errors import WeightsError
 
 
 def read_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

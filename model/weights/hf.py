@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
+
 from clipseg_serve.model.config import VIT_B_16, BackboneConfig, ClipSegConfig
 from clipseg_serve.model.errors import WeightsError
 

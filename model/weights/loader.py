@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
 from clipseg_serve.model.config import DEFAULT_VARIANT, ClipSegConfig, get_variant
 from clipseg_serve.model.errors import WeightsError, WeightsUnavailableError
 from clipseg_serve.model.network.clipseg import ClipSeg

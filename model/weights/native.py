@@ -18,11 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import save_file
+from torch import nn
+
 from clipseg_serve.model.config import ClipSegConfig
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.network.clipseg import ClipSeg
-from safetensors.torch import save_file
-from torch import nn
 
 FORMAT = "clipseg-serve"
 FORMAT_VERSION = 1

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
+
 from clipseg_serve.model.config import ClipSegConfig, get_variant
 from clipseg_serve.model.errors import WeightsError
 

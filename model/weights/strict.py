@@ -5,8 +5,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 import torch
-from clipseg_serve.model.errors import WeightsError
 from torch import nn
+
+from clipseg_serve.model.errors import WeightsError
 
 _MAX_LISTED = 8
 

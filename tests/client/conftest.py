@@ -7,9 +7,9 @@ import warnings
 
 import numpy as np
 import pytest
+
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.service.app import create_app
-
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 

@@ -6,10 +6,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-from clipseg_serve.model.cli.predict import main
-from clipseg_serve.model.weights import native
 from PIL import Image
 
+from clipseg_serve.model.cli.predict import main
+from clipseg_serve.model.weights import native
 from tests.conftest import random_image
 
 
@@ -80,9 +80,10 @@ def test_bad_arguments_fail_before_the_model_loads(tmp_path, monkeypatch, capsys
 
 
 def test_post_processing_flags(tmp_path, tiny_model, capsys):
+    from pycocotools import mask as coco
+
     from clipseg_serve.model.cli.args import BACKGROUNDS, REFINES
     from clipseg_serve.model.masks.postprocess import Background, Refine
-    from pycocotools import mask as coco
 
     assert tuple(r.value for r in Refine) == REFINES
     assert tuple(b.value for b in Background) == BACKGROUNDS

@@ -6,9 +6,9 @@ import warnings
 
 import pytest
 import torch
+
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.compiled import BucketedTower
-
 from tests.conftest import random_image
 
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+
 from clipseg_serve.model import device as device_module
 from clipseg_serve.model.device import autocast, cpu_bf16_support, resolve_device, resolve_dtype
 

@@ -11,6 +11,8 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from clipseg_serve.model.errors import ImageDecodeError
 from clipseg_serve.model.imaging.device_decode import DeferredJpeg, decode_on_device, orient, squash
 from clipseg_serve.model.imaging.image_modes import upright
@@ -18,8 +20,6 @@ from clipseg_serve.model.imaging.transforms import normalize_pixels, to_model_in
 from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.inference.transfer import Transfers
-from PIL import Image
-
 from tests.conftest import encode, random_image
 
 PROMPTS = ["a cat", "grass", "the sky"]
@@ -270,9 +270,10 @@ def test_pinned_non_blocking_cuda_path_gives_the_cpu_masks(tiny_model):
 @pytest.mark.gpu
 @cuda
 def test_attention_runs_in_fused_kernels_on_cuda():
+    from torch.profiler import ProfilerActivity, profile
+
     from clipseg_serve.model.config import get_variant
     from clipseg_serve.model.weights.loader import build_random
-    from torch.profiler import ProfilerActivity, profile
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -10,6 +10,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 import torch
+
 from clipseg_serve.model.cli.export import main
 from clipseg_serve.model.network.text import tokenize
 from clipseg_serve.model.onnx.export import GRAPHS, check_graphs

@@ -7,6 +7,8 @@ import struct
 
 import numpy as np
 import pytest
+from PIL import Image, ImageFile, features
+
 from clipseg_serve.model import image_formats
 from clipseg_serve.model.errors import (
     ImageDecodeError,
@@ -20,8 +22,6 @@ from clipseg_serve.model.imaging.image_formats import (
     probe_image,
 )
 from clipseg_serve.model.imaging.transforms import decode_image, load_mask
-from PIL import Image, ImageFile, features
-
 from tests.conftest import png_claiming
 
 

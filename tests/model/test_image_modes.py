@@ -6,6 +6,8 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipseg_serve.model import image_modes
 from clipseg_serve.model.imaging.image_modes import (
     iter_row_bands,
@@ -15,7 +17,6 @@ from clipseg_serve.model.imaging.image_modes import (
     upright,
     upright_array,
 )
-from PIL import Image
 
 # ------------------------------------------------------------- reference (the old code)
 # The whole-image implementation this module had before the banded rewrite, kept verbatim

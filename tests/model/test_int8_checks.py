@@ -9,15 +9,15 @@ import json
 import shutil
 from pathlib import Path
 
-import clipseg_serve.model.onnx.fidelity
 import pytest
+from PIL import Image
+
+import clipseg_serve.model.onnx.fidelity
 from clipseg_serve.model.onnx.gate import check_export
 from clipseg_serve.model.onnx.int8_checks import CACHE_FILE, STORED_IMAGES, STORED_SIDE
 from clipseg_serve.model.onnx.int8_kernels import choose_format, kernel_class
 from clipseg_serve.model.onnx.runtime import read_manifest
 from clipseg_serve.model.onnx.source import load_onnx
-from PIL import Image
-
 from tests.conftest import random_image
 
 PROMPTS = ["a cat", "a red square"]

@@ -7,8 +7,9 @@ from __future__ import annotations
 import platform
 from pathlib import Path
 
-import clipseg_serve.model.onnx.int8_kernels as kernels
 import pytest
+
+import clipseg_serve.model.onnx.int8_kernels as kernels
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.onnx.int8_kernels import (
     FORMATS,

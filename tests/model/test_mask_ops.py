@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from pycocotools import mask as coco
+
 from clipseg_serve.model.inference.finish import shape_mask
 from clipseg_serve.model.masks.mask_ops import (
     dilate,
@@ -15,7 +17,6 @@ from clipseg_serve.model.masks.mask_ops import (
     split_instances,
 )
 from clipseg_serve.model.masks.postprocess import PostProcess
-from pycocotools import mask as coco
 
 
 def blank(height: int = 40, width: int = 60) -> np.ndarray:

@@ -6,6 +6,8 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipseg_serve.model.codecs.rle import (
     decode_png_mask,
     decode_rle,
@@ -16,7 +18,6 @@ from clipseg_serve.model.codecs.rle import (
     rle_area,
 )
 from clipseg_serve.model.errors import ImageDecodeError, InvalidMaskError
-from PIL import Image
 
 
 @pytest.fixture(scope="module")

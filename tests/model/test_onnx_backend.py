@@ -12,6 +12,7 @@ import numpy as np
 import onnxruntime
 import pytest
 import torch
+
 from clipseg_serve.model.backends import load_predictor
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.inference.batch import SegmentRequest
@@ -20,7 +21,6 @@ from clipseg_serve.model.masks.postprocess import PostProcess
 from clipseg_serve.model.onnx.int8_kernels import choose_format, kernel_class
 from clipseg_serve.model.onnx.runtime import OnnxClipSeg, read_manifest
 from clipseg_serve.model.onnx.source import load_onnx
-
 from tests.conftest import random_image
 
 
@@ -215,6 +215,7 @@ def test_int8_graphs_the_manifest_does_not_list_are_not_used(tiny_onnx, tmp_path
 
 def test_auto_device_is_the_cpu_without_a_gpu_provider(monkeypatch):
     import onnxruntime as ort
+
     from clipseg_serve.model.onnx.source import resolve_onnx_device
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
@@ -228,6 +229,7 @@ def test_auto_device_is_the_cpu_without_a_gpu_provider(monkeypatch):
 
 def test_cuda_devices_ask_for_the_gpu_providers_first(monkeypatch):
     import onnxruntime as ort
+
     from clipseg_serve.model.onnx.runtime import providers_for
 
     assert providers_for(torch.device("cpu")) == ["CPUExecutionProvider"]

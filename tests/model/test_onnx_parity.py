@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.onnx.export import export_graphs
@@ -19,7 +20,6 @@ from clipseg_serve.model.onnx.fidelity import compare_backends
 from clipseg_serve.model.onnx.quantize import quantize_export
 from clipseg_serve.model.onnx.runtime import OnnxClipSeg
 from clipseg_serve.model.weights.loader import build_random
-
 from tests.conftest import random_image
 
 PHOTOS = Path(__file__).resolve().parents[1] / "data" / "photos"

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from clipseg_serve.model.network.text import tokenize
 from clipseg_serve.model.weights.loader import load_model
-
 from tests.hf_reference import build_hf_clipseg, hf_logits, save_hf_checkpoint
 
 pytest.importorskip("transformers")

@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipseg_serve.model.codecs.png import gray_png, packed_gray_png
 from clipseg_serve.model.codecs.rle import encode_png_packed
-from PIL import Image
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (17, 13), (64, 33), (3, 1000)]
 

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image, ImageDraw
+from pycocotools import mask as coco
+from scipy import ndimage
+
 from clipseg_serve.model import polygons
 from clipseg_serve.model.codecs.polygons import (
     DEFAULT_MAX_VERTICES,
@@ -11,9 +15,6 @@ from clipseg_serve.model.codecs.polygons import (
     mask_to_polygons,
 )
 from clipseg_serve.model.errors import PolygonTooComplexError
-from PIL import Image, ImageDraw
-from pycocotools import mask as coco
-from scipy import ndimage
 
 
 def decode(polygons: list[list[float]], height: int, width: int) -> np.ndarray:

@@ -14,6 +14,10 @@ import warnings
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
 from clipseg_serve.model.inference.batch import Segmentation
 from clipseg_serve.model.masks.mask_ops import feather_alpha
 from clipseg_serve.model.masks.postprocess import (
@@ -30,10 +34,6 @@ from clipseg_serve.model.masks.postprocess import (
     Refine,
 )
 from clipseg_serve.model.masks.render import render_masks
-from hypothesis import given
-from hypothesis import strategies as st
-from PIL import Image
-
 from tests.properties import examples
 
 

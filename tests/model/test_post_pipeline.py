@@ -7,12 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+
 from clipseg_serve.model.errors import InvalidPromptError
 from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
 from clipseg_serve.model.inference.finish import shape_mask
 from clipseg_serve.model.masks.mask_ops import mask_box
 from clipseg_serve.model.masks.postprocess import BACKGROUND_PROMPT, PostProcess, combine_masks
-
 from tests.conftest import encode, random_image
 
 

@@ -7,6 +7,7 @@ import math
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipseg_serve.model.masks.postprocess import (
     Combine,
     combine_masks,

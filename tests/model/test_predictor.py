@@ -7,11 +7,11 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from clipseg_serve.model.errors import ImageDecodeError, InvalidMaskError, InvalidPromptError
 from clipseg_serve.model.masks.postprocess import Combine, probabilities_at_size
 from clipseg_serve.model.network.text import TRAINING_TEMPLATES, tokenize
-from PIL import Image
-
 from tests.conftest import encode, random_image
 
 PROMPTS = ["a cat", "the red mug", "something to sit on", "sky", "a dog on a skateboard"]

@@ -16,6 +16,7 @@ import math
 
 import pytest
 import torch
+
 from clipseg_serve.model.masks.postprocess import PostProcess, mask_scores
 from clipseg_serve.model.masks.refine import box_mean, guided_filter
 from clipseg_serve.model.masks.render import render_masks

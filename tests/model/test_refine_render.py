@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipseg_serve.model.masks.postprocess import PostProcess
 from clipseg_serve.model.masks.render import render_masks
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from pycocotools import mask as coco
+
 from clipseg_serve.model.codecs.rle import encode_rle, encode_rle_runs
 from clipseg_serve.model.inference.batch import SegmentRequest
 from clipseg_serve.model.masks.render import render_masks
 from clipseg_serve.model.masks.runs import ColumnRuns
-from pycocotools import mask as coco
 
 SHAPES = [(1, 1), (1, 9), (9, 1), (1, 100), (100, 1), (17, 13), (64, 33), (31, 128)]
 

@@ -9,6 +9,8 @@ from dataclasses import replace
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.errors import InvalidMaskError, UnsupportedImageFormatError
 from clipseg_serve.model.imaging.support import MAX_SUPPORT_ASPECT, prepare_support_input
@@ -20,7 +22,6 @@ from clipseg_serve.model.imaging.visual_prompt import (
     rescale_support_mask,
     support_shape,
 )
-from PIL import Image
 
 CONFIG = get_variant("tiny")  # input_size 96
 S = CONFIG.input_size

@@ -7,6 +7,7 @@ import weakref
 
 import pytest
 import torch
+
 from clipseg_serve.model.inference.text_cache import Key, TextEmbeddingCache
 
 D = 8

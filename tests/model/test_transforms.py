@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image, ImageOps
+
 from clipseg_serve.model.config import IMAGENET_MEAN, IMAGENET_STD
 from clipseg_serve.model.errors import ImageDecodeError, ImageTooLargeError, InvalidMaskError
 from clipseg_serve.model.imaging.transforms import (
@@ -20,8 +22,6 @@ from clipseg_serve.model.imaging.transforms import (
     reduction_factor,
     to_model_input,
 )
-from PIL import Image, ImageOps
-
 from tests.conftest import png_claiming
 
 RED = (255, 0, 0)

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+
 from clipseg_serve.model.errors import InvalidMaskError
 from clipseg_serve.model.imaging.visual_prompt import (
     engineer_visual_prompt,

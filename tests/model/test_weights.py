@@ -8,11 +8,12 @@ import warnings
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
+
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.weights import native
 from clipseg_serve.model.weights.loader import RANDOM_WARNING, build_random, load_model
-from safetensors.torch import load_file, save_file
 
 
 def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:

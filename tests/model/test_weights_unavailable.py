@@ -8,9 +8,10 @@ cache in a temporary directory, and a hub endpoint on a closed loopback port.
 from __future__ import annotations
 
 import pytest
+from huggingface_hub import constants
+
 from clipseg_serve.model.errors import WeightsError, WeightsUnavailableError
 from clipseg_serve.model.weights.loader import load_model
-from huggingface_hub import constants
 
 HUB_ID = "nosuch-org/nosuch-clipseg"
 FIXES = (

@@ -7,11 +7,11 @@ import warnings
 
 import pytest
 import torch
+
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.onnx.runtime import OnnxClipSeg
 from clipseg_serve.service.app import create_app
 from clipseg_serve.service.config import Settings
-
 from tests.service.live import LiveServer
 
 

@@ -7,6 +7,7 @@ import threading
 import time
 
 import httpx
+
 from clipseg_serve.service.config import Settings
 from clipseg_serve.service.server import build_server
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from clipseg_serve.service.accept import parse_accept, quality
 
 

@@ -7,13 +7,13 @@ import io
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-import clipseg_serve.service.calibrate
-import clipseg_serve.service.state
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
+import clipseg_serve.service.calibrate
+import clipseg_serve.service.state
 from tests.conftest import encode, random_image
 from tests.service.conftest import BACKENDS, make_settings
 

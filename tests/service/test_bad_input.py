@@ -7,10 +7,10 @@ import warnings
 import httpx
 import numpy as np
 import pytest
-from clipseg_serve.model.inference.predictor import Predictor
-from clipseg_serve.service.app import create_app
 from PIL import Image
 
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.service.app import create_app
 from tests.conftest import encode, png_claiming, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer

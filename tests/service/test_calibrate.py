@@ -9,12 +9,12 @@ import time
 
 import numpy as np
 import pytest
+
 from clipseg_serve.model.inference.batch import SegmentRequest
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.masks.postprocess import PostProcess, Refine
 from clipseg_serve.service.calibrate import calibrate
 from clipseg_serve.service.cost import HOST_TERMS, TERMS, work_for
-
 from tests.conftest import random_image
 
 #: Terms the tiny model's calibration must find a cost for (per_batch, per_image and

@@ -10,9 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
+
 from clipseg_serve.service.config import DEFAULT_PORT, Settings
 from clipseg_serve.service.main import build_parser, settings_from
-from pydantic import ValidationError
 
 ROOT = Path(__file__).resolve().parents[2]
 HEAVY = ("torch", "open_clip", "fastapi", "starlette", "uvicorn", "model")

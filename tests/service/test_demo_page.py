@@ -14,12 +14,12 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from clipseg_serve.service.app import create_app
-from clipseg_serve.service.demo import CONTENT_SECURITY_POLICY
 from PIL import Image
 from playwright import sync_api
 from pycocotools import mask as coco_mask
 
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.demo import CONTENT_SECURITY_POLICY
 from tests.service.browser import (
     CHROMIUM,
     CHROMIUM_ARGS,

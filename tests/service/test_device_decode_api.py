@@ -9,10 +9,10 @@ import warnings
 
 import httpx
 import numpy as np
-from clipseg_serve.model.inference.predictor import Predictor
-from clipseg_serve.service.app import create_app
 from PIL import Image
 
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.service.app import create_app
 from tests.conftest import encode
 from tests.model.test_device_path import photo
 from tests.service.conftest import make_settings

@@ -10,9 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
 import httpx
+
 from clipseg_serve.service.early_refusal import CHEAPEST, EarlyRefusalMiddleware
 from clipseg_serve.service.errors import ApiError
-
 from tests.conftest import encode, random_image
 from tests.service import test_pressure
 from tests.service.test_pressure import post

@@ -9,12 +9,12 @@ import time
 import httpx
 import numpy as np
 import pytest
+
 from clipseg_serve.model.codecs.polygons import mask_to_polygons
 from clipseg_serve.model.masks.postprocess import PostProcess, Refine
 from clipseg_serve.service import codec
 from clipseg_serve.service.budget import ImageHeader, check_limits, polygon_bytes, shape_of
 from clipseg_serve.service.encode_limits import EncodeLimits
-
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.test_api import direct, post_text

@@ -7,10 +7,10 @@ from __future__ import annotations
 import httpx
 import numpy as np
 import pytest
-from clipseg_serve.service import request_id
-from clipseg_serve.service.errors import ApiError
 from PIL import Image
 
+from clipseg_serve.service import request_id
+from clipseg_serve.service.errors import ApiError
 from tests.conftest import encode, random_image
 from tests.service.conftest import GatedPredictor, make_settings
 from tests.service.live import LiveServer

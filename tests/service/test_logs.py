@@ -17,12 +17,12 @@ from pathlib import Path
 import httpx
 import pytest
 import torch
+from huggingface_hub import constants
+
 from clipseg_serve.model.device import resolve_dtype
 from clipseg_serve.model.onnx.int8_kernels import kernel_class
 from clipseg_serve.service.app import create_app
 from clipseg_serve.service.logs import configure_logging
-from huggingface_hub import constants
-
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer

@@ -11,14 +11,15 @@ import threading
 
 import prometheus_client
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.samples import Sample
+
 from clipseg_serve.service.metrics import (
     BATCH_BUCKETS,
     CONTENT_TYPE,
     LATENCY_BUCKETS,
     ServiceMetrics,
 )
-from prometheus_client.parser import text_string_to_metric_families
-from prometheus_client.samples import Sample
 
 # Family name as the parser reports it (counters lose "_total") -> type.
 RECORDED = {

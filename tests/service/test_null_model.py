@@ -10,13 +10,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
+from PIL import Image
+
+from bench.null_model import NullPredictor, ellipse_logits, null_factory
 from clipseg_serve.model.codecs.rle import decode_rle
 from clipseg_serve.model.errors import ClipSegError
 from clipseg_serve.service.app import create_app
 from clipseg_serve.service.state import default_predictor_factory
-from PIL import Image
-
-from bench.null_model import NullPredictor, ellipse_logits, null_factory
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 

@@ -9,12 +9,12 @@ from unittest.mock import ANY
 import httpx
 import numpy as np
 import pytest
+from pydantic import ValidationError
+
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.onnx.int8_kernels import choose_format, kernel_class
 from clipseg_serve.model.onnx.runtime import OnnxClipSeg
 from clipseg_serve.service.app import create_app
-from pydantic import ValidationError
-
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer

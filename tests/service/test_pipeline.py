@@ -9,10 +9,10 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
+
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.service.app import create_app
 from clipseg_serve.service.config import Settings
-
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer

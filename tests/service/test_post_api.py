@@ -9,10 +9,10 @@ import io
 import httpx
 import numpy as np
 import pytest
-from clipseg_serve.model.masks.postprocess import PostProcess
 from PIL import Image
 from pycocotools import mask as coco
 
+from clipseg_serve.model.masks.postprocess import PostProcess
 from tests.conftest import encode, random_image
 from tests.service.conftest import BACKENDS
 from tests.service.test_api import direct, post_text, visual_files

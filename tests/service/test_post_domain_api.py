@@ -15,6 +15,10 @@ import math
 
 import httpx
 import numpy as np
+from hypothesis import given
+from hypothesis import strategies as st
+from PIL import Image
+
 from clipseg_serve.model.masks.postprocess import (
     MAX_EPS,
     MAX_MIN_AREA,
@@ -23,10 +27,6 @@ from clipseg_serve.model.masks.postprocess import (
     MAX_RADIUS,
     MIN_EPS,
 )
-from hypothesis import given
-from hypothesis import strategies as st
-from PIL import Image
-
 from tests.conftest import encode
 from tests.model.test_post_domain import eps_values, images, small_or_any
 from tests.properties import examples

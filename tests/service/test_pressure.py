@@ -14,10 +14,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from clipseg_serve.service.app import create_app
-from clipseg_serve.service.cost import TERMS, CostModel
 from PIL import Image
 
+from clipseg_serve.service.app import create_app
+from clipseg_serve.service.cost import TERMS, CostModel
 from tests.conftest import encode, random_image
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer

@@ -6,6 +6,7 @@ import contextlib
 
 import numpy as np
 import pytest
+
 from clipseg_serve.service.cost import TERMS, CostModel, Work, batch_work
 from clipseg_serve.service.scheduler import (
     BURST_WINDOW_S,

@@ -10,6 +10,7 @@ from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 
 import pytest
+
 from clipseg_serve.training.run_log import RunLogger
 from clipseg_serve.training.train import main as train_main
 

@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import torch
+
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.onnx.fidelity import compare_backends
 from clipseg_serve.model.onnx.int8_kernels import FORMATS, exact_formats, kernel_class

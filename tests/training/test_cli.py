@@ -9,6 +9,7 @@ import sys
 import time
 
 import pytest
+
 from clipseg_serve.model.network.text import Template
 from clipseg_serve.training import cli
 from clipseg_serve.training.config import build_parser as train_parser

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from pycocotools import mask as coco_mask
+from pycocotools.coco import COCO
+
 from clipseg_serve.training.data import DatasetError
 from clipseg_serve.training.datasets import CocoDataset
 from clipseg_serve.training.datasets.loading import rasterize_polygons
-from pycocotools import mask as coco_mask
-from pycocotools.coco import COCO
 
 from .fixtures import uncompressed_rle, write_image
 

@@ -8,6 +8,8 @@ import pickle
 
 import numpy as np
 import pytest
+from PIL import Image
+
 from clipseg_serve.model.network.text import TRAINING_TEMPLATES
 from clipseg_serve.training.data import DatasetError, Sample, sample_rng
 from clipseg_serve.training.datasets import (
@@ -21,7 +23,6 @@ from clipseg_serve.training.datasets import (
 )
 from clipseg_serve.training.datasets.augment import allows_flip, random_crop
 from clipseg_serve.training.datasets.synthetic import COLOURS, PHRASES
-from PIL import Image
 
 from .fixtures import (
     COCO_MASKS,

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.multiprocessing as mp
+
 from clipseg_serve.training.distributed import resolve_device, select_device
 from clipseg_serve.training.train import main as train_main
 from clipseg_serve.training.trainer import Trainer

@@ -8,16 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-import clipseg_serve.training.initial
 import pytest
 import torch
+from safetensors.torch import save_file
+
+import clipseg_serve.training.initial
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.errors import WeightsError
 from clipseg_serve.model.weights.loader import build_random, load_model
 from clipseg_serve.training.config import TrainConfig
 from clipseg_serve.training.initial import load_initial
 from clipseg_serve.training.train import main as train_main
-from safetensors.torch import save_file
 
 
 def test_default_init_is_openai_clip_with_a_fresh_rd64_decoder(monkeypatch):

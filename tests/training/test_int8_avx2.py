@@ -21,6 +21,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from clipseg_serve.model.cli.export import main as export_main
 from clipseg_serve.model.onnx.fidelity import DEFAULT_BAR
 from clipseg_serve.model.onnx.int8_kernels import kernel_class

@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 
 import pytest
+
 from clipseg_serve.model.cli.export import main as export_main
 from clipseg_serve.model.onnx.fidelity import Fidelity, recommended
 from clipseg_serve.model.onnx.gate import check_export

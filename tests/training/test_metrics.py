@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+
 from clipseg_serve.training.metrics import (
     DEFAULT_THRESHOLDS,
     SegmentationMetrics,

@@ -16,6 +16,8 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
+
 from clipseg_serve.model.weights.loader import load_model
 from clipseg_serve.service.app import create_app
 from clipseg_serve.training.config import TrainConfig, config_from_args
@@ -23,8 +25,6 @@ from clipseg_serve.training.datasets import build_dataset
 from clipseg_serve.training.evaluate import main as eval_main
 from clipseg_serve.training.train import main as train_main
 from clipseg_serve.training.trainer import Trainer, TrainingError
-from PIL import Image
-
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 

@@ -18,8 +18,9 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
-from clipseg_serve.model.codecs.rle import mask_bbox
 from PIL import Image, ImageEnhance
+
+from clipseg_serve.model.codecs.rle import mask_bbox
 
 __all__ = ["Augmentation", "allows_flip", "colour_jitter", "horizontal_flip", "random_crop"]
 

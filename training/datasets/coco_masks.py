@@ -17,10 +17,11 @@ import warnings
 from typing import Any
 
 import numpy as np
+from pycocotools import mask as coco_mask
+
 from clipseg_serve.model.codecs.rle import rle_area
 from clipseg_serve.model.errors import InvalidMaskError
 from clipseg_serve.training.data import DatasetError
-from pycocotools import mask as coco_mask
 
 __all__ = ["segmentation_mask"]
 

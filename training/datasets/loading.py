@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image, ImageDraw
+
 from clipseg_serve.model.errors import ClipSegError
 from clipseg_serve.model.imaging.transforms import decode_image, load_mask
 from clipseg_serve.training.data import DatasetError
-from PIL import Image, ImageDraw
 
 __all__ = ["rasterize_polygons", "read_image", "read_json", "read_mask"]
 

@@ -18,10 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
+
 from clipseg_serve.training.data import DatasetError
 from clipseg_serve.training.datasets.loading import read_image, read_mask
 from clipseg_serve.training.datasets.sampling import AnnotatedDataset
-from PIL import Image
 
 __all__ = ["ManifestDataset"]
 

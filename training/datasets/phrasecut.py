@@ -33,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from PIL import Image
+
 from clipseg_serve.training.data import DatasetError
 from clipseg_serve.training.datasets.loading import rasterize_polygons, read_image, read_json
 from clipseg_serve.training.datasets.sampling import AnnotatedDataset
-from PIL import Image
 
 __all__ = ["PHRASECUT_PLUS", "PhraseCutDataset"]
 

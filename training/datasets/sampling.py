@@ -22,10 +22,11 @@ from collections import defaultdict
 from collections.abc import Hashable, Iterable, Sequence
 
 import numpy as np
+from PIL import Image
+
 from clipseg_serve.model.network.text import TRAINING_TEMPLATES
 from clipseg_serve.training.data import Sample, SampleDataset, Support
 from clipseg_serve.training.datasets.augment import Augmentation
-from PIL import Image
 
 __all__ = [
     "AnnotatedDataset",

@@ -17,6 +17,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from PIL import Image, ImageDraw
+
 from clipseg_serve.training.data import Sample, SampleDataset, Support
 from clipseg_serve.training.datasets.augment import Augmentation
 from clipseg_serve.training.datasets.sampling import (
@@ -25,7 +27,6 @@ from clipseg_serve.training.datasets.sampling import (
     resolve_augment,
     split_seed,
 )
-from PIL import Image, ImageDraw
 
 __all__ = ["COLOURS", "PHRASES", "SHAPES", "SyntheticShapes"]
 
