@@ -260,6 +260,6 @@ def _add_operational_routes(app: FastAPI) -> None:
             }
         if state.batcher is not None:
             data["batching"]["pipeline"] = state.batcher.pipelined
-            data["cost_model"] = state.batcher.scheduler.cost.coefficients
-            data["host_cost_model"] = state.batcher.host_cost.coefficients
+            data["cost_model"] = state.batcher.cost_coefficients
+            data["host_cost_model"] = state.batcher.host_cost_coefficients
         return data

@@ -38,7 +38,7 @@ from clipseg_serve.service import request_id
 from clipseg_serve.service.config import Settings
 from clipseg_serve.service.cost import CostModel, HostCost, HostWork, Work
 from clipseg_serve.service.errors import ApiError
-from clipseg_serve.service.jobs import Cost, SegmentJob
+from clipseg_serve.service.jobs import Cost, Estimates, SegmentJob
 from clipseg_serve.service.metrics import ServiceMetrics
 from clipseg_serve.service.scheduler import Limits, Rejected, Scheduler, Ticket
 
@@ -178,10 +178,31 @@ class Batcher:
         """Run ``fn`` on the model thread (warm-up, maintenance) and await it."""
         return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
 
+    # ------------------------------------------------------------------ reporting
+    @property
+    def queue_depth(self) -> int:
+        """Jobs waiting for a batch."""
+        return self.scheduler.depth
+
+    def backlog_seconds(self) -> float:
+        """Estimated seconds until the model is free (running batch + queue)."""
+        return self.scheduler.backlog_seconds()
+
+    @property
+    def cost_coefficients(self) -> dict[str, float]:
+        """The model-time cost model's terms, seconds per unit."""
+        return self.scheduler.cost.coefficients
+
+    @property
+    def host_cost_coefficients(self) -> dict[str, float]:
+        """The host-time (decode + encode) cost model's terms, seconds per unit."""
+        return self.host_cost.coefficients
+
     # ------------------------------------------------------------------ submitting
-    def estimate(self, cost: Cost) -> tuple[float, float]:
-        """(model seconds, host seconds) ``cost`` would take alone, without margins."""
-        return self.scheduler.cost.predict(cost.work), self.host_cost.predict(cost.host)
+    def estimate(self, cost: Cost) -> Estimates:
+        """The seconds ``cost`` would take alone, on the model thread and on the host,
+        without margins."""
+        return Estimates(self.scheduler.cost.predict(cost.work), self.host_cost.predict(cost.host))
 
     def check(self, cost: Cost, deadline: float, arrived: float | None = None) -> None:
         """Refuse now (ApiError 413/422/429/503/504) what ``submit`` would refuse; queues
@@ -224,7 +245,8 @@ class Batcher:
         the server's timeout even on an idle server, 422 when only the client's shorter
         ``X-Request-Timeout`` is the reason."""
         grow = 1.0 + self.scheduler.margin()
-        model, host = self.estimate(cost)
+        estimate = self.estimate(cost)
+        model, host = estimate.model, estimate.host
         needed = (model + host) * grow
         timeout = self.settings.request_timeout_s
         if needed <= timeout and (cost.asked_s is None or needed <= cost.asked_s):
@@ -410,7 +432,7 @@ class Batcher:
         self._publish_costs()
 
     def _publish_costs(self) -> None:
-        for term, value in self.scheduler.cost.coefficients.items():
+        for term, value in self.cost_coefficients.items():
             self.metrics.batch_cost.labels(term=term).set(value)
         self._publish_host_costs()
 

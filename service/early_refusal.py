@@ -25,8 +25,9 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from clipseg_serve.service.cost import Work
+from clipseg_serve.service.deadline import request_deadline
 from clipseg_serve.service.errors import ApiError, api_error_response
-from clipseg_serve.service.routes import SEGMENT_PATHS, request_deadline
+from clipseg_serve.service.paths import SEGMENT_PATHS
 from clipseg_serve.service.state import ServiceState
 
 #: The smallest job a request can be: the scheduler's estimate grows with every term.
@@ -34,7 +35,7 @@ CHEAPEST = Work(images=1.0, rows=1.0)
 
 
 class EarlyRefusalMiddleware:
-    """429 from the request head for the segmentation endpoints (``routes.SEGMENT_PATHS``)
+    """429 from the request head for the segmentation endpoints (``paths.SEGMENT_PATHS``)
     while the scheduler would refuse any job; see the module docstring."""
 
     def __init__(self, app: ASGIApp, state: Callable[[], ServiceState]) -> None:
@@ -56,7 +57,9 @@ class EarlyRefusalMiddleware:
             return None
         try:
             # The endpoint's own deadline: the server's timeout or the client's shorter one.
-            deadline = request_deadline(Request(scope), state, time.monotonic())
+            deadline = request_deadline(
+                Request(scope), state.settings.request_timeout_s, time.monotonic()
+            )
         except ApiError:
             return None  # a malformed X-Request-Timeout: the endpoint answers its 422
         return batcher.refusal(CHEAPEST, deadline)

@@ -26,6 +26,15 @@ class Cost:
     asked_s: float | None = None
 
 
+@dataclass(frozen=True)
+class Estimates:
+    """The seconds admission expected this request to take, alone: on the model thread
+    and on the host (decoding and encoding)."""
+
+    model: float
+    host: float
+
+
 @dataclass(eq=False)
 class SegmentJob:
     """One HTTP request's work for the model thread.

@@ -167,8 +167,8 @@ class ServiceState:
         assert self.predictor is not None
         predictor = self.predictor
         self.metrics.bind(
-            queue_depth=lambda: float(batcher.scheduler.depth),
-            backlog_seconds=batcher.scheduler.backlog_seconds,
+            queue_depth=lambda: float(batcher.queue_depth),
+            backlog_seconds=batcher.backlog_seconds,
             text_cache=predictor.stats,
         )
 
