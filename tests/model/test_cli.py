@@ -50,7 +50,7 @@ def test_cli_visual_prompt_and_errors(tmp_path, tiny_model, capsys):
 
 def test_parser_choices_are_the_models_own():
     """model.cli.args spells the enums out (importing them imports torch): keep them equal."""
-    from clipseg_serve.model import cli_args
+    from clipseg_serve.model.cli import args as cli_args
     from clipseg_serve.model.masks.postprocess import Combine
     from clipseg_serve.model.network.text import Template
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from clipseg_serve.model import image_formats
+from clipseg_serve.model.imaging import image_formats
 from clipseg_serve.model.errors import (
     ImageDecodeError,
     ImageTooLargeError,

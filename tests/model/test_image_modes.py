@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from clipseg_serve.model import image_modes
+from clipseg_serve.model.imaging import image_modes
 from clipseg_serve.model.imaging.image_modes import (
     iter_row_bands,
     map_row_bands,

@@ -8,7 +8,7 @@ from PIL import Image, ImageDraw
 from pycocotools import mask as coco
 from scipy import ndimage
 
-from clipseg_serve.model import polygons
+from clipseg_serve.model.codecs import polygons
 from clipseg_serve.model.codecs.polygons import (
     DEFAULT_MAX_VERTICES,
     least_vertices,

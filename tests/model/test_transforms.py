@@ -585,7 +585,7 @@ def test_load_mask_orientations_match_pil_exif_transpose(orientation: int, mode:
 
 
 def test_load_mask_bands_give_the_whole_image_answer(monkeypatch: pytest.MonkeyPatch) -> None:
-    from clipseg_serve.model import image_modes
+    from clipseg_serve.model.imaging import image_modes
 
     monkeypatch.setattr(image_modes, "_BAND_PIXELS", 3)  # one row per band
     image = Image.new("RGBA", (3, 4), (0, 0, 0, 0))
