@@ -89,7 +89,7 @@ def save_checkpoint(
     """
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    save_file(_cpu_float32(model.network.decoder), str(path / DECODER_FILE))
+    save_file(_cpu_float32(model.decoder), str(path / DECODER_FILE))
     if include_backbone:
         save_file(_cpu_float32(model.clip), str(path / BACKBONE_FILE))
         backbone_source = "included"
