@@ -95,7 +95,7 @@ def test_cpu_variant(services):
 
 
 def test_readme_cpu_install_uses_the_profiles_index():
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "getting-started.md").read_text()
     installs = re.findall(r"pip install [^\n`]*--index-url (\S+)", readme)
     assert installs and set(installs) == {CPU_INDEX}, installs
 

@@ -1,5 +1,6 @@
-"""The README matches the repository: the test command is what CI runs, the examples use
-files that are in it."""
+"""The README and the documentation site match the repository: the test command is what
+CI runs, every setting is documented, the examples use files that are in it, the site
+builds with no broken link, and the README stays short."""
 
 from __future__ import annotations
 
@@ -9,9 +10,14 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
+from tests.docs_pages import documentation
+
 ROOT = Path(__file__).resolve().parents[1]
+#: The README introduces and links; the documentation site holds the rest.
+README_MAX_LINES = 300
 
 
 def ci_command() -> str:
@@ -43,9 +49,34 @@ def test_console_scripts_point_at_real_functions():
 def test_every_setting_is_documented():
     from clipseg_serve.service.config import Settings
 
+    page = (ROOT / "docs" / "settings.md").read_text()
+    missing = [n for n in Settings.model_fields if f"`CLIPSEG_{n.upper()}`" not in page]
+    assert not missing, f"settings missing from docs/settings.md: {missing}"
+
+
+def test_the_readme_stays_short_and_links_every_page():
     readme = (ROOT / "README.md").read_text()
-    missing = [n for n in Settings.model_fields if f"`CLIPSEG_{n.upper()}`" not in readme]
-    assert not missing, f"settings missing from README: {missing}"
+    assert len(readme.splitlines()) <= README_MAX_LINES
+    linked = set(re.findall(r"\]\((docs/[\w-]+\.md)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    # the home page repeats the README; the client's page is client/README.md
+    assert pages - linked <= {"docs/index.md", "docs/client.md"}, pages - linked
+    assert "](client/README.md)" in readme
+
+
+def test_the_documentation_site_builds_with_no_broken_link(tmp_path):
+    """mkdocs --strict fails on any warning: a link to a missing page or anchor, a page
+    missing from the navigation."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("mkdocs")
+    command = [sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "s")]
+    env = {**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"}
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    client = (tmp_path / "s" / "client" / "index.html").read_text()
+    assert "segment_many" in client  # client/README.md, included
 
 
 # --- the curl examples and their sample files ----------------------------------------------
@@ -54,8 +85,8 @@ SAMPLE_LIMIT = 100 * 1024  # bytes per sample file: they live in git
 
 
 def readme_curl_lines() -> list[str]:
-    """Every curl command in the README's bash blocks, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), flags=re.S)
+    """Every curl command in the documentation's bash blocks, continuation lines joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", documentation(), flags=re.S)
     lines = [line.strip() for b in blocks for line in b.replace("\\\n", " ").splitlines()]
     return [line for line in lines if line.startswith("curl") and " -F " in line]
 
@@ -76,7 +107,7 @@ def test_curl_examples_use_files_in_the_repo_and_the_v1_paths():
 
 
 def test_every_sample_the_readme_names_exists():
-    named = set(re.findall(r"docs/samples/[\w./-]+\w", (ROOT / "README.md").read_text()))
+    named = set(re.findall(r"docs/samples/[\w./-]+\w", documentation()))
     assert named
     for path in named:
         assert (ROOT / path).is_file(), path

@@ -1,4 +1,4 @@
-"""The README's curl examples, run (as their httpx equivalents) against a live server."""
+"""The documentation's curl examples, run (as their httpx equivalents) against a live server."""
 
 from __future__ import annotations
 
@@ -15,15 +15,17 @@ from PIL import Image
 
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.service.app import create_app
+from tests.docs_pages import documentation
 from tests.service.conftest import make_settings
 from tests.service.live import LiveServer
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def curl_commands() -> list[list[str]]:
-    """Every ``curl ... -F`` command in the README's code blocks, continuation lines joined."""
-    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    """Every ``curl ... -F`` command in the documentation's code blocks, continuation lines
+    joined."""
+    blocks = re.findall(r"```bash\n(.*?)```", documentation(), flags=re.S)
     commands = []
     for block in blocks:
         joined = block.replace("\\\n", " ")
@@ -74,7 +76,7 @@ def test_readme_has_the_curl_examples():
 
 def test_readme_curl_examples_work(server):
     """As pasted from the repository root: the sample files under docs/samples/."""
-    root = README.parent
+    root = ROOT
     width, height = Image.open(root / "docs" / "samples" / "query.jpg").size
     for tokens in curl_commands():
         url, files, data, output = as_request(tokens, root)

@@ -1,4 +1,4 @@
-"""The README's "Python client" examples run as written (the URL pointed at a live
+"""The client README's examples run as written (the URL pointed at a live
 tiny-model server, from the repository root where their sample paths are)."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def client_section() -> str:
-    readme = (ROOT / "README.md").read_text()
-    return readme.split("## Python client", 1)[1].split("\n## ", 1)[0]
+    """The client's README (the documentation site includes it as its client page)."""
+    return (ROOT / "client" / "README.md").read_text()
 
 
 def python_blocks() -> list[str]:
