@@ -138,7 +138,7 @@ async def segment_text(
     mode = Combine(combine)
     post = _with_settings(state, fields, background=background, factor=background_factor)
     with _invalid_field():  # before any pixel is decoded
-        thresholds = _thresholds(threshold, len(prompts))
+        thresholds = check_thresholds(threshold, len(prompts)) if threshold else None
         check_background(post, mode, thresholds)
     check_answer(post, format, int(png_bits), soft)
     data = await read_upload(image, "image")
@@ -261,17 +261,6 @@ async def segment_visual(
     answer = Answer(format, int(png_bits), fields.polygon_tolerance)
     texts = (prompts, Template.NONE)
     return await serve(request, shape, texts, (data, pairs), make, answer, started)
-
-
-def _thresholds(values: list[float] | None, prompts: int) -> float | tuple[float, ...] | None:
-    """None, one threshold for every prompt, or one per prompt (``check_thresholds``)."""
-    if not values:
-        return None
-    if len(values) == 1:
-        return values[0]
-    checked = check_thresholds(values, prompts)
-    assert isinstance(checked, tuple)
-    return checked
 
 
 @contextlib.contextmanager

@@ -93,10 +93,7 @@ class SegmentRequest:
         object.__setattr__(self, "combine", Combine(self.combine))
         object.__setattr__(self, "size", check_size(self.size))
         if self.threshold is not None:
-            checked = check_thresholds(self.threshold)
-            if isinstance(checked, tuple) and len(checked) == 1:
-                checked = checked[0]
-            object.__setattr__(self, "threshold", checked)
+            object.__setattr__(self, "threshold", check_thresholds(self.threshold))
         _check_request(self)
 
     @property

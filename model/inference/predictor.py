@@ -286,9 +286,7 @@ class Predictor:
             conditionals=None if conditionals is None else conditionals.reshape(
                 -1, conditionals.shape[-1]
             ),
-            # SegmentRequest checks it and keeps a float, or a tuple for several
-            threshold=threshold if threshold is None or isinstance(threshold, float | int)
-            else tuple(threshold),
+            threshold=threshold,  # SegmentRequest keeps check_thresholds' normal form
             combine=Combine(combine),
             soft=soft,
             post=post,

@@ -255,11 +255,15 @@ DEFAULT_POST = PostProcess()
 def check_thresholds(
     threshold: float | Sequence[float], prompts: int | None = None
 ) -> float | tuple[float, ...]:
-    """A threshold in [0, 1], or one per prompt (``prompts`` of them when given)."""
+    """The one normal form of "one threshold, or one per prompt": a float in [0, 1] for
+    every prompt (from a number or a sequence of one), or a tuple of one per prompt
+    (``prompts`` of them when given). ValueError otherwise."""
     if isinstance(threshold, Sequence) and not isinstance(threshold, str):
         values = tuple(_one_threshold(t) for t in threshold)
         if not values:
             raise ValueError("thresholds must not be empty")
+        if len(values) == 1:
+            return values[0]
         if prompts is not None and len(values) != prompts:
             raise ValueError(
                 f"{len(values)} thresholds for {prompts} prompts: give one, or one per prompt"

@@ -9,12 +9,12 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile, features
 
-from clipseg_serve.model.imaging import image_formats
 from clipseg_serve.model.errors import (
     ImageDecodeError,
     ImageTooLargeError,
     UnsupportedImageFormatError,
 )
+from clipseg_serve.model.imaging import image_formats
 from clipseg_serve.model.imaging.image_formats import (
     ALLOWED_FORMATS,
     ImageInfo,

@@ -7,8 +7,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from clipseg_serve.model.masks import render
 from clipseg_serve.model.codecs.rle import encode_rle, encode_rle_runs, mask_bbox
+from clipseg_serve.model.masks import render
 from clipseg_serve.model.masks.postprocess import (
     Combine,
     combine_masks,
