@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.model_vs_hf import PROMPTS, timed  # the same prompts and timer as there
 from clipseg_serve.model.device import cpu_bf16_support
+from clipseg_serve.model.imaging.transforms import normalize_pixels
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.text import tokenize
 from clipseg_serve.model.onnx.export import export_graphs
@@ -81,7 +82,7 @@ def _predictors(hf_dir: Path, folder: Path, static: bool) -> dict[str, Predictor
         rows[f"onnx int8 dynamic {_label(fmt.name)}"] = Predictor(model, device="cpu")
     if static:
         with tempfile.TemporaryDirectory() as crops:
-            images = list(calibration_pixels(_write_crops(Path(crops)), ours.config, 16))
+            images = list(calibration_pixels(write_crops(Path(crops)), ours.config, 16))
         fmt = choose_format()
         quantize_export(folder, "static", images, formats=(fmt,))
         model = OnnxClipSeg(folder, precision="int8", int8_format=fmt.name)
@@ -94,7 +95,7 @@ def _label(fmt: str) -> str:
     return fmt if fmt in exact_formats() else f"{fmt} (saturates here)"
 
 
-def _write_crops(folder: Path) -> Path:
+def write_crops(folder: Path) -> Path:
     """16 crops (2/3 of each side, seeded) of the two test photos: calibration images."""
     import numpy as np
     from PIL import Image
@@ -143,7 +144,8 @@ def main() -> None:
     photo = _photo()
     reference = predictors["torch fp32"]
     pixels = reference.prepare_image(photo).pixels[None]
-    floats = reference._normalised(pixels)
+    cfg = reference.config
+    floats = normalize_pixels(pixels, cfg.mean, cfg.std)
 
     def run_hf(n: int) -> torch.Tensor:
         with torch.inference_mode():

@@ -20,11 +20,9 @@ from gpu_runner import PROMPTS, Row, Suite, one_line
 from host_path import photo_like
 from torch.utils.flop_counter import FlopCounterMode
 
-from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.inference.batch import SegmentRequest, plan_batch
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.clipseg import ClipSeg
-from clipseg_serve.model.weights.loader import build_random
 
 #: bf16 dense tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's datasheets, matched
 #: against ``torch.cuda.get_device_name()`` in this order (NVL/PCIe before plain H100/H200).
@@ -47,11 +45,6 @@ def bf16_peak_tflops(device_name: str) -> float | None:
         if re.search(pattern, name):
             return peak
     return None
-
-
-def build_model(variant: str) -> ClipSeg:
-    """The registered ``variant`` with seeded random weights (``random:<variant>``)."""
-    return build_random(get_variant(variant), seed=0).eval()
 
 
 @contextlib.contextmanager

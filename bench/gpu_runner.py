@@ -145,9 +145,11 @@ class Suite:
     def model(self):
         """The random model of ``scale.variant`` (built once, shared by sections 1-2)."""
         if self._model is None:
-            from gpu_model import build_model
+            # Here, not at the top: the runner itself imports no torch.
+            from clipseg_serve.model.config import get_variant
+            from clipseg_serve.model.weights.loader import build_random
 
-            self._model = build_model(self.scale.variant)
+            self._model = build_random(get_variant(self.scale.variant), seed=0).eval()
         return self._model
 
     def release_model(self) -> None:

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.backends import _write_crops
+from bench.backends import write_crops
 from bench.model_vs_hf import timed
 from clipseg_serve.model.config import get_variant
 from clipseg_serve.model.onnx.export import export_graphs
@@ -51,7 +51,7 @@ def _graphs(folder: Path) -> dict[str, Path]:
     quantize_export(folder, "dynamic")
     shutil.copy(folder / "query.int8.onnx", folder / "query.dynamic.onnx")
     with tempfile.TemporaryDirectory() as crops:
-        images = list(calibration_pixels(_write_crops(Path(crops)), model.config, 16))
+        images = list(calibration_pixels(write_crops(Path(crops)), model.config, 16))
     quantize_export(folder, "static", images)
     return {
         "fp32": folder / "query.onnx",

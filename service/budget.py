@@ -25,7 +25,14 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from clipseg_serve.model.masks.postprocess import DEFAULT_POST, Background, PostProcess, Refine
+from clipseg_serve.model.inference.batch import count_masks, count_rows
+from clipseg_serve.model.masks.postprocess import (
+    DEFAULT_POST,
+    Background,
+    Combine,
+    PostProcess,
+    Refine,
+)
 from clipseg_serve.service.config import Settings
 from clipseg_serve.service.cost import HostWork, Work, host_work_for, work_for
 from clipseg_serve.service.errors import ApiError
@@ -234,7 +241,7 @@ def shape_of(
     prompts: int,
     negatives: int,
     visual: bool,
-    combine_one: bool,
+    combine: Combine,
     soft: bool,
     supports: Sequence[ImageHeader] = (),
     post: PostProcess | None = None,
@@ -245,8 +252,8 @@ def shape_of(
     background = post.background is Background.PROMPT
     return RequestShape(
         query=query,
-        rows=positives + negatives + background,
-        masks=1 if combine_one else positives,
+        rows=count_rows(positives, negatives, background),
+        masks=count_masks(positives, combine),
         soft=soft,
         supports=tuple(supports),
         post=post,

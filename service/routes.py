@@ -148,7 +148,7 @@ async def segment_text(
         prompts=len(prompts),
         negatives=len(negatives),
         visual=False,
-        combine_one=mode in (Combine.UNION, Combine.INTERSECTION),
+        combine=mode,
         soft=soft,
         post=post,
     )
@@ -239,7 +239,7 @@ async def segment_visual(
         max(rest[i], rest[i + 1], key=lambda h: h.pixels) for i in range(0, len(rest), 2)
     ]
     shape = shape_of(
-        header, prompts=1, negatives=0, visual=True, combine_one=True, soft=soft,
+        header, prompts=1, negatives=0, visual=True, combine=Combine.NONE, soft=soft,
         supports=support_headers, post=post,
     )  # fmt: skip
 

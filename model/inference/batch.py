@@ -46,6 +46,18 @@ __all__ = [
 ]
 
 
+def count_rows(positives: int, negatives: int, background: bool) -> int:
+    """A request's decoder rows: its positives, its negatives and the background prompt's
+    (``post.background=prompt``). The service's budget counts with it before decoding."""
+    return positives + negatives + int(background)
+
+
+def count_masks(positives: int, combine: Combine) -> int:
+    """The masks a request answers with: one for a union or intersection of its prompts,
+    else one per positive row."""
+    return 1 if combine in (Combine.UNION, Combine.INTERSECTION) else positives
+
+
 @dataclass(frozen=True)
 class SegmentRequest:
     """One image and everything asked of it, ready for the device. Validated when built.
@@ -118,12 +130,12 @@ class SegmentRequest:
     @property
     def rows(self) -> int:
         """Decoder rows: positives, then negatives, then the background prompt's."""
-        return self.positive_rows + len(self.negative_prompts) + self.background_row
+        return count_rows(self.positive_rows, len(self.negative_prompts), self.background_row)
 
     @property
     def mask_count(self) -> int:
         """Masks in the answer: one for union/intersection, else one per positive row."""
-        return 1 if self.combine in (Combine.UNION, Combine.INTERSECTION) else self.positive_rows
+        return count_masks(self.positive_rows, self.combine)
 
     @property
     def output_pixels(self) -> int:

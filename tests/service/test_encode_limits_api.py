@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from clipseg_serve.model.codecs.polygons import mask_to_polygons
-from clipseg_serve.model.masks.postprocess import PostProcess, Refine
+from clipseg_serve.model.masks.postprocess import Combine, PostProcess, Refine
 from clipseg_serve.service import codec
 from clipseg_serve.service.budget import ImageHeader, check_limits, polygon_bytes, shape_of
 from clipseg_serve.service.encode_limits import EncodeLimits
@@ -149,7 +149,7 @@ def test_json_answers_render_as_before(serve, factory):
 def test_polygon_answers_reserve_their_tracing_and_their_capped_vertices():
     settings = make_settings(max_polygon_vertices=1000)
     shape = shape_of(ImageHeader("PNG", 200, 100, "RGB"), prompts=2, negatives=0,
-                     visual=False, combine_one=False, soft=False)  # fmt: skip
+                     visual=False, combine=Combine.NONE, soft=False)  # fmt: skip
     png = check_limits(settings, shape, 352)
     polygon = check_limits(settings, shape, 352, "polygon")
     assert polygon - png == polygon_bytes(shape.query, 1000) == 8 * 20_000 + 150 * 1000
