@@ -38,7 +38,7 @@ from tests.deploy_files import (
 tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
 
 COMPILERS = ("build-essential", "gcc", "g++", "clang", "make", "cmake")
-SOURCES = ("model", "service", "training")
+SOURCES = ("clipseg_serve", "model", "service", "training")
 
 
 @pytest.fixture(scope="module")
