@@ -1,7 +1,8 @@
 """A stand-in predictor for host-path benchmarks: the real service around no model compute.
 
-``NullPredictor`` is a ``Predictor`` whose two device-side model calls return at once: text
-embeddings are zeros and the decoder's logits are one fixed, precomputed 352x352 map (a
+``NullPredictor`` is a ``Predictor`` over a ``NullBackend``, whose model calls return at
+once: text and support embeddings are zeros and the logits are one fixed, precomputed
+352x352 map (a
 smooth ellipse, so masks have realistic edges and RLE has a few runs per column). Every
 other step is the real one: decode, orient, resize and normalise the upload
 (``prepare_image``), plan the batch, then sigmoid, bilinear upsample to the image's own
@@ -17,14 +18,12 @@ code that builds the app itself (``bench/null_server.py``) passes ``null_factory
 from __future__ import annotations
 
 import dataclasses
-import warnings
 
 import torch
 
-from clipseg_serve.model.config import get_variant
+from clipseg_serve.model.config import ClipSegConfig, get_variant
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.network.text import Template
-from clipseg_serve.model.weights.loader import build_random
 from clipseg_serve.service.config import Settings
 
 #: Side of the model input the null model pretends to have (the released weights').
@@ -42,33 +41,56 @@ def ellipse_logits(size: int = INPUT_SIZE) -> torch.Tensor:
     return 8.0 * (1.0 - radius)
 
 
-class NullPredictor(Predictor):
-    """A ``Predictor`` whose model calls cost nothing (see the module docstring).
+class NullBackend:
+    """A ``Backend`` (``model.inference.backend``) that computes nothing: zero embeddings
+    and the fixed ellipse for every row. ``config``: the model it pretends to be."""
 
-    Built on the tiny random model's module (never run) with ``INPUT_SIZE`` as its input
-    size, so queries are decoded and resized exactly as for the released weights.
-    """
+    backend_name = "null"
+    fixed_precision = "float32"  # no autocast around it
+    home_device = None
+    compiled_tower = None
+
+    def __init__(self, config: ClipSegConfig) -> None:
+        self.config = config
+        self._logits = ellipse_logits(config.input_size)
+        self._dim = config.backbone.embed_dim
+
+    def to(self, device: torch.device | str) -> NullBackend:
+        if torch.device(device).type != "cpu":
+            raise ValueError("the null backend runs on the CPU")
+        return self
+
+    def eval(self) -> NullBackend:
+        return self
+
+    def image_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError("the null backend has no vision tower")
+
+    def embed_phrases(self, phrases, template: Template | str = Template.NONE) -> torch.Tensor:
+        """float32 [N, D] zeros: the logits ignore the conditioning."""
+        return torch.zeros((len(phrases), self._dim))
+
+    def embed_images(self, images: torch.Tensor) -> torch.Tensor:
+        """float32 [K, D] zeros."""
+        return torch.zeros((int(images.shape[0]), self._dim))
+
+    def __call__(self, images, conditionals, image_index=None) -> torch.Tensor:
+        """float32 [P, S, S]: the fixed ellipse map for every row (a view, no copy)."""
+        rows, size = int(conditionals.shape[0]), self.config.input_size
+        return self._logits.expand(rows, size, size)
+
+    def description(self) -> dict:
+        return {}
+
+
+class NullPredictor(Predictor):
+    """A ``Predictor`` whose model calls cost nothing (see the module docstring), with the
+    tiny model's config at ``INPUT_SIZE``, so queries are decoded and resized exactly as
+    for the released weights."""
 
     def __init__(self, **kwargs) -> None:
         config = dataclasses.replace(get_variant("tiny"), input_size=INPUT_SIZE)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            super().__init__(build_random(config), device="cpu", **kwargs)
-        self._logits = ellipse_logits(INPUT_SIZE)
-        self._dim = config.backbone.embed_dim
-
-    def text_embeddings(self, prompts, template: Template | str = Template.NONE) -> torch.Tensor:
-        """float32 [N, D] zeros: the logits below ignore the conditioning."""
-        return torch.zeros((len(prompts), self._dim))
-
-    def support_embeddings(self, supports: torch.Tensor) -> torch.Tensor:
-        """float32 [K, D] zeros."""
-        return torch.zeros((int(supports.shape[0]), self._dim))
-
-    def logits(self, images, conditionals, image_index=None) -> torch.Tensor:
-        """float32 [P, S, S]: the fixed ellipse map for every row (a view, no copy)."""
-        rows = int(conditionals.shape[0])
-        return self._logits.expand(rows, INPUT_SIZE, INPUT_SIZE)
+        super().__init__(NullBackend(config), device="cpu", **kwargs)
 
 
 def null_factory(settings: Settings, decode: str = "cpu") -> Predictor:

@@ -234,8 +234,9 @@ class Predictor:
 
     # ------------------------------------------------------------------- batches
     def execute(self, plan: BatchPlan, keep: Keep | None = None) -> list[Segmentation | None]:
-        """Run a plan (``Engine.execute``); ``keep(i)`` False skips request ``i`` (None)."""
-        return self.engine.execute(plan, keep)
+        """Run a plan: ``collect(launch(plan, keep))``; ``keep(i)`` False skips request
+        ``i`` (None in its place)."""
+        return self.collect(self.launch(plan, keep))
 
     def launch(self, plan: BatchPlan, keep: Keep | None = None) -> PendingBatch:
         """Start a plan on the device (``Engine.launch``); ``collect`` its results."""

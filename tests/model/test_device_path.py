@@ -163,7 +163,7 @@ def test_what_the_device_cannot_decode_takes_the_cpu_path(device_predictor, pred
 def test_a_jpeg_too_large_for_the_device_is_decoded_on_the_cpu(device_predictor, monkeypatch):
     data = jpeg(photo(64, 48))
     assert isinstance(device_predictor.prepare_image(data).pixels, DeferredJpeg)
-    monkeypatch.setattr("clipseg_serve.model.inference.predictor.DEVICE_MAX_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr("clipseg_serve.model.inference.preparation.DEVICE_MAX_PIXELS", 64 * 48 - 1)
     assert isinstance(device_predictor.prepare_image(data).pixels, torch.Tensor)
 
 

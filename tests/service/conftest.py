@@ -25,25 +25,50 @@ def make_settings(**overrides) -> Settings:
     return Settings(_env_file=None, **{**base, **overrides})
 
 
+class GatedBackend:
+    """The real backend, with each model call waiting on its predictor's ``gate`` (to hold
+    batches in flight), recording its images (``logits_calls``), failing like CUDA's out
+    of memory above ``oom_above`` images, and failing text prompts containing "poison"
+    (failure isolation). Everything else is the real backend's."""
+
+    def __init__(self, inner, hooks: GatedPredictor) -> None:
+        self._inner, self._hooks = inner, hooks
+
+    def __getattr__(self, name: str):
+        return getattr(self._inner, name)
+
+    def to(self, device) -> GatedBackend:
+        self._inner = self._inner.to(device)
+        return self
+
+    def eval(self) -> GatedBackend:
+        self._inner = self._inner.eval()
+        return self
+
+    def __call__(self, images, conditionals, image_index=None):
+        hooks = self._hooks
+        hooks.gate.wait(timeout=30)
+        if hooks.oom_above is not None and images.shape[0] > hooks.oom_above:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        hooks.logits_calls.append(int(images.shape[0]))
+        return self._inner(images, conditionals, image_index)
+
+    def embed_phrases(self, phrases, template="none"):
+        if any("poison" in p for p in phrases):
+            raise RuntimeError("poisoned prompt")
+        return self._inner.embed_phrases(phrases, template)
+
+
 class GatedPredictor(Predictor):
-    """A predictor whose model calls wait on ``gate`` (to hold batches in flight) and
-    fail for prompts containing "poison" (to test failure isolation)."""
+    """A predictor over a ``GatedBackend``: ``gate`` holds its model calls,
+    ``logits_calls`` records them, ``oom_above`` simulates running out of memory."""
 
     gate: threading.Event
     logits_calls: list[int]  # images per model call
     oom_above: int | None = None  # simulate CUDA OOM for batches with more images
 
-    def logits(self, images, conditionals, image_index=None):
-        self.gate.wait(timeout=30)
-        if self.oom_above is not None and images.shape[0] > self.oom_above:
-            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
-        self.logits_calls.append(int(images.shape[0]))
-        return super().logits(images, conditionals, image_index)
-
-    def text_embeddings(self, prompts, template="none"):
-        if any("poison" in p for p in prompts):
-            raise RuntimeError("poisoned prompt")
-        return super().text_embeddings(prompts, template)
+    def __init__(self, model, **kwargs) -> None:
+        super().__init__(GatedBackend(model, self), **kwargs)
 
 
 @pytest.fixture

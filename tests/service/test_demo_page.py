@@ -202,7 +202,7 @@ def test_every_asset_is_package_data():
     tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
     patterns = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
         "package-data"
-    ]["service"]
+    ]["clipseg_serve.service"]
     files = [p.relative_to(ROOT / "service").as_posix() for p in ASSETS.rglob("*") if p.is_file()]
     assert len(files) >= 8
     missing = [f for f in files if not any(fnmatch.fnmatch(f, pat) for pat in patterns)]

@@ -147,7 +147,7 @@ def test_text_lines_carry_level_names_and_uvicorn_shares_the_format(serve, logs)
         match = TEXT_LINE.match(line)
         assert match and match["level"] in LEVELS, line
     loggers = {TEXT_LINE.match(line)["logger"] for line in lines}
-    assert {"uvicorn.error", "uvicorn.access", "service.state"} <= loggers
+    assert {"uvicorn.error", "uvicorn.access", "clipseg_serve.service.state"} <= loggers
 
 
 def test_json_lines_parse_with_the_expected_keys(serve, logs):
