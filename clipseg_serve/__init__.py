@@ -1,8 +1,9 @@
 """clipseg-serve: CLIPSeg as a library, an HTTP service and a training package.
 
-One import root over three packages: ``clipseg_serve.model`` (the library: network,
-weights, images in, masks out, ONNX), ``clipseg_serve.service`` (the HTTP service) and
-``clipseg_serve.training`` (retraining the decoder). The library's everyday names are
+One import root over four packages: ``clipseg_serve.model`` (the library: network,
+weights, images in, masks out, ONNX), ``clipseg_serve.service`` (the HTTP service),
+``clipseg_serve.training`` (retraining the decoder) and ``clipseg_serve.label``
+(labelling datasets). The library's everyday names are
 here::
 
     from clipseg_serve import PostProcess, load_predictor

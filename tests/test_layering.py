@@ -34,6 +34,10 @@ WEB = {"fastapi", "starlette", "uvicorn", "multipart"}
         ),
         ("clipseg_serve.training", WEB | {"clipseg_serve.service", "model", "training"}),
         (
+            "clipseg_serve.label",
+            WEB | {"clipseg_serve.service", "clipseg_serve.training", "ray", "model"},
+        ),
+        (
             "clipseg_client",
             {"torch", "open_clip", "clipseg_serve", "fastapi", "starlette"},
         ),
@@ -101,7 +105,7 @@ def test_relative_imports_are_not_used():
     silently resolve against its old neighbours."""
     relative = [
         str(path.relative_to(ROOT))
-        for folder in ("model", "service", "training")
+        for folder in ("model", "service", "training", "label")
         for path in (ROOT / folder).rglob("*.py")
         if any(
             isinstance(node, ast.ImportFrom) and node.level > 0

@@ -13,7 +13,8 @@ else:  # pragma: no cover - Python 3.10
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDERS = {"clipseg_serve": "clipseg_serve", "model": "clipseg_serve.model",
-           "service": "clipseg_serve.service", "training": "clipseg_serve.training"}  # fmt: skip
+           "service": "clipseg_serve.service", "training": "clipseg_serve.training",
+           "label": "clipseg_serve.label"}  # fmt: skip
 
 
 def pyproject() -> dict:

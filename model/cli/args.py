@@ -32,14 +32,15 @@ def build_parser() -> argparse.ArgumentParser:
         "Writes one PNG mask per output (0/255, the image's size) and prints a JSON line each.",
     )
     parser.add_argument("image", help="the image to segment (any format PIL reads)")
-    _add_prompt_options(parser)
-    _add_model_options(parser)
+    add_prompt_options(parser)
+    add_model_options(parser)
     _add_output_options(parser)
-    _add_post_options(parser)
+    add_post_options(parser)
     return parser
 
 
-def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
+def add_prompt_options(parser: argparse.ArgumentParser, visual: bool = True) -> None:
+    """--prompt, --negative-prompt, --template; with ``visual`` the support images too."""
     parser.add_argument(
         "--prompt", action="append", default=[], help="text prompt; one mask each (repeatable)"
     )
@@ -49,6 +50,18 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
         default=[],
         help="remove pixels that match this at least as well (repeatable)",
     )
+    parser.add_argument(
+        "--template",
+        choices=TEMPLATES,
+        default="none",
+        help="raw phrase, 'a photo of a {}.', or the mean over the training templates "
+        "(default: %(default)s)",
+    )
+    if visual:
+        _add_support_options(parser)
+
+
+def _add_support_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--support-image",
         action="append",
@@ -66,13 +79,6 @@ def _add_prompt_options(parser: argparse.ArgumentParser) -> None:
         type=float,
         default=None,
         help="with one --prompt and supports: mix w*text + (1-w)*visual into one prompt",
-    )
-    parser.add_argument(
-        "--template",
-        choices=TEMPLATES,
-        default="none",
-        help="raw phrase, 'a photo of a {}.', or the mean over the training templates "
-        "(default: %(default)s)",
     )
 
 
@@ -98,7 +104,8 @@ def add_weights_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _add_model_options(parser: argparse.ArgumentParser) -> None:
+def add_model_options(parser: argparse.ArgumentParser) -> None:
+    """Weights, --device, --dtype, --backend."""
     add_weights_options(parser)
     parser.add_argument(
         "--device", default="auto", help="auto | cpu | cuda | cuda:N (default: %(default)s)"
@@ -166,8 +173,9 @@ def add_refine_options(group: argparse._ActionsContainer) -> None:
     )  # fmt: skip
 
 
-def _add_post_options(parser: argparse.ArgumentParser) -> None:
-    """Refinement and post-processing: model.masks.postprocess.PostProcess, flag for field."""
+def add_post_options(parser: argparse.ArgumentParser, polygon_files: bool = True) -> None:
+    """Refinement and post-processing: model.masks.postprocess.PostProcess, flag for field;
+    with ``polygon_files``, clipseg-predict's --polygons and its vertex cap."""
     group = parser.add_argument_group(
         "refinement and post-processing",
         "Applied in this order: refine, threshold and combine, min-area, fill-holes, "
@@ -202,17 +210,32 @@ def _add_post_options(parser: argparse.ArgumentParser) -> None:
         help="--background prompt: its multiplier (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
+        "--polygon-tolerance", type=float, default=1.0,
+        help="polygons: simplification tolerance in pixels (default: %(default)s)",
+    )  # fmt: skip
+    if not polygon_files:
+        return
+    group.add_argument(
         "--polygons", action="store_true",
         help="also write each mask's COCO polygons (<mask>.json: segmentation, bbox, area)",
-    )  # fmt: skip
-    group.add_argument(
-        "--polygon-tolerance", type=float, default=1.0,
-        help="--polygons: simplification tolerance in pixels (default: %(default)s)",
     )  # fmt: skip
     group.add_argument(
         "--max-polygon-vertices", type=int, default=POLYGON_VERTICES, metavar="N",
         help="--polygons: at most N vertices per mask; a noisy mask past it is an error "
         "(raise --polygon-tolerance or --min-area) (default: %(default)s)",
+    )  # fmt: skip
+
+
+def post_from_args(args: argparse.Namespace):
+    """The ``PostProcess`` the post-processing flags ask for (imports torch)."""
+    from clipseg_serve.model.masks.postprocess import PostProcess
+
+    return PostProcess(
+        refine=args.refine, radius=args.refine_radius, eps=args.refine_eps,
+        pamr_iterations=args.pamr_iterations, min_area=args.min_area,
+        fill_holes=args.fill_holes, erode=args.erode, dilate=args.dilate,
+        feather=args.feather, instances=args.instances, max_instances=args.max_instances,
+        background=args.background, background_factor=args.background_factor,
     )  # fmt: skip
 
 

@@ -16,7 +16,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from clipseg_serve.model.cli.args import DEFAULT_WEIGHTS, build_parser, input_error
+from clipseg_serve.model.cli.args import DEFAULT_WEIGHTS, build_parser, input_error, post_from_args
 from clipseg_serve.model.errors import ClipSegError
 
 __all__ = ["DEFAULT_WEIGHTS", "build_parser", "main", "run"]
@@ -33,18 +33,11 @@ def run(args: argparse.Namespace) -> list[dict]:
     # --help or a bad argument must not wait for them.
     from clipseg_serve.model.backends import load_predictor
     from clipseg_serve.model.codecs.rle import encode_png_gray
-    from clipseg_serve.model.masks.postprocess import PostProcess
 
     problem = input_error(args)
     if problem:
         raise ClipSegError(problem)
-    post = PostProcess(
-        refine=args.refine, radius=args.refine_radius, eps=args.refine_eps,
-        pamr_iterations=args.pamr_iterations, min_area=args.min_area,
-        fill_holes=args.fill_holes, erode=args.erode, dilate=args.dilate,
-        feather=args.feather, instances=args.instances, max_instances=args.max_instances,
-        background=args.background, background_factor=args.background_factor,
-    )  # fmt: skip
+    post = post_from_args(args)
     predictor = load_predictor(
         args.weights, variant=args.variant, backbone=args.backbone, device=args.device,
         dtype=args.dtype, backend=args.backend,

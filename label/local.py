@@ -1,0 +1,124 @@
+"""The local engine: a streaming pipeline on one machine that keeps the device busy.
+
+Worker threads read and decode images (``prepare_image``: EXIF, resize, the guide for
+refinement) ahead of the model — at most ``2 x batch_images`` images in memory, whatever
+the dataset's size; the calling thread runs one batch plan over ``batch_images`` images
+(one backbone pass per image, every prompt in the decoder) and encodes the masks; each
+batch becomes one shard (``label.shards``). An image that cannot be read or decoded
+becomes an error record, and the run goes on.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+from clipseg_serve.label.options import LabelOptions
+from clipseg_serve.label.records import error_record, image_record
+from clipseg_serve.label.shards import ShardStore
+from clipseg_serve.label.sources import Item, read_bytes
+from clipseg_serve.model.errors import ClipSegError
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.inference.preparation import PreparedImage
+
+#: Progress callback: (images done, images to do, seconds since the start).
+Progress = Callable[[int, int, float], None]
+
+
+@dataclass
+class RunStats:
+    """What a run did: images labelled and failed in this run, masks written, seconds."""
+
+    labelled: int = 0
+    failed: int = 0
+    annotations: int = 0
+    seconds: float = 0.0
+
+
+def label_items(
+    predictor: Predictor,
+    items: Sequence[Item],
+    options: LabelOptions,
+    store: ShardStore,
+    *,
+    batch_images: int = 8,
+    workers: int = 2,
+    progress: Progress | None = None,
+) -> RunStats:
+    """Label every item not yet in ``store``; returns this run's ``RunStats``."""
+    if batch_images < 1 or workers < 1:
+        raise ValueError("batch_images and workers must be >= 1")
+    done = store.done()
+    todo = [i for i in range(len(items)) if i not in done]
+    stats, started = RunStats(), time.monotonic()
+    with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-label") as pool:
+        for chunk in _prepared_chunks(pool, predictor, items, todo, options, batch_images):
+            records = _label_chunk(predictor, items, chunk, options, stats)
+            store.write(records)
+            if progress is not None:
+                progress(stats.labelled + stats.failed, len(todo), time.monotonic() - started)
+    stats.seconds = time.monotonic() - started
+    return stats
+
+
+Prepared = tuple[int, PreparedImage | str]  # (index, the image or why it failed)
+
+
+def _prepared_chunks(
+    pool: ThreadPoolExecutor,
+    predictor: Predictor,
+    items: Sequence[Item],
+    todo: list[int],
+    options: LabelOptions,
+    size: int,
+) -> Iterator[list[Prepared]]:
+    """Chunks of ``size`` prepared images in ``todo``'s order, decoding one chunk ahead."""
+
+    def prepare(index: int) -> PreparedImage | str:
+        try:
+            return predictor.prepare_image(read_bytes(items[index].uri), guide=options.guide)
+        except (OSError, ClipSegError) as exc:
+            return f"{type(exc).__name__}: {exc}"
+
+    def submit(start: int) -> list[tuple[int, Future]]:
+        return [(i, pool.submit(prepare, i)) for i in todo[start : start + size]]
+
+    ahead = submit(0)
+    for start in range(0, len(todo), size):
+        current, ahead = ahead, submit(start + size)
+        yield [(i, future.result()) for i, future in current]
+
+
+def _label_chunk(
+    predictor: Predictor,
+    items: Sequence[Item],
+    chunk: list[Prepared],
+    options: LabelOptions,
+    stats: RunStats,
+) -> list[dict]:
+    """The records of one chunk: one batch plan for its decodable images."""
+    records: dict[int, dict] = {}
+    requests, indexes = [], []
+    for index, prepared in chunk:
+        if isinstance(prepared, str):
+            records[index] = error_record(index, items[index].uri, prepared)
+            continue
+        try:
+            requests.append(options.request(prepared, items[index].uri, items[index].prompts))
+            indexes.append(index)
+        except (ValueError, ClipSegError) as exc:
+            records[index] = error_record(index, items[index].uri, str(exc))
+    if requests:
+        results = predictor.segment_batch(requests)
+        for index, result in zip(indexes, results, strict=True):
+            assert result is not None  # nothing is skipped here
+            record = image_record(
+                index, items[index].uri, result, options.segmentation, options.polygon_tolerance
+            )
+            records[index] = record
+            stats.annotations += len(record["annotations"])
+    stats.labelled += len(indexes)
+    stats.failed += len(chunk) - len(indexes)
+    return [records[index] for index, _ in chunk]

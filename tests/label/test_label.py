@@ -1,0 +1,189 @@
+"""clipseg-label end to end on the tiny model (CPU): COCO that pycocotools loads, masks
+equal to the service's, YOLO files, broken files reported and not fatal, resume after a
+kill with the same output, and a different job refused in the same folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from pycocotools import mask as mask_utils
+from pycocotools.coco import COCO
+
+from clipseg_serve.label.export import yolo_lines
+from clipseg_serve.label.job import export
+from clipseg_serve.label.local import label_items
+from clipseg_serve.label.options import LabelOptions
+from clipseg_serve.label.shards import JobMismatchError, ShardStore
+from clipseg_serve.label.sources import expand
+from clipseg_serve.model.inference.predictor import Predictor
+from clipseg_serve.model.masks.postprocess import PostProcess
+from clipseg_serve.service.app import create_app
+from tests.service.conftest import make_settings
+from tests.service.live import LiveServer
+
+ROOT = Path(__file__).resolve().parents[2]
+PROMPTS = ("a red circle", "a blue square", "a green triangle")
+#: The random tiny model's probabilities lie around 0.42-0.47: this cuts masks with edges.
+THRESHOLD = 0.446
+
+
+def scene(seed: int, size: tuple[int, int]) -> Image.Image:
+    """A synthetic scene: a red disc, a blue square and a green triangle on grey noise."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    noise = rng.integers(90, 140, (height, width, 3), dtype=np.uint8)
+    image = Image.fromarray(noise)
+    draw = ImageDraw.Draw(image)
+    x, y = int(rng.integers(5, width // 3)), int(rng.integers(5, height // 3))
+    draw.ellipse([x, y, x + width // 4, y + height // 4], fill=(220, 30, 30))
+    draw.rectangle([width // 2, height // 2, width // 2 + width // 5, height // 2 + height // 5],
+                   fill=(30, 40, 220))  # fmt: skip
+    draw.polygon([(width // 8, height - 5), (width // 3, height - 5), (width // 5, height // 2)],
+                 fill=(30, 200, 40))  # fmt: skip
+    return image
+
+
+@pytest.fixture
+def dataset(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    sizes = [(96, 64), (80, 80), (120, 72), (64, 96), (100, 60)]
+    for i, size in enumerate(sizes):
+        scene(i, size).save(folder / f"scene{i}.png" if i % 2 else folder / f"scene{i}.jpg")
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    return folder
+
+
+@pytest.fixture
+def predictor(tiny_model):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return Predictor(tiny_model, device="cpu", dtype="float32")
+
+
+def run(predictor, dataset, out, options, batch_images=2):
+    items = expand([str(dataset)])
+    store = ShardStore(out, {"items": [i.uri for i in items], "options": options.fingerprint()})
+    stats = label_items(predictor, items, options, store, batch_images=batch_images)
+    return stats, export(out, list(store.records()), options, yolo=True)
+
+
+def test_coco_loads_and_its_masks_are_the_services(predictor, dataset, tmp_path, tiny_model):
+    options = LabelOptions(prompts=PROMPTS, threshold=THRESHOLD)
+    stats, summary = run(predictor, dataset, tmp_path / "out", options)
+    assert stats.labelled == 5 and stats.failed == 1
+    assert [f["uri"] for f in summary["failed"]] == [str(dataset / "broken.png")]
+    assert summary["categories"] == list(PROMPTS)
+    coco = COCO(str(tmp_path / "out" / "annotations.json"))
+    assert len(coco.getImgIds()) == 5 and summary["annotations"] == len(coco.getAnnIds())
+    assert summary["annotations"] > 0
+    app = create_app(make_settings(), lambda settings: predictor)
+    with LiveServer(app) as server:
+        for image in coco.loadImgs(coco.getImgIds()):
+            path = Path(image["file_name"])
+            answer = httpx.post(
+                server.url + "/v1/segment/text",
+                files={"image": (path.name, path.read_bytes())},
+                data={"prompt": list(PROMPTS), "threshold": str(THRESHOLD), "format": "rle"},
+                timeout=60,
+            ).json()
+            served = {m["prompt"]: m for m in answer["masks"] if m["area"] > 0}
+            ours = coco.loadAnns(coco.getAnnIds(imgIds=image["id"]))
+            assert {coco.cats[a["category_id"]]["name"] for a in ours} == set(served)
+            for annotation in ours:
+                want = served[coco.cats[annotation["category_id"]]["name"]]
+                assert annotation["segmentation"] == want["rle"]  # the same bytes
+                assert annotation["bbox"] == want["bbox"] and annotation["area"] == want["area"]
+                decoded = coco.annToMask(annotation)
+                assert int(decoded.sum()) == annotation["area"]
+                assert mask_utils.area(annotation["segmentation"]) == annotation["area"]
+
+
+def test_instances_polygons_and_yolo(predictor, dataset, tmp_path):
+    options = LabelOptions(
+        prompts=PROMPTS, threshold=THRESHOLD, post=PostProcess(instances=True, min_area=4),
+        segmentation="polygon",
+    )  # fmt: skip
+    _, summary = run(predictor, dataset, tmp_path / "out", options)
+    document = json.loads((tmp_path / "out" / "annotations.json").read_text())
+    for annotation in document["annotations"]:
+        assert annotation["segmentation"] and all(
+            len(r) % 2 == 0 for r in annotation["segmentation"]
+        )
+        assert annotation["area"] >= 4
+    labels = sorted((tmp_path / "out" / "yolo" / "labels").glob("*.txt"))
+    assert len(labels) == 5
+    images = (tmp_path / "out" / "yolo" / "images.txt").read_text().splitlines()
+    assert len(images) == 5 and all(Path(p).is_file() for p in images)
+    lines = [line for path in labels for line in path.read_text().splitlines()]
+    assert len(lines) >= summary["annotations"]
+    for line in lines:
+        cls, *coords = line.split()
+        assert 0 <= int(cls) < len(PROMPTS) and len(coords) >= 6 and len(coords) % 2 == 0
+        assert all(0.0 <= float(v) <= 1.0 for v in coords)
+    assert "names:" in (tmp_path / "out" / "yolo" / "data.yaml").read_text()
+
+
+def test_yolo_lines_normalise_polygons():
+    record = {"width": 10, "height": 20, "annotations": [
+        {"label": "b", "polygons": [[0, 0, 10, 0, 10, 20]]}]}  # fmt: skip
+    assert yolo_lines(record, ["a", "b"], 1.0) == [
+        "1 0.000000 0.000000 1.000000 0.000000 1.000000 1.000000"
+    ]
+
+
+def test_another_job_in_the_same_folder_is_refused(predictor, dataset, tmp_path):
+    run(predictor, dataset, tmp_path / "out", LabelOptions(prompts=PROMPTS))
+    with pytest.raises(JobMismatchError, match="another job"):
+        run(predictor, dataset, tmp_path / "out", LabelOptions(prompts=PROMPTS[:1]))
+
+
+def label_command(dataset: Path, out: Path) -> list[str]:
+    return [sys.executable, "-m", "clipseg_serve.label.cli", str(dataset), "-o", str(out),
+            *[arg for p in PROMPTS for arg in ("--prompt", p)], "--weights", "random:tiny",
+            "--device", "cpu", "--dtype", "float32", "--batch-images", "1", "--yolo",
+            "--threshold", str(THRESHOLD)]  # fmt: skip
+
+
+def test_a_killed_run_resumes_to_the_same_output(dataset, tmp_path):
+    for i in range(5, 14):  # more images, so the kill lands mid-way
+        scene(i, (72, 56)).save(dataset / f"more{i}.png")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    whole = subprocess.run(label_command(dataset, tmp_path / "whole"), capture_output=True,
+                           text=True, env=env, timeout=600)  # fmt: skip
+    assert whole.returncode == 0, whole.stderr
+    summary = json.loads(whole.stdout.splitlines()[-1])
+    assert summary["images"] == 14 and len(summary["failed"]) == 1
+
+    out = tmp_path / "killed"
+    process = subprocess.Popen(label_command(dataset, out), env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(list((out / "shards").glob("shard-*.jsonl"))) < 3:
+        assert process.poll() is None, "the run ended before it could be killed"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    shards = len(list((out / "shards").glob("shard-*.jsonl")))
+    assert 3 <= shards < 15 and not (out / "annotations.json").exists()
+    again = subprocess.run(label_command(dataset, out), capture_output=True, text=True,
+                           env=env, timeout=600)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout.splitlines()[-1])["labelled_this_run"] < 14
+    for name in ("annotations.json", "yolo/images.txt", "yolo/data.yaml"):
+        assert (out / name).read_bytes() == (tmp_path / "whole" / name).read_bytes(), name
+    indexes = [json.loads(line)["index"] for p in sorted((out / "shards").glob("*.jsonl"))
+               for line in p.read_text().splitlines()]  # fmt: skip
+    assert sorted(indexes) == list(range(15))  # none missing, none twice
