@@ -52,8 +52,25 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per batch, and per shard (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=int, default=2, help="threads reading and decoding images (default: 2)"
-    )
+        "--workers", type=int, default=2,
+        help="local: threads reading and decoding images; ray: model workers (default: 2)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--engine", choices=("local", "ray"), default="local",
+        help="local: this process; ray: an actor pool on a Ray cluster (default: local)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--ray-address", default=None,
+        help="ray: the cluster to join ('auto', ray://host:10001); default: a local instance",
+    )  # fmt: skip
+    parser.add_argument(
+        "--gpus-per-worker", type=float, default=0.0,
+        help="ray: GPUs each model worker holds (1 on a GPU cluster; default: 0)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--cpus-per-worker", type=float, default=1.0,
+        help="ray: CPUs each model worker holds, and its torch threads (default: 1)",
+    )  # fmt: skip
     add_post_options(parser, polygon_files=False)
     return parser
 

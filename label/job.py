@@ -44,14 +44,21 @@ def run_job(args: argparse.Namespace, post: PostProcess) -> dict[str, Any]:
     }
     out = Path(args.output)
     store = ShardStore(out, job)
-    predictor = load_predictor(
-        args.weights, variant=args.variant, backbone=args.backbone, device=args.device,
-        dtype=args.dtype, backend=args.backend,
-    )  # fmt: skip
-    stats = label_items(
-        predictor, items, options, store,
-        batch_images=args.batch_images, workers=args.workers, progress=_print_progress,
-    )  # fmt: skip
+    load = {"source": args.weights, "variant": args.variant, "backbone": args.backbone,
+            "device": args.device, "dtype": args.dtype, "backend": args.backend}  # fmt: skip
+    if args.engine == "ray":
+        from clipseg_serve.label.ray_engine import label_items_on_ray
+
+        stats = label_items_on_ray(
+            load, items, options, store, workers=args.workers, batch_images=args.batch_images,
+            address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
+            cpus_per_worker=args.cpus_per_worker, progress=_print_progress,
+        )  # fmt: skip
+    else:
+        stats = label_items(
+            load_predictor(**load), items, options, store,
+            batch_images=args.batch_images, workers=args.workers, progress=_print_progress,
+        )  # fmt: skip
     return export(out, list(store.records()), options, yolo=args.yolo) | {
         "seconds": round(stats.seconds, 3),
         "images_per_second": round(stats.labelled / stats.seconds, 3) if stats.seconds else None,

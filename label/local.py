@@ -11,7 +11,7 @@ becomes an error record, and the run goes on.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -55,7 +55,7 @@ def label_items(
     stats, started = RunStats(), time.monotonic()
     with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-label") as pool:
         for chunk in _prepared_chunks(pool, predictor, items, todo, options, batch_images):
-            records = _label_chunk(predictor, items, chunk, options, stats)
+            records = label_chunk(predictor, items, chunk, options, stats)
             store.write(records)
             if progress is not None:
                 progress(stats.labelled + stats.failed, len(todo), time.monotonic() - started)
@@ -77,10 +77,7 @@ def _prepared_chunks(
     """Chunks of ``size`` prepared images in ``todo``'s order, decoding one chunk ahead."""
 
     def prepare(index: int) -> PreparedImage | str:
-        try:
-            return predictor.prepare_image(read_bytes(items[index].uri), guide=options.guide)
-        except (OSError, ClipSegError) as exc:
-            return f"{type(exc).__name__}: {exc}"
+        return prepare_item(predictor, items[index], options)
 
     def submit(start: int) -> list[tuple[int, Future]]:
         return [(i, pool.submit(prepare, i)) for i in todo[start : start + size]]
@@ -91,14 +88,23 @@ def _prepared_chunks(
         yield [(i, future.result()) for i, future in current]
 
 
-def _label_chunk(
+def prepare_item(predictor: Predictor, item: Item, options: LabelOptions) -> PreparedImage | str:
+    """One image read and decoded for the model, or why it could not be."""
+    try:
+        return predictor.prepare_image(read_bytes(item.uri), guide=options.guide)
+    except (OSError, ClipSegError) as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+def label_chunk(
     predictor: Predictor,
-    items: Sequence[Item],
+    items: Mapping[int, Item] | Sequence[Item],
     chunk: list[Prepared],
     options: LabelOptions,
     stats: RunStats,
 ) -> list[dict]:
-    """The records of one chunk: one batch plan for its decodable images."""
+    """The records of one chunk of prepared images (``items[index]`` for each): one batch
+    plan for its decodable images. Both engines run it."""
     records: dict[int, dict] = {}
     requests, indexes = [], []
     for index, prepared in chunk:

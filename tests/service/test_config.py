@@ -98,6 +98,7 @@ SCRIPTS = {
     "clipseg-predict": "clipseg_serve.model.cli.predict",
     "clipseg-train": "clipseg_serve.training.train",
     "clipseg-eval": "clipseg_serve.training.evaluate",
+    "clipseg-label": "clipseg_serve.label.cli",
 }
 
 

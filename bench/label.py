@@ -1,0 +1,148 @@
+"""Labelling throughput: clipseg-label's engines against the per-image paths. Not a test.
+
+For one model variant (random weights, CPU by default) and N synthetic 640x480 scenes
+(JPEG), 3 prompts per image, RLE output, measures images per second of:
+
+* ``local``: ``clipseg-label`` (local engine), the whole run in one process;
+* ``predict``: one ``clipseg-predict`` process per image (what a shell loop does);
+* ``http``: the service (``clipseg-serve``, started first and not timed) and the Python
+  client, one request per image, one after the other;
+* ``ray-1``, ``ray-2``: ``clipseg-label --engine ray`` on a local Ray instance with 1 and
+  2 model workers of ``cores / workers`` CPUs each.
+
+Every command runs as a subprocess, so model loading is inside its time (as a user sees
+it), except the HTTP server's start-up. Prints the machine, then one line per path with
+images/s and the seconds; ``--repeat`` runs each path that many times and prints the
+median and range.
+
+    python bench/label.py --variant tiny --images 24
+    python bench/label.py --variant rd64-refined --images 12 --skip predict
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw
+from server import ROOT, start_server, stop_server
+
+PROMPTS = ("a red circle", "a blue square", "a green triangle")
+PATHS = ("local", "predict", "http", "ray-1", "ray-2")
+
+
+def make_scenes(folder: Path, count: int) -> list[Path]:
+    """``count`` 640x480 JPEG scenes: shapes on noise (seeded)."""
+    paths = []
+    for i in range(count):
+        rng = np.random.default_rng(i)
+        image = Image.fromarray(rng.integers(80, 150, (480, 640, 3), dtype=np.uint8))
+        draw = ImageDraw.Draw(image)
+        x, y = (int(v) for v in rng.integers(20, 300, 2))
+        draw.ellipse([x, y, x + 160, y + 120], fill=(220, 30, 30))
+        draw.rectangle([360, 260, 500, 400], fill=(30, 40, 220))
+        draw.polygon([(60, 460), (220, 460), (140, 300)], fill=(30, 200, 40))
+        path = folder / f"scene{i:04d}.jpg"
+        image.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def model_args(args: argparse.Namespace) -> list[str]:
+    return ["--weights", f"random:{args.variant}", "--device", args.device]
+
+
+def timed(command: list[str]) -> float:
+    started = time.perf_counter()
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"{command[:3]} failed: {done.stderr[-2000:]}")
+    return time.perf_counter() - started
+
+
+def run_label(args, folder: Path, out: Path, extra: list[str]) -> float:
+    prompts = [a for p in PROMPTS for a in ("--prompt", p)]
+    command = [sys.executable, "-m", "clipseg_serve.label.cli", str(folder), "-o", str(out),
+               *prompts, *model_args(args), "--batch-images", str(args.batch_images),
+               *extra]  # fmt: skip
+    return timed(command)
+
+
+def run_predict(args, images: list[Path], out: Path) -> float:
+    prompts = [a for p in PROMPTS for a in ("--prompt", p)]
+    total = 0.0
+    for image in images:
+        command = [sys.executable, "-m", "clipseg_serve.model.cli.predict", str(image),
+                   *prompts, *model_args(args), "-o", str(out / image.stem)]  # fmt: skip
+        total += timed(command)
+    return total
+
+
+def run_http(args, images: list[Path]) -> float:
+    from clipseg_client import Client
+
+    settings = {"CLIPSEG_WEIGHTS": f"random:{args.variant}", "CLIPSEG_DEVICE": args.device}
+    process, url = start_server(settings)
+    try:
+        with Client(url) as client:
+            client.segment_text(images[0], list(PROMPTS))  # warm: not timed
+            started = time.perf_counter()
+            for image in images:
+                client.segment_text(image, list(PROMPTS), format="rle")
+            return time.perf_counter() - started
+    finally:
+        stop_server(process)
+
+
+def measure(path: str, args, folder: Path, images: list[Path], work: Path) -> float:
+    """Seconds for ``path`` over every image (a fresh output folder each time)."""
+    out = Path(tempfile.mkdtemp(dir=work))
+    if path == "local":
+        return run_label(args, folder, out, [])
+    if path == "predict":
+        return run_predict(args, images, out)
+    if path == "http":
+        return run_http(args, images)
+    workers = int(path.split("-")[1])
+    cpus = max(1, (os.cpu_count() or 1) // workers)
+    extra = ["--engine", "ray", "--workers", str(workers), "--cpus-per-worker", str(cpus)]
+    return run_label(args, folder, out, extra)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variant", default="tiny")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--images", type=int, default=24)
+    parser.add_argument("--batch-images", type=int, default=8)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--skip", action="append", default=[], choices=PATHS)
+    args = parser.parse_args()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; "
+          f"variant {args.variant} on {args.device}; {args.images} images 640x480, "
+          f"{len(PROMPTS)} prompts each, RLE")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        folder = work / "images"
+        folder.mkdir()
+        images = make_scenes(folder, args.images)
+        for path in PATHS:
+            if path in args.skip:
+                continue
+            seconds = [measure(path, args, folder, images, work) for _ in range(args.repeat)]
+            rates = [args.images / s for s in seconds]
+            median = statistics.median(rates)
+            print(f"  {path:8s} {median:7.2f} images/s (range {min(rates):.2f}..{max(rates):.2f}; "
+                  f"{statistics.median(seconds):.1f} s)", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
