@@ -77,8 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if not args.prompt:
-        print("clipseg-label: give at least one --prompt", file=sys.stderr)
+    problem = _argument_error(args)
+    if problem:
+        print(f"clipseg-label: {problem}", file=sys.stderr)
         return 2
     # Imported here: --help and argument errors answer before torch loads.
     from clipseg_serve.label.job import run_job
@@ -91,6 +92,18 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     print(json.dumps(summary))
     return 0  # images that failed are listed in the summary: they do not fail the run
+
+
+def _argument_error(args: argparse.Namespace) -> str | None:
+    """Why these arguments cannot run, or None: checked before anything loads."""
+    if not args.prompt:
+        return "give at least one --prompt"
+    for flag, value in (("--batch-images", args.batch_images), ("--workers", args.workers)):
+        if value < 1:
+            return f"{flag} must be at least 1, got {value}"
+    if args.polygon_tolerance < 0:
+        return f"--polygon-tolerance must be >= 0, got {args.polygon_tolerance}"
+    return None
 
 
 if __name__ == "__main__":

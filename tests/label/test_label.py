@@ -214,3 +214,29 @@ def test_the_ray_engine_gives_the_local_engines_output(dataset, tmp_path):
     for theirs, ours in zip(ray["annotations"], local["annotations"], strict=True):
         assert abs(theirs.pop("score") - ours.pop("score")) <= 1e-5
         assert theirs == ours
+
+
+@pytest.mark.parametrize(
+    ("extra", "status", "message"),
+    [
+        ([], 2, "at least one --prompt"),
+        (["--prompt", "a", "--batch-images", "0"], 2, "--batch-images must be at least 1"),
+        (["--prompt", "a", "--workers", "0"], 2, "--workers must be at least 1"),
+        (["--prompt", "a", "--prompt", "b", *["--threshold", "0.4"] * 3], 1, "3 thresholds"),
+    ],
+)
+def test_bad_arguments_are_refused_with_a_reason(dataset, tmp_path, capsys, extra, status, message):
+    from clipseg_serve.label.cli import main
+
+    code = [str(dataset), "-o", str(tmp_path / "out"), "--weights", "random:tiny", *extra]
+    assert main(code) == status
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out" / "annotations.json").exists()
+
+
+def test_a_source_that_names_nothing_fails_before_the_model_loads(tmp_path, capsys):
+    from clipseg_serve.label.cli import main
+
+    assert main([str(tmp_path / "missing"), "--prompt", "a", "-o", str(tmp_path / "o")]) == 1
+    assert "no such file" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()  # nothing written, no model loaded
