@@ -13,6 +13,7 @@ import json
 import sys
 
 from clipseg_serve.model.cli.args import (
+    add_mask_options,
     add_model_options,
     add_post_options,
     add_prompt_options,
@@ -33,14 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     add_prompt_options(parser, visual=False)
     add_model_options(parser)
-    parser.add_argument(
-        "--threshold", type=float, action="append", default=None,
-        help="probability threshold 0..1 (default: the checkpoint's); repeat once per --prompt",
-    )  # fmt: skip
-    parser.add_argument(
-        "--combine", choices=("none", "union", "intersection", "argmax"), default="none",
-        help="one mask per prompt, or their union / intersection / argmax (default: none)",
-    )  # fmt: skip
+    add_mask_options(parser)
     parser.add_argument("-o", "--output", required=True, help="output folder")
     parser.add_argument(
         "--segmentation", choices=("rle", "polygon"), default="rle",

@@ -36,6 +36,20 @@ class RunStats:
     annotations: int = 0
     seconds: float = 0.0
 
+    def count(self, records: Sequence[dict]) -> None:
+        """Add a chunk's records (``label.records``) to the counts."""
+        for record in records:
+            if "error" in record:
+                self.failed += 1
+            else:
+                self.labelled += 1
+                self.annotations += len(record["annotations"])
+
+    @property
+    def done(self) -> int:
+        """Images labelled or failed so far."""
+        return self.labelled + self.failed
+
 
 def label_items(
     predictor: Predictor,
@@ -55,10 +69,11 @@ def label_items(
     stats, started = RunStats(), time.monotonic()
     with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-label") as pool:
         for chunk in _prepared_chunks(pool, predictor, items, todo, options, batch_images):
-            records = label_chunk(predictor, items, chunk, options, stats)
+            records = label_chunk(predictor, items, chunk, options)
+            stats.count(records)
             store.write(records)
             if progress is not None:
-                progress(stats.labelled + stats.failed, len(todo), time.monotonic() - started)
+                progress(stats.done, len(todo), time.monotonic() - started)
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -101,7 +116,6 @@ def label_chunk(
     items: Mapping[int, Item] | Sequence[Item],
     chunk: list[Prepared],
     options: LabelOptions,
-    stats: RunStats,
 ) -> list[dict]:
     """The records of one chunk of prepared images (``items[index]`` for each): one batch
     plan for its decodable images. Both engines run it."""
@@ -124,7 +138,4 @@ def label_chunk(
                 index, items[index].uri, result, options.segmentation, options.polygon_tolerance
             )
             records[index] = record
-            stats.annotations += len(record["annotations"])
-    stats.labelled += len(indexes)
-    stats.failed += len(chunk) - len(indexes)
     return [records[index] for index, _ in chunk]

@@ -53,7 +53,7 @@ class LabelActor:
             chunk = [
                 (i, prepare_item(self.predictor, item, self.options)) for i, item in items.items()
             ]
-            records += label_chunk(self.predictor, items, chunk, self.options, RunStats())
+            records += label_chunk(self.predictor, items, chunk, self.options)
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
 
@@ -106,14 +106,9 @@ def label_items_on_ray(
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             records = [json.loads(text) for text in batch["record"]]
             store.write(records)
-            for record in records:
-                if "error" in record:
-                    stats.failed += 1
-                else:
-                    stats.labelled += 1
-                    stats.annotations += len(record["annotations"])
+            stats.count(records)
             if progress is not None:
-                progress(stats.labelled + stats.failed, len(todo), time.monotonic() - started)
+                progress(stats.done, len(todo), time.monotonic() - started)
     finally:
         if started_here:
             ray.shutdown()

@@ -126,6 +126,17 @@ def add_model_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _add_output_options(parser: argparse.ArgumentParser) -> None:
+    add_mask_options(parser)
+    parser.add_argument(
+        "--soft", action="store_true", help="also write 8-bit probability maps (*_soft.png)"
+    )
+    parser.add_argument(
+        "-o", "--output", default="out", help="output directory (default: %(default)s)"
+    )
+
+
+def add_mask_options(parser: argparse.ArgumentParser) -> None:
+    """--threshold (one, or one per --prompt) and --combine (clipseg-predict, clipseg-label)."""
     parser.add_argument(
         "--threshold",
         type=float,
@@ -140,12 +151,6 @@ def _add_output_options(parser: argparse.ArgumentParser) -> None:
         default="none",
         help="one mask per prompt, or their union / intersection / exclusive argmax labels "
         "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--soft", action="store_true", help="also write 8-bit probability maps (*_soft.png)"
-    )
-    parser.add_argument(
-        "-o", "--output", default="out", help="output directory (default: %(default)s)"
     )
 
 
