@@ -23,10 +23,12 @@ ROOT = Path(__file__).resolve().parents[1]
 K8S = ROOT / "deploy" / "k8s"
 CRD_SCHEMAS = ROOT / "tests" / "data" / "crds"
 
-#: Every kustomization a user applies: the serving overlays and the two training ways.
+#: Every kustomization a user applies: the serving overlays, the two training ways and
+#: the labelling job.
 SERVING = ("overlays/gpu", "overlays/cpu", "overlays/gpu-hpa")
 TRAINING = ("training/pytorchjob", "training/torchrun-job")
-KUSTOMIZATIONS = SERVING + TRAINING
+LABELLING = ("label/rayjob",)
+KUSTOMIZATIONS = SERVING + TRAINING + LABELLING
 
 #: The cluster versions docs/deploy.md claims (kubernetes-validate's strict schemas).
 CLUSTER_VERSIONS = tuple(f"1.{minor}.0" for minor in range(29, 38))
@@ -36,6 +38,7 @@ CUSTOM_KINDS = {
     ("keda.sh/v1alpha1", "ScaledObject"): "keda.sh_v1alpha1_ScaledObject.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "monitoring.coreos.com_v1_ServiceMonitor.json",
     ("kubeflow.org/v1", "PyTorchJob"): "kubeflow.org_v1_PyTorchJob.json",
+    ("ray.io/v1", "RayJob"): "ray.io_v1_RayJob.json",
 }
 
 Object = dict[str, Any]
@@ -76,13 +79,26 @@ def find_all(objects: list[Object], kind: str) -> list[Object]:
     return [o for o in objects if o["kind"] == kind]
 
 
-def pod_specs(obj: Object) -> Iterator[Object]:
-    """The pod templates' specs of a workload (Deployment, Job, PyTorchJob)."""
+def pod_templates(obj: Object) -> dict[str, Object]:
+    """A workload's pod templates (PodTemplateSpec) by role: Deployment and Job
+    ("pod"), PyTorchJob (its replica types), RayJob (head, worker groups, submitter)."""
+    spec = obj.get("spec", {})
     if obj["kind"] == "PyTorchJob":
-        for replica in obj["spec"]["pytorchReplicaSpecs"].values():
-            yield replica["template"]["spec"]
-    elif "template" in obj.get("spec", {}):
-        yield obj["spec"]["template"]["spec"]
+        return {role: r["template"] for role, r in spec["pytorchReplicaSpecs"].items()}
+    if obj["kind"] == "RayJob":
+        cluster = spec["rayClusterSpec"]
+        templates = {"head": cluster["headGroupSpec"]["template"]}
+        templates |= {g["groupName"]: g["template"] for g in cluster["workerGroupSpecs"]}
+        if "submitterPodTemplate" in spec:
+            templates["submitter"] = spec["submitterPodTemplate"]
+        return templates
+    return {"pod": spec["template"]} if "template" in spec else {}
+
+
+def pod_specs(obj: Object) -> Iterator[Object]:
+    """The pod templates' specs of a workload (see ``pod_templates``)."""
+    for template in pod_templates(obj).values():
+        yield template["spec"]
 
 
 def containers(pod: Object) -> list[Object]:
@@ -111,8 +127,8 @@ def crd_schema(file: str) -> Object:
 
 
 def validate_custom(obj: Object) -> list[str]:
-    """Errors of a custom resource against its CRD schema (and, for a PyTorchJob, of its
-    pod templates against Kubernetes' PodTemplateSpec); empty when valid."""
+    """Errors of a custom resource against its CRD schema and of the pod templates in it
+    (which the schema leaves to Kubernetes' PodTemplateSpec); empty when valid."""
     import jsonschema
 
     schema = crd_schema(CUSTOM_KINDS[(obj["apiVersion"], obj["kind"])])
@@ -120,18 +136,11 @@ def validate_custom(obj: Object) -> list[str]:
     errors = [
         f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(obj)
     ]
-    if obj["kind"] == "PyTorchJob":
-        errors += [e for p in pod_templates(obj) for e in validate_core(p, CLUSTER_VERSIONS[-1])]
+    for role, template in pod_templates(obj).items():
+        as_core = {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()},
+                   "template": template}  # fmt: skip
+        errors += validate_core(as_core, CLUSTER_VERSIONS[-1])
     return errors
-
-
-def pod_templates(obj: Object) -> list[Object]:
-    """A PyTorchJob's pod templates as PodTemplate objects (validated as core kinds)."""
-    return [
-        {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": role.lower()},
-         "template": replica["template"]}
-        for role, replica in obj["spec"]["pytorchReplicaSpecs"].items()
-    ]  # fmt: skip
 
 
 def validate_core(obj: Object, version: str) -> list[str]:

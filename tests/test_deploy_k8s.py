@@ -84,7 +84,7 @@ def test_custom_resources_validate_against_their_crd_schemas(name):
 
 def test_each_custom_kind_is_used_and_validated():
     kinds = {o["kind"] for name in KUSTOMIZATIONS for o in render(name) if is_custom(o)}
-    assert kinds == {"ScaledObject", "ServiceMonitor", "PyTorchJob"}
+    assert kinds == {"ScaledObject", "ServiceMonitor", "PyTorchJob", "RayJob"}
 
 
 @pytest.mark.parametrize(
@@ -110,6 +110,26 @@ def test_a_misspelled_field_fails_validation(kind, path, field, typo):
     node[typo] = node.pop(field)
     errors = validate_custom(obj) if is_custom(obj) else validate_core(obj, CLUSTER_VERSIONS[0])
     assert errors and typo in errors[0], errors
+
+
+@pytest.mark.parametrize(
+    ("path", "field", "typo"),
+    [
+        (("spec",), "shutdownAfterJobFinishes", "shutdownAfterJobFinish"),
+        (("spec", "rayClusterSpec", "workerGroupSpecs", 0), "maxReplicas", "maxReplica"),
+        (("spec", "rayClusterSpec", "headGroupSpec"), "rayStartParams", "rayStartParam"),
+        (("spec", "rayClusterSpec", "workerGroupSpecs", 0, "template", "spec", "containers", 0),
+         "volumeMounts", "volumeMount"),
+        (("spec", "submitterPodTemplate", "spec"), "restartPolicy", "restartPolicyy"),
+    ],
+)  # fmt: skip
+def test_a_misspelled_field_in_the_rayjob_fails(path, field, typo):
+    job = copy.deepcopy(find(render("label/rayjob"), "RayJob"))
+    node = job
+    for key in path:
+        node = node[key]
+    node[typo] = node.pop(field)
+    assert any(typo in e for e in validate_custom(job)), validate_custom(job)
 
 
 def test_a_misspelled_field_in_a_pytorchjob_pod_fails():
@@ -213,8 +233,12 @@ def test_non_root_read_only_no_token(name):
                 assert context["capabilities"]["drop"] == ["ALL"]
                 mounts = {m["mountPath"] for m in container["volumeMounts"]}
                 env = load_dockerfile()[1][-1].env()
-                # The paths the process writes: temp files, caches, the HF cache.
-                assert {"/tmp", env["XDG_CACHE_HOME"], env["HF_HOME"]} <= mounts
+                # The paths the process writes: temp files, caches, the HF cache (not
+                # for the RayJob's submitter, which only runs `ray job submit`).
+                writes = {"/tmp", env["XDG_CACHE_HOME"]}
+                if container["name"] != "ray-job-submitter":
+                    writes.add(env["HF_HOME"])
+                assert writes <= mounts, container["name"]
 
 
 @pytest.mark.parametrize("name", KUSTOMIZATIONS)
@@ -459,3 +483,90 @@ def test_the_init_containers_load_reads_the_cache_offline_and_writes_nothing(tmp
     assert run.returncode == 0, run.stderr
     assert f"weights ready: {weights}" in run.stdout
     assert listing() == before, "loading wrote into the cache the pods mount read-only"
+
+
+# --- labelling ------------------------------------------------------------------------------
+
+
+def rayjob_parts() -> tuple[dict, dict, list[dict]]:
+    """The labelling RayJob, its head pod spec and its worker groups."""
+    job = find(render("label/rayjob"), "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    return job, cluster["headGroupSpec"]["template"]["spec"], cluster["workerGroupSpecs"]
+
+
+def mounted_claims(pod: dict) -> dict[str, tuple[str, bool]]:
+    """mount path -> (claim name, read-only) for a pod's first container's PVC mounts."""
+    claims = {v["name"]: v["persistentVolumeClaim"]["claimName"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}  # fmt: skip
+    return {
+        m["mountPath"]: (claims[m["name"]], bool(m.get("readOnly")))
+        for m in pod["containers"][0]["volumeMounts"]
+        if m["name"] in claims
+    }
+
+
+def under(path: str, mounts: dict[str, tuple[str, bool]]) -> tuple[str, bool] | None:
+    return next((v for m, v in mounts.items() if path.startswith(m.rstrip("/") + "/")), None)
+
+
+def test_rayjob_entrypoint_is_a_valid_ray_labelling_command():
+    from clipseg_serve.label.cli import _argument_error, build_parser
+
+    job, _, groups = rayjob_parts()
+    args = build_parser().parse_args(shlex.split(job["spec"]["entrypoint"])[1:])
+    assert shlex.split(job["spec"]["entrypoint"])[0] == "clipseg-label"
+    assert _argument_error(args) is None and args.engine == "ray"
+    assert args.ray_address is None  # the job's own cluster, found by ray.init()
+    gpus = [g["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+            for g in groups]  # fmt: skip
+    # one model per GPU, and as many models as the worker groups have GPUs
+    assert all(g == args.gpus_per_worker for g in gpus)
+    assert args.workers == sum(g["replicas"] for g in groups) * args.gpus_per_worker
+    for group in groups:
+        assert group["minReplicas"] == group["replicas"] == group["maxReplicas"]
+        cpus = group["template"]["spec"]["containers"][0]["resources"]["requests"]["cpu"]
+        assert args.cpus_per_worker * args.gpus_per_worker <= float(cpus)
+    # the head runs the driver only: no model is scheduled there
+    assert job["spec"]["rayClusterSpec"]["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"
+
+
+def test_rayjob_reads_the_datasets_everywhere_and_writes_on_the_head():
+    from clipseg_serve.label.cli import build_parser
+
+    job, head, groups = rayjob_parts()
+    objects = render("label/rayjob")
+    args = build_parser().parse_args(shlex.split(job["spec"]["entrypoint"])[1:])
+    head_mounts = mounted_claims(head)
+    claim, read_only = under(args.output, head_mounts)  # the driver writes the output
+    assert not read_only
+    assert "ReadWriteOnce" in find(objects, "PersistentVolumeClaim", claim)["spec"]["accessModes"]
+    datasets = find(render("training/pytorchjob"), "PersistentVolumeClaim", "clipseg-datasets")
+    assert find(objects, "PersistentVolumeClaim", "clipseg-datasets")["spec"] == datasets["spec"]
+    for pod in (head, *(g["template"]["spec"] for g in groups)):
+        for source in args.source:  # the driver lists, the workers read
+            assert under(source, mounted_claims(pod)) == ("clipseg-datasets", True)
+
+
+def test_rayjob_loads_the_weights_the_serving_stack_cached():
+    serving = render("overlays/gpu")
+    (pod,) = pod_specs(server(serving))
+    served = mounted_claims(pod)
+    hf_home = load_dockerfile()[1][-1].env()["HF_HOME"]
+    _, head, groups = rayjob_parts()
+    objects = render("label/rayjob")
+    for spec in (head, *(g["template"]["spec"] for g in groups)):
+        (container,) = spec["containers"]
+        assert mounted_claims(spec)[hf_home] == (served[hf_home][0], True)
+        assert container_env(container, objects)["HF_HUB_OFFLINE"] == "1"
+
+
+def test_rayjob_ray_version_is_one_the_ray_extra_installs():
+    from packaging.specifiers import SpecifierSet
+
+    from tests.test_packaging import pyproject
+
+    job, _, _ = rayjob_parts()
+    (requirement,) = pyproject()["project"]["optional-dependencies"]["ray"]
+    specifier = SpecifierSet(re.sub(r"^ray(\[[^]]*\])?", "", requirement))
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] in specifier

@@ -7,7 +7,12 @@ httpx and pyyaml, which the dev install has):
     pip install --no-deps --target /tmp/crdpkgs cloudcoil==0.6.0 \
         cloudcoil-models-keda==2.16.1.0 cloudcoil-models-prometheus-operator==0.80.1.0 \
         kubeflow-training==1.9.4
-    PYTHONPATH=/tmp/crdpkgs python tests/data/crds/export_schemas.py
+    git -C kuberay show v1.7.0:ray-operator/config/crd/bases/ray.io_rayjobs.yaml \
+        > /tmp/ray.io_rayjobs.yaml
+    PYTHONPATH=/tmp/crdpkgs python tests/data/crds/export_schemas.py /tmp/ray.io_rayjobs.yaml
+
+The RayJob schema comes from KubeRay's published CRD file itself (no PyPI package ships it;
+the argument is that file, from a clone of github.com/ray-project/kuberay at tag v1.7.0).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import importlib
 import importlib.util
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +39,12 @@ CORE_TYPES = {
 def closed(schema: Any) -> Any:
     """``additionalProperties: false`` on every object schema that lists its properties
     and says nothing about others: what the API server's strict field validation does
-    with a structural CRD schema (unknown fields are an error, not silently pruned)."""
+    with a structural CRD schema (unknown fields are an error, not silently pruned).
+    Objects marked ``x-kubernetes-preserve-unknown-fields`` stay open, as there."""
     if isinstance(schema, dict):
         schema = {key: closed(value) for key, value in schema.items()}
-        if "properties" in schema and "additionalProperties" not in schema:
+        keeps_unknown = schema.get("x-kubernetes-preserve-unknown-fields") is True
+        if "properties" in schema and "additionalProperties" not in schema and not keeps_unknown:
             schema["additionalProperties"] = False
         return schema
     if isinstance(schema, list):
@@ -104,7 +112,35 @@ def from_kubeflow(class_name: str) -> dict:
     return closed({**root, "$defs": defs})
 
 
-def main() -> None:
+def is_pod_template(schema: dict) -> bool:
+    """Whether a CRD schema node is an inlined Kubernetes PodTemplateSpec."""
+    properties = schema.get("properties", {})
+    pod = properties.get("spec", {}).get("properties", {})
+    return set(properties) == {"metadata", "spec"} and "containers" in pod
+
+
+def from_crd(path: Path, version: str) -> dict:
+    """The ``openAPIV3Schema`` of a published CRD file's ``version``, every inlined
+    PodTemplateSpec replaced by a marker (kubernetes-validate checks those, strictly, with
+    the API server's own schema; the CRD's copy is most of the file's size)."""
+    import yaml
+
+    crd = yaml.safe_load(path.read_text())
+    (served,) = [v for v in crd["spec"]["versions"] if v["name"] == version]
+
+    def strip(schema: Any) -> Any:
+        if isinstance(schema, dict):
+            if is_pod_template(schema):
+                return {"type": "object", "x-kubernetes-type": CORE_TYPES["V1PodTemplateSpec"]}
+            return {key: strip(value) for key, value in schema.items()}
+        if isinstance(schema, list):
+            return [strip(item) for item in schema]
+        return schema
+
+    return closed(strip(served["schema"]["openAPIV3Schema"]))
+
+
+def main(rayjob_crd: Path) -> None:
     outputs = {
         "keda.sh_v1alpha1_ScaledObject.json": from_cloudcoil(
             "cloudcoil.models.keda.v1alpha1", "ScaledObject"
@@ -113,6 +149,7 @@ def main() -> None:
             "cloudcoil.models.prometheus_operator.v1", "ServiceMonitor"
         ),
         "kubeflow.org_v1_PyTorchJob.json": from_kubeflow("KubeflowOrgV1PyTorchJob"),
+        "ray.io_v1_RayJob.json": from_crd(rayjob_crd, "v1"),
     }
     for name, schema in outputs.items():
         (HERE / name).write_text(json.dumps(schema, indent=1, sort_keys=True) + "\n")
@@ -120,4 +157,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    main(Path(sys.argv[1]))
