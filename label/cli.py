@@ -1,8 +1,8 @@
 """``clipseg-label SOURCE... --prompt P [--prompt Q ...] -o OUT``: label a dataset.
 
-Writes ``OUT/annotations.json`` (COCO), with ``--yolo`` also ``OUT/yolo/``, and prints a
-JSON summary (images, annotations, failures with their reasons, images per second). The
-shards in ``OUT/shards/`` make it resumable: run the same command again after a crash or
+Writes ``OUT/annotations.json`` (COCO), with ``--yolo`` also ``OUT/yolo/``, with
+``--png-masks`` also ``OUT/masks/``, and prints a JSON summary (images, annotations,
+failures with their reasons, images per second). The shards in ``OUT/shards/`` make it resumable: run the same command again after a crash or
 a kill and it continues where it stopped, with the same final output.
 """
 
@@ -41,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="COCO segmentation as compressed RLE (exact) or polygons (default: rle)",
     )  # fmt: skip
     parser.add_argument("--yolo", action="store_true", help="also write YOLO segmentation files")
+    parser.add_argument(
+        "--png-masks", action="store_true",
+        help="also write masks/NNNNNN/C.png: each image's mask of each category C, 0/255",
+    )  # fmt: skip
     parser.add_argument(
         "--batch-images", type=int, default=8,
         help="images per batch, and per shard (default: %(default)s)",

@@ -11,6 +11,12 @@ summary lists them.
 YOLO (``yolo/``): ``labels/NNNNNN.txt`` for image NNNNNN (its position), one line per
 polygon, ``class x1 y1 x2 y2 ...`` normalised to [0, 1]; ``images.txt`` lists the images in
 the same order; ``data.yaml`` names the classes.
+
+PNG masks (``masks/``): ``NNNNNN/C.png`` for image NNNNNN and COCO category id C, at the
+image's size, 0 or 255 (the service's 8-bit mask PNG): the union of that category's
+annotations in the image — with ``instances``, of its pieces. A category with no mask in
+an image has no file. ``categories.json`` maps the ids to the prompts; ``images.txt``
+lists the images in order.
 """
 
 from __future__ import annotations
@@ -20,9 +26,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from clipseg_serve.label.shards import write_atomically
 from clipseg_serve.model.codecs.polygons import mask_to_polygons
-from clipseg_serve.model.codecs.rle import decode_rle
+from clipseg_serve.model.codecs.rle import decode_rle, encode_png_mask
 
 
 def categories(records: Iterable[dict[str, Any]], prompts: Sequence[str]) -> list[str]:
@@ -35,8 +43,11 @@ def categories(records: Iterable[dict[str, Any]], prompts: Sequence[str]) -> lis
     return names
 
 
-def coco(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, Any]:
-    """The COCO document of ``records`` (any order) with categories ``names``."""
+def coco(
+    records: Sequence[dict[str, Any]], names: Sequence[str], segmentation: str = "rle"
+) -> dict[str, Any]:
+    """The COCO document of ``records`` (any order) with categories ``names``;
+    ``segmentation``: "rle" or "polygon" (the records must have been made with it)."""
     ids = {name: i + 1 for i, name in enumerate(names)}
     images, annotations = [], []
     for record in sorted(records, key=lambda r: r["index"]):
@@ -50,7 +61,7 @@ def coco(records: Sequence[dict[str, Any]], names: Sequence[str]) -> dict[str, A
                 "id": len(annotations) + 1,
                 "image_id": image_id,
                 "category_id": ids[found["label"]],
-                "segmentation": found["rle"] if "rle" in found else found["polygons"],
+                "segmentation": found["polygons" if segmentation == "polygon" else "rle"],
                 "area": found["area"],
                 "bbox": found["bbox"],
                 "score": found["score"],
@@ -97,3 +108,34 @@ def write_yolo(folder: Path, records: Sequence[dict[str, Any]], names: Sequence[
     write_atomically(folder / "images.txt", "".join(u + "\n" for u in images).encode())
     yaml = "names:\n" + "".join(f"  {i}: {json.dumps(n)}\n" for i, n in enumerate(names))
     write_atomically(folder / "data.yaml", yaml.encode())
+
+
+def category_masks(record: dict[str, Any], names: Sequence[str]) -> dict[int, np.ndarray]:
+    """COCO category id -> the union of its annotations' masks in ``record``, bool [h, w];
+    only categories with an annotation."""
+    ids = {name: i + 1 for i, name in enumerate(names)}
+    masks: dict[int, np.ndarray] = {}
+    for found in record["annotations"]:
+        mask = decode_rle(found["rle"]).astype(bool)
+        category = ids[found["label"]]
+        masks[category] = masks[category] | mask if category in masks else mask
+    return masks
+
+
+def write_png_masks(folder: Path, records: Sequence[dict[str, Any]], names: Sequence[str]
+                    ) -> int:  # fmt: skip
+    """``folder``/NNNNNN/C.png, categories.json and images.txt (see the module
+    docstring); the number of PNG files."""
+    images, files = [], 0
+    for record in sorted(records, key=lambda r: r["index"]):
+        if "error" in record:
+            continue
+        for category, mask in category_masks(record, names).items():
+            png = folder / f"{record['index']:06d}" / f"{category}.png"
+            write_atomically(png, encode_png_mask(mask))
+            files += 1
+        images.append(record["uri"])
+    write_atomically(folder / "images.txt", "".join(u + "\n" for u in images).encode())
+    table = {str(i + 1): name for i, name in enumerate(names)}
+    write_atomically(folder / "categories.json", json.dumps(table, indent=1).encode())
+    return files

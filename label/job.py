@@ -8,7 +8,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from clipseg_serve.label.export import categories, coco, write_coco, write_yolo
+from clipseg_serve.label.export import (
+    categories,
+    coco,
+    write_coco,
+    write_png_masks,
+    write_yolo,
+)
 from clipseg_serve.label.local import label_items
 from clipseg_serve.label.options import LabelOptions
 from clipseg_serve.label.shards import ShardStore
@@ -59,25 +65,36 @@ def run_job(args: argparse.Namespace, post: PostProcess) -> dict[str, Any]:
             load_predictor(**load), items, options, store,
             batch_images=args.batch_images, workers=args.workers, progress=_print_progress,
         )  # fmt: skip
-    return export(out, list(store.records()), options, yolo=args.yolo) | {
+    records = list(store.records())
+    return export(out, records, options, yolo=args.yolo, png_masks=args.png_masks) | {
         "seconds": round(stats.seconds, 3),
         "images_per_second": round(stats.labelled / stats.seconds, 3) if stats.seconds else None,
         "labelled_this_run": stats.labelled,
     }
 
 
-def export(out: Path, records: list[dict[str, Any]], options: LabelOptions, *, yolo: bool
-           ) -> dict[str, Any]:  # fmt: skip
+def export(
+    out: Path,
+    records: list[dict[str, Any]],
+    options: LabelOptions,
+    *,
+    yolo: bool,
+    png_masks: bool = False,
+) -> dict[str, Any]:
     """Write the dataset files from every record; the summary's counts."""
     names = categories(records, options.prompts)
-    document = coco(records, names)
+    document = coco(records, names, options.segmentation)
     write_coco(out / "annotations.json", document)
     if yolo:
         write_yolo(out / "yolo", records, names, options.polygon_tolerance)
+    summary: dict[str, Any] = {}
+    if png_masks:
+        summary["png_masks"] = write_png_masks(out / "masks", records, names)
     failed = [{"uri": r["uri"], "error": r["error"]} for r in records if "error" in r]
     return {
         "images": len(document["images"]),
         "annotations": len(document["annotations"]),
+        **summary,
         "categories": names,
         "failed": failed,
         "output": str(out / "annotations.json"),

@@ -4,8 +4,9 @@ answers (COCO RLE from the device's runs, polygons by Douglas-Peucker), so the m
 the service's bit for bit.
 
 A record is JSON: ``{"index", "uri", "width", "height", "annotations": [{"label",
-"score", "area", "bbox", "rle" | "polygons"}]}``, or ``{"index", "uri", "error"}`` for an
-image that could not be labelled.
+"score", "area", "bbox", "rle"[, "polygons"]}]}``, or ``{"index", "uri", "error"}`` for an
+image that could not be labelled. Every annotation keeps its exact RLE (the PNG masks and
+YOLO files are drawn from it); ``polygons`` is added with ``--segmentation polygon``.
 """
 
 from __future__ import annotations
@@ -70,10 +71,11 @@ def _encoded(
     segmentation: str,
     tolerance: float,
 ) -> dict[str, Any]:
-    """``{"rle": ...}`` (from the device's runs when there are some, as the service) or
-    ``{"polygons": [...]}``."""
+    """``{"rle": ...}`` (from the device's runs when there are some, as the service), and
+    with ``segmentation == "polygon"`` also ``"polygons": [...]``."""
+    encoded: dict[str, Any] = {
+        "rle": encode_rle_runs(runs, size) if runs is not None else encode_rle(mask)
+    }
     if segmentation == "polygon":
-        return {"polygons": mask_to_polygons(mask, tolerance=tolerance, max_vertices=None)}
-    if runs is not None:
-        return {"rle": encode_rle_runs(runs, size)}
-    return {"rle": encode_rle(mask)}
+        encoded["polygons"] = mask_to_polygons(mask, tolerance=tolerance, max_vertices=None)
+    return encoded

@@ -4,6 +4,7 @@ kill with the same output, and a different job refused in the same folder."""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import signal
@@ -72,11 +73,11 @@ def predictor(tiny_model):
         return Predictor(tiny_model, device="cpu", dtype="float32")
 
 
-def run(predictor, dataset, out, options, batch_images=2):
+def run(predictor, dataset, out, options, batch_images=2, png_masks=False):
     items = expand([str(dataset)])
     store = ShardStore(out, {"items": [i.uri for i in items], "options": options.fingerprint()})
     stats = label_items(predictor, items, options, store, batch_images=batch_images)
-    return stats, export(out, list(store.records()), options, yolo=True)
+    return stats, export(out, list(store.records()), options, yolo=True, png_masks=png_masks)
 
 
 def test_coco_loads_and_its_masks_are_the_services(predictor, dataset, tmp_path, tiny_model):
@@ -108,6 +109,56 @@ def test_coco_loads_and_its_masks_are_the_services(predictor, dataset, tmp_path,
                 decoded = coco.annToMask(annotation)
                 assert int(decoded.sum()) == annotation["area"]
                 assert mask_utils.area(annotation["segmentation"]) == annotation["area"]
+
+
+def test_png_masks_are_the_services_mask_pngs(predictor, dataset, tmp_path):
+    options = LabelOptions(prompts=PROMPTS, threshold=THRESHOLD, segmentation="polygon")
+    out = tmp_path / "out"
+    _, summary = run(predictor, dataset, out, options, png_masks=True)
+    items = expand([str(dataset)])
+    assert json.loads((out / "masks" / "categories.json").read_text()) == {
+        str(i + 1): p for i, p in enumerate(PROMPTS)
+    }
+    images = (out / "masks" / "images.txt").read_text().splitlines()
+    assert images == [i.uri for i in items if not i.uri.endswith("broken.png")]
+    pngs = sorted((out / "masks").glob("*/*.png"))
+    assert summary["png_masks"] == len(pngs) == summary["annotations"] > 0
+    app = create_app(make_settings(), lambda settings: predictor)
+    with LiveServer(app) as server:
+        for index, uri in enumerate(i.uri for i in items):
+            if uri.endswith("broken.png"):
+                assert not (out / "masks" / f"{index:06d}").exists()
+                continue
+            answer = httpx.post(
+                server.url + "/v1/segment/text",
+                files={"image": (Path(uri).name, Path(uri).read_bytes())},
+                data={"prompt": list(PROMPTS), "threshold": str(THRESHOLD), "format": "png"},
+                timeout=60,
+            ).json()
+            for category, mask in enumerate(answer["masks"], start=1):
+                path = out / "masks" / f"{index:06d}" / f"{category}.png"
+                if mask["area"] == 0:
+                    assert not path.exists()
+                else:  # the same bytes as the service's PNG
+                    assert path.read_bytes() == base64.b64decode(mask["png"])
+
+
+def test_png_masks_with_instances_are_the_union_of_the_pieces(predictor, dataset, tmp_path):
+    options = LabelOptions(
+        prompts=PROMPTS, threshold=THRESHOLD, post=PostProcess(instances=True, min_area=1)
+    )
+    out = tmp_path / "out"
+    run(predictor, dataset, out, options, png_masks=True)
+    coco = COCO(str(out / "annotations.json"))
+    for image in coco.loadImgs(coco.getImgIds()):
+        for category in coco.getCatIds():
+            pieces = coco.loadAnns(coco.getAnnIds(imgIds=image["id"], catIds=category))
+            path = out / "masks" / f"{image['id'] - 1:06d}" / f"{category}.png"
+            if not pieces:
+                assert not path.exists()
+                continue
+            union = np.any([coco.annToMask(a) for a in pieces], axis=0)
+            assert np.array_equal(np.array(Image.open(path)) == 255, union)
 
 
 def test_instances_polygons_and_yolo(predictor, dataset, tmp_path):
