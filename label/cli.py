@@ -2,8 +2,9 @@
 
 Writes ``OUT/annotations.json`` (COCO), with ``--yolo`` also ``OUT/yolo/``, with
 ``--png-masks`` also ``OUT/masks/``, and prints a JSON summary (images, annotations,
-failures with their reasons, images per second). The shards in ``OUT/shards/`` make it resumable: run the same command again after a crash or
-a kill and it continues where it stopped, with the same final output.
+failures with their reasons, images per second). The shards in ``OUT/shards/`` make it
+resumable: run the same command again after a crash or a kill and it continues where it
+stopped, with the same final output.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@
 Worker threads read and decode images (``prepare_image``: EXIF, resize, the guide for
 refinement) ahead of the model — at most ``2 x batch_images`` images in memory, whatever
 the dataset's size; the calling thread runs one batch plan over ``batch_images`` images
-(one backbone pass per image, every prompt in the decoder) and encodes the masks; each
-batch becomes one shard (``label.shards``). An image that cannot be read or decoded
-becomes an error record, and the run goes on.
+(one backbone pass per image, every prompt in the decoder) while a worker encodes the
+previous batch's masks; each batch becomes one shard (``label.shards``), written in
+order. An image that cannot be read or decoded becomes an error record, and the run goes
+on.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from clipseg_serve.label.records import error_record, image_record
 from clipseg_serve.label.shards import ShardStore
 from clipseg_serve.label.sources import Item, read_bytes
 from clipseg_serve.model.errors import ClipSegError
+from clipseg_serve.model.inference.batch import Segmentation
 from clipseg_serve.model.inference.predictor import Predictor
 from clipseg_serve.model.inference.preparation import PreparedImage
 
@@ -67,13 +69,23 @@ def label_items(
     done = store.done()
     todo = [i for i in range(len(items)) if i not in done]
     stats, started = RunStats(), time.monotonic()
+
+    def write(encoding: Future[list[dict]]) -> None:
+        records = encoding.result()
+        stats.count(records)
+        store.write(records)
+        if progress is not None:
+            progress(stats.done, len(todo), time.monotonic() - started)
+
     with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-label") as pool:
+        encoding: Future[list[dict]] | None = None
         for chunk in _prepared_chunks(pool, predictor, items, todo, options, batch_images):
-            records = label_chunk(predictor, items, chunk, options)
-            stats.count(records)
-            store.write(records)
-            if progress is not None:
-                progress(stats.done, len(todo), time.monotonic() - started)
+            segmented = segment_chunk(predictor, items, chunk, options)
+            if encoding is not None:
+                write(encoding)  # in order; at most one chunk's masks wait to be encoded
+            encoding = pool.submit(chunk_records, items, segmented, options)
+        if encoding is not None:
+            write(encoding)
     stats.seconds = time.monotonic() - started
     return stats
 
@@ -111,31 +123,55 @@ def prepare_item(predictor: Predictor, item: Item, options: LabelOptions) -> Pre
         return f"{type(exc).__name__}: {exc}"
 
 
+Segmented = tuple[int, Segmentation | str]  # (index, its masks or why it has none)
+
+
+def segment_chunk(
+    predictor: Predictor,
+    items: Mapping[int, Item] | Sequence[Item],
+    chunk: list[Prepared],
+    options: LabelOptions,
+) -> list[Segmented]:
+    """One batch plan over a chunk's decodable images (``items[index]`` for each), in the
+    chunk's order; images that failed keep their reason."""
+    reasons: dict[int, str] = {}
+    requests, indexes = [], []
+    for index, prepared in chunk:
+        if isinstance(prepared, str):
+            reasons[index] = prepared
+            continue
+        try:
+            requests.append(options.request(prepared, items[index].uri, items[index].prompts))
+            indexes.append(index)
+        except (ValueError, ClipSegError) as exc:
+            reasons[index] = str(exc)
+    results = predictor.segment_batch(requests) if requests else []
+    found: dict[int, Segmentation | str] = dict(reasons)
+    for index, result in zip(indexes, results, strict=True):
+        assert result is not None  # nothing is skipped here
+        found[index] = result
+    return [(index, found[index]) for index, _ in chunk]
+
+
+def chunk_records(
+    items: Mapping[int, Item] | Sequence[Item], segmented: list[Segmented], options: LabelOptions
+) -> list[dict]:
+    """The records (``label.records``) of a segmented chunk: the masks encoded."""
+    return [
+        error_record(index, items[index].uri, found)
+        if isinstance(found, str)
+        else image_record(
+            index, items[index].uri, found, options.segmentation, options.polygon_tolerance
+        )
+        for index, found in segmented
+    ]
+
+
 def label_chunk(
     predictor: Predictor,
     items: Mapping[int, Item] | Sequence[Item],
     chunk: list[Prepared],
     options: LabelOptions,
 ) -> list[dict]:
-    """The records of one chunk of prepared images (``items[index]`` for each): one batch
-    plan for its decodable images. Both engines run it."""
-    records: dict[int, dict] = {}
-    requests, indexes = [], []
-    for index, prepared in chunk:
-        if isinstance(prepared, str):
-            records[index] = error_record(index, items[index].uri, prepared)
-            continue
-        try:
-            requests.append(options.request(prepared, items[index].uri, items[index].prompts))
-            indexes.append(index)
-        except (ValueError, ClipSegError) as exc:
-            records[index] = error_record(index, items[index].uri, str(exc))
-    if requests:
-        results = predictor.segment_batch(requests)
-        for index, result in zip(indexes, results, strict=True):
-            assert result is not None  # nothing is skipped here
-            record = image_record(
-                index, items[index].uri, result, options.segmentation, options.polygon_tolerance
-            )
-            records[index] = record
-    return [records[index] for index, _ in chunk]
+    """The records of one chunk of prepared images: segmented, then encoded."""
+    return chunk_records(items, segment_chunk(predictor, items, chunk, options), options)
