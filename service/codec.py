@@ -14,13 +14,14 @@ import numpy as np
 import torch
 
 from clipseg_serve.model.codecs.polygons import DEFAULT_MAX_VERTICES
-from clipseg_serve.model.codecs.rle import (
-    encode_png_gray,
-    encode_png_packed,
-    encode_rle,
-    encode_rle_runs,
-)
+from clipseg_serve.model.codecs.rle import encode_png_gray, encode_png_packed
 from clipseg_serve.model.inference.batch import Segmentation
+from clipseg_serve.model.inference.entries import (
+    MaskEntry,
+    answered_masks,
+    entry_mask,
+    entry_rle,
+)
 from clipseg_serve.model.inference.predictor import Predictor, PreparedImage
 from clipseg_serve.service.budget import ImageHeader
 from clipseg_serve.service.encode_limits import EncodeLimits
@@ -153,81 +154,47 @@ def mask_entries(
     the deadline, checked before each mask (504), and the polygons' vertex cap (413)."""
     limits = limits or _no_limits()
     entries = []
-    for i, label in enumerate(result.labels):
-        if result.instances is not None:
-            entries += _instance_entries(result, i, fmt, png_bits, tolerance, limits)
-            continue
+    for found in answered_masks(result):
         limits.check()
-        entry: dict = {
-            "prompt": label,
-            "score": round(float(result.scores[i]), 6),
-            "area": int(result.areas[i]),
-            "bbox": [int(v) for v in result.boxes[i]],
-            "threshold": result.mask_threshold(i),
-        }
-        if fmt == "rle" and result.runs is not None:
-            # Runs found on the device: only the counts string is written here.
-            entry["rle"] = encode_rle_runs(result.runs[i], result.size)
+        entry: dict = {"prompt": found.label}
+        if found.instance is not None:
+            entry |= {"instance": found.instance, "score": found.score,
+                      "max_score": found.max_score}  # fmt: skip
         else:
-            entry.update(_encoded(result, fmt, png_bits, tolerance, limits, i, None))
-        if result.soft is not None:
-            entry["soft_png"] = _b64(encode_png_gray(result.soft[i]))
-        entries.append(entry)
-    return entries
-
-
-def _instance_entries(
-    result: Segmentation,
-    index: int,
-    fmt: str,
-    png_bits: int,
-    tolerance: float,
-    limits: EncodeLimits,
-) -> list:
-    """The entries of mask ``index``'s instances, best first."""
-    assert result.instances is not None
-    found = result.instances[index]
-    entries = []
-    for k in range(len(found)):
-        limits.check()
-        entry: dict = {
-            "prompt": result.labels[index],
-            "instance": k,
-            "score": round(float(found.scores[k]), 6),
-            "max_score": round(float(found.max_scores[k]), 6),
-            "area": int(found.areas[k]),
-            "bbox": [int(v) for v in found.boxes[k]],
-            "threshold": result.mask_threshold(index),
+            entry["score"] = found.score
+        entry |= {
+            "area": found.area,
+            "bbox": found.box,
+            "threshold": result.mask_threshold(found.index),
         }
-        entry.update(_encoded(result, fmt, png_bits, tolerance, limits, index, k))
+        entry.update(_encoded(result, found, fmt, png_bits, tolerance, limits))
+        if result.soft is not None and found.instance is None:
+            entry["soft_png"] = _b64(encode_png_gray(result.soft[found.index]))
         entries.append(entry)
     return entries
 
 
 def _encoded(
     result: Segmentation,
+    found: MaskEntry,
     fmt: str,
     png_bits: int,
     tolerance: float,
     limits: EncodeLimits,
-    index: int,
-    instance: int | None,
 ) -> dict:
     """``{"rle" | "segmentation" | "png": ...}`` of one mask or one of its instances; each
-    mask is unpacked at most once (a whole mask's PNG needs no unpacking at all)."""
+    mask is unpacked at most once (a whole mask's PNG, or its RLE from the device's runs,
+    needs no unpacking at all)."""
+    if fmt == "rle":
+        return {"rle": entry_rle(result, found)}
     if fmt == "png" and result.feather:
-        matte = encode_png_gray(result.alpha(index, instance))
+        matte = encode_png_gray(result.alpha(found.index, found.instance))
         return {"png": _b64(matte), "feather": result.feather}
     width = result.size[1]
-    if fmt == "png" and instance is None:
-        return {"png": _b64(encode_png_packed(result.packed_masks[index], width, png_bits))}
-    if instance is None:
-        mask = result.mask(index)
-    else:
-        assert result.instances is not None
-        mask = result.instances[index].mask(instance)
-    if fmt == "rle":
-        return {"rle": encode_rle(mask)}
+    if fmt == "png" and found.instance is None:
+        packed = result.packed_masks[found.index]
+        return {"png": _b64(encode_png_packed(packed, width, png_bits))}
+    mask = entry_mask(result, found)
     if fmt == "polygon":
         return {"segmentation": limits.polygons(mask, tolerance)}
     packed = np.packbits(mask, axis=-1)  # an instance's PNG, with the answer's png_bits
