@@ -43,6 +43,12 @@ def run_job(args: argparse.Namespace, post: PostProcess) -> dict[str, Any]:
     """Label, export, summarise (see ``label.cli``)."""
     options = options_from_args(args, post)
     items = expand(args.source)
+    own = next((item for item in items if item.prompts), None)
+    if own is not None and isinstance(options.threshold, tuple):
+        raise ValueError(
+            f"one --threshold per prompt does not fit images with their own prompts "
+            f"({own.uri} has {len(own.prompts or ())}): give a single --threshold"
+        )
     job = {
         "items": [[item.uri, item.prompts] for item in items],
         "options": options.fingerprint(),

@@ -34,7 +34,14 @@ class LabelOptions:
 
     def request(self, prepared: PreparedImage, key: str, prompts: tuple[str, ...] | None
                 ) -> SegmentRequest:  # fmt: skip
-        """The model request for one prepared image (``prompts``: the image's own)."""
+        """The model request for one prepared image (``prompts``: the image's own).
+
+        Raises:
+            ValueError: the image has its own prompts and the run one threshold per prompt
+                (they belong to the run's prompts).
+        """
+        if prompts and isinstance(self.threshold, tuple):
+            raise ValueError("one threshold per prompt does not fit an image's own prompts")
         return SegmentRequest(
             prepared.pixels,
             prepared.size,
@@ -42,8 +49,7 @@ class LabelOptions:
             prompts=prompts or self.prompts,
             negative_prompts=self.negative_prompts,
             template=self.template,
-            # one threshold per run prompt does not fit an image's own prompts
-            threshold=None if prompts and isinstance(self.threshold, tuple) else self.threshold,
+            threshold=self.threshold,
             combine=self.combine,
             runs=self.segmentation == "rle",
             post=self.post,

@@ -285,6 +285,24 @@ def test_bad_arguments_are_refused_with_a_reason(dataset, tmp_path, capsys, extr
     assert not (tmp_path / "out" / "annotations.json").exists()
 
 
+def test_per_prompt_thresholds_are_refused_for_images_with_their_own_prompts(
+    dataset, tmp_path, capsys
+):
+    from clipseg_serve.label.cli import main
+
+    manifest = tmp_path / "list.jsonl"
+    lines = [{"path": str(dataset / "scene0.jpg")},
+             {"path": str(dataset / "scene1.png"), "prompts": ["x", "y"]}]  # fmt: skip
+    manifest.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    thresholds = ["--threshold", "0.4", "--threshold", "0.5"]
+    out = tmp_path / "o"
+    assert main([str(manifest), "--prompt", "a", "--prompt", "b", *thresholds, "-o", str(out)]) == 1
+    assert "give a single --threshold" in capsys.readouterr().err
+    assert not out.exists()  # refused before anything is written or loaded
+    with pytest.raises(ValueError, match="own prompts"):
+        LabelOptions(prompts=("a", "b"), threshold=(0.4, 0.5)).request(None, "k", ("x", "y"))
+
+
 def test_a_source_that_names_nothing_fails_before_the_model_loads(tmp_path, capsys):
     from clipseg_serve.label.cli import main
 
