@@ -45,7 +45,6 @@ import io
 import itertools
 import os
 import platform
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -53,6 +52,7 @@ from dataclasses import dataclass, field
 
 import httpx
 import numpy as np
+from machine import cpu_model
 from PIL import Image, ImageDraw
 from server import parse_env, start_server, stop_server
 
@@ -311,17 +311,6 @@ def report(grid: list[Cell], records: list[Record]) -> None:
     for r in records:
         statuses[r.status] = statuses.get(r.status, 0) + 1
     print(f"  answers by status: {dict(sorted(statuses.items()))}")
-
-
-def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return platform.processor() or "unknown CPU"
-    for line in out.splitlines():
-        if line.startswith("Model name:"):
-            return line.partition(":")[2].strip()
-    return "unknown CPU"
 
 
 def run_grid(sender: Sender, grid: list[Cell], repeat: int) -> Iterator[Record]:

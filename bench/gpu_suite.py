@@ -72,6 +72,7 @@ from pathlib import Path
 
 import gpu_service
 from gpu_runner import SECTIONS, Row, Scale, Suite, full_scale, run_section, smoke_scale
+from machine import cpu_model
 from server import ROOT
 
 COLUMNS = (("#", 1), ("row", 54), ("value", 16), ("target", 16), ("verdict", 7))
@@ -83,7 +84,7 @@ def environment(scale: Scale) -> dict:
 
     cuda = torch.cuda.is_available()
     return {
-        "device": device_name() if scale.device.startswith("cuda") else f"CPU ({_cpu()})",
+        "device": device_name() if scale.device.startswith("cuda") else f"CPU ({cpu_model()})",
         "gpus": torch.cuda.device_count() if cuda else 0,
         "torch": torch.__version__,
         "cuda": torch.version.cuda,
@@ -91,7 +92,7 @@ def environment(scale: Scale) -> dict:
         "fp32_matmul_precision": torch.get_float32_matmul_precision(),
         "python": platform.python_version(),
         "host_cpus": os.cpu_count(),
-        "host_cpu": _cpu(),
+        "host_cpu": cpu_model(),
         "source": str(ROOT),
         "mode": "smoke" if scale.smoke else "full",
         "variant": scale.variant,
@@ -104,14 +105,6 @@ def _known_settings() -> set[str]:
         return gpu_service.settings_supported()
     except Exception:  # an environment line is no reason to stop
         return set()
-
-
-def _cpu() -> str:
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
 
 
 def _value(row: Row) -> str:

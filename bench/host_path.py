@@ -46,7 +46,6 @@ import argparse
 import contextlib
 import io
 import os
-import platform
 import signal
 import statistics
 from concurrent.futures import ThreadPoolExecutor
@@ -54,6 +53,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+from machine import cpu_model
 from PIL import Image, ImageDraw
 from server import ROOT, parse_env, start_server, stop_server
 
@@ -151,13 +151,6 @@ def cell(values: list[float]) -> str:
     return f"{statistics.median(values):6.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
-def cpu_name() -> str:
-    for line in Path("/proc/cpuinfo").read_text().splitlines():
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor() or "unknown CPU"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
@@ -178,7 +171,7 @@ def main() -> None:
 
     images = [photo_like(seed) for seed in range(args.images)]
     sizes = ", ".join(f"{len(b) / 1e6:.2f}" for b in images)
-    print(f"{cpu_name()}, {os.cpu_count()} CPUs; {WIDTH}x{HEIGHT} JPEGs of {sizes} MB")
+    print(f"{cpu_model()}, {os.cpu_count()} CPUs; {WIDTH}x{HEIGHT} JPEGs of {sizes} MB")
     # One intra-op thread: torch's OpenMP workers would otherwise burn part of the model
     # thread's work (and their spin-waits) on threads no stage clock sees.
     env = {"CLIPSEG_DEVICE": "cpu", "OMP_NUM_THREADS": "1", **parse_env(args.env)}

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -35,6 +34,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import cpu_description
 from PIL import Image, ImageDraw
 from server import ROOT, start_server, stop_server
 
@@ -115,7 +115,8 @@ def measure(
     """(wall, steady) seconds of ``path`` over every image (a fresh output folder)."""
     out = Path(tempfile.mkdtemp(dir=work))
     if path == "local":
-        return run_label(args, folder, out, [])
+        threads = ["--workers", str(args.workers)] if args.workers else []
+        return run_label(args, folder, out, threads)
     if path == "predict":
         return run_predict(args, images, out)
     if path == "http":
@@ -140,9 +141,13 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=24)
     parser.add_argument("--batch-images", type=int, default=8)
     parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--workers", type=int, default=None,
+        help="the local engine's threads around the model (default: clipseg-label's)",
+    )  # fmt: skip
     parser.add_argument("--skip", action="append", default=[], choices=PATHS)
     args = parser.parse_args()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, {platform.processor() or ''}; "
+    print(f"machine: {cpu_description()}; "
           f"variant {args.variant} on {args.device}; {args.images} images 640x480, "
           f"{len(PROMPTS)} prompts each, RLE")  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:

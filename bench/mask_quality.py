@@ -91,6 +91,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # run as a script: import this checkout's packages
     sys.path.insert(0, str(ROOT))
 
+from bench.machine import cpu_model  # noqa: E402
 from clipseg_serve.model.backends import load_predictor  # noqa: E402
 from clipseg_serve.model.codecs.polygons import mask_to_polygons  # noqa: E402
 from clipseg_serve.model.inference.batch import Segmentation  # noqa: E402
@@ -533,13 +534,7 @@ def cost_table(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def environment(threads: int, work_threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    with open("/proc/cpuinfo") as handle:
-        for line in handle:
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    return {"cpu": cpu, "host_cpus": os.cpu_count(), "torch_threads": threads,
+    return {"cpu": cpu_model(), "host_cpus": os.cpu_count(), "torch_threads": threads,
             "work_threads": work_threads,
             "torch": torch.__version__, "python": platform.python_version(),
             "modes": list(MODES)}  # fmt: skip
