@@ -51,10 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="images per batch, and per shard (default: %(default)s)",
     )  # fmt: skip
     parser.add_argument(
-        "--workers", type=int, default=None,
-        help="local: threads reading, decoding and encoding around the model (default: 1 "
-        "on a CPU, whose cores the model's threads use; 4 on a GPU); ray: model workers "
-        "(default: 2)",
+        "--workers", type=int, default=2,
+        help="local: threads reading and decoding images; ray: model workers (default: 2)",
     )  # fmt: skip
     parser.add_argument(
         "--engine", choices=("local", "ray"), default="local",
@@ -100,7 +98,7 @@ def _argument_error(args: argparse.Namespace) -> str | None:
     if not args.prompt:
         return "give at least one --prompt"
     for flag, value in (("--batch-images", args.batch_images), ("--workers", args.workers)):
-        if value is not None and value < 1:
+        if value < 1:
             return f"{flag} must be at least 1, got {value}"
     if args.polygon_tolerance < 0:
         return f"--polygon-tolerance must be >= 0, got {args.polygon_tolerance}"

@@ -62,8 +62,7 @@ def run_job(args: argparse.Namespace, post: PostProcess) -> dict[str, Any]:
         from clipseg_serve.label.ray_engine import label_items_on_ray
 
         stats = label_items_on_ray(
-            load, items, options, store, workers=args.workers or 2,
-            batch_images=args.batch_images,
+            load, items, options, store, workers=args.workers, batch_images=args.batch_images,
             address=args.ray_address, gpus_per_worker=args.gpus_per_worker,
             cpus_per_worker=args.cpus_per_worker, progress=_print_progress,
         )  # fmt: skip

@@ -16,8 +16,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-import torch
-
 from clipseg_serve.label.options import LabelOptions
 from clipseg_serve.label.records import error_record, image_record
 from clipseg_serve.label.shards import ShardStore
@@ -55,14 +53,6 @@ class RunStats:
         return self.labelled + self.failed
 
 
-def default_workers(device: torch.device) -> int:
-    """Threads around the model on ``device``. On a CPU the model's intra-op threads
-    already use every core, and a thread decoding beside them stalls their parallel
-    regions (2 threads cost 17% of the model's speed on 2 cores, 1 none: docs/label.md);
-    one keeps ahead of a CPU model. A GPU leaves the cores to decoding and encoding."""
-    return 1 if device.type == "cpu" else 4
-
-
 def label_items(
     predictor: Predictor,
     items: Sequence[Item],
@@ -70,12 +60,10 @@ def label_items(
     store: ShardStore,
     *,
     batch_images: int = 8,
-    workers: int | None = None,
+    workers: int = 2,
     progress: Progress | None = None,
 ) -> RunStats:
-    """Label every item not yet in ``store``; returns this run's ``RunStats``.
-    ``workers``: threads around the model (None: ``default_workers``)."""
-    workers = workers or default_workers(predictor.device)
+    """Label every item not yet in ``store``; returns this run's ``RunStats``."""
     if batch_images < 1 or workers < 1:
         raise ValueError("batch_images and workers must be >= 1")
     done = store.done()
