@@ -52,7 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     parser.add_argument(
         "--workers", type=int, default=2,
-        help="local: threads reading and decoding images; ray: model workers (default: 2)",
+        help="local: threads reading, decoding and encoding around the model; ray: model "
+        "workers (default: 2)",
     )  # fmt: skip
     parser.add_argument(
         "--engine", choices=("local", "ray"), default="local",
