@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,8 +32,9 @@ from clipseg_serve.label.sources import Item
 class LabelActor:
     """One predictor in a Ray worker; ``__call__`` labels a batch of items.
 
-    ``load``: keyword arguments of ``load_predictor``; ``threads``: torch's intra-op
-    threads in this worker (its CPU share).
+    ``load``: keyword arguments of ``load_predictor``; ``threads``: this worker's CPU
+    share — torch's intra-op threads, and the threads that read and decode a chunk's
+    images side by side (Pillow and file reads release the GIL).
     """
 
     def __init__(self, load: dict[str, Any], options: LabelOptions, threads: int) -> None:
@@ -43,6 +45,7 @@ class LabelActor:
         torch.set_num_threads(max(1, threads))
         self.predictor = load_predictor(**load)
         self.options = options
+        self.readers = ThreadPoolExecutor(max(1, threads), thread_name_prefix="clipseg-read")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Rows of chunks (JSON lists of [index, uri, prompts]) -> their records (JSON)."""
@@ -50,9 +53,10 @@ class LabelActor:
         for text in batch["chunk"]:
             items = {int(i): Item(uri, tuple(prompts) if prompts else None)
                      for i, uri, prompts in json.loads(text)}  # fmt: skip
-            chunk = [
-                (i, prepare_item(self.predictor, item, self.options)) for i, item in items.items()
-            ]
+            prepared = self.readers.map(
+                lambda item: prepare_item(self.predictor, item, self.options), items.values()
+            )
+            chunk = list(zip(items, prepared, strict=True))
             records += label_chunk(self.predictor, items, chunk, self.options)
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
 
