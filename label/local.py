@@ -117,29 +117,10 @@ def _prepared_chunks(
 
 def prepare_item(predictor: Predictor, item: Item, options: LabelOptions) -> PreparedImage | str:
     """One image read and decoded for the model, or why it could not be."""
-    data = read_item(item)
-    return data if isinstance(data, str) else prepare_data(predictor, data, options)
-
-
-def read_item(item: Item) -> bytes | str:
-    """The image file's bytes, or why they could not be read."""
     try:
-        return read_bytes(item.uri)
-    except OSError as exc:
-        return _reason(exc)
-
-
-def prepare_data(predictor: Predictor, data: bytes, options: LabelOptions
-                 ) -> PreparedImage | str:  # fmt: skip
-    """An image file's bytes decoded for the model, or why they could not be."""
-    try:
-        return predictor.prepare_image(data, guide=options.guide)
+        return predictor.prepare_image(read_bytes(item.uri), guide=options.guide)
     except (OSError, ClipSegError) as exc:
-        return _reason(exc)
-
-
-def _reason(exc: Exception) -> str:
-    return f"{type(exc).__name__}: {exc}"
+        return f"{type(exc).__name__}: {exc}"
 
 
 Segmented = tuple[int, Segmentation | str]  # (index, its masks or why it has none)

@@ -1,11 +1,11 @@
 """The Ray engine: the same job on a Ray cluster (``--engine ray``).
 
 Ray Data holds the images still to label, cut into the local engine's own chunks of
-``batch_images`` images (the same batches: the same masks). Two ``map_batches`` stages
-stream them: tasks read the chunks' files (``read_chunk``: I/O, object storage included,
-ahead of the models), then an actor pool — one predictor per worker, on one GPU each, or
-on ``cpus_per_worker`` CPUs — decodes and labels each chunk with the local engine's
-functions (``label.local.prepare_data`` and ``label_chunk``). The driver writes the records into the same shards as the local engine as batches come back,
+``batch_images`` images (the same batches: the same masks);
+``map_batches`` runs an actor pool — one predictor per worker, on one GPU each, or on
+``cpus_per_worker`` CPUs — over them, each actor reading, decoding and labelling a chunk
+with the local engine's functions (``label.local.prepare_item`` and ``label_chunk``). The
+driver writes the records into the same shards as the local engine as batches come back,
 so resuming, the output files and the summary are the same.
 
 With no address it starts a local Ray instance on this machine; ``address`` joins an
@@ -16,7 +16,6 @@ own cluster is found by ``ray.init()``. Ray itself is an optional dependency.
 from __future__ import annotations
 
 import json
-import pickle
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -24,41 +23,18 @@ from typing import Any
 
 import numpy as np
 
-from clipseg_serve.label.local import (
-    Progress,
-    RunStats,
-    label_chunk,
-    prepare_data,
-    read_item,
-)
+from clipseg_serve.label.local import Progress, RunStats, label_chunk, prepare_item
 from clipseg_serve.label.options import LabelOptions
 from clipseg_serve.label.shards import ShardStore
 from clipseg_serve.label.sources import Item
-from clipseg_serve.model.inference.preparation import PreparedImage
-
-#: Files each reading task reads at once, and reading tasks at once.
-READ_THREADS = 8
-READ_TASKS = 2
-
-
-def read_chunk(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Ray Data's reading stage: rows of chunks (JSON lists of [index, uri, prompts]) ->
-    the same rows with ``files``, the pickled list of each image's bytes (or why they
-    could not be read), read side by side (reads release the GIL)."""
-    files = []
-    with ThreadPoolExecutor(READ_THREADS, thread_name_prefix="clipseg-read") as pool:
-        for text in batch["chunk"]:
-            items = [Item(uri) for _, uri, _ in json.loads(text)]
-            files.append(pickle.dumps(list(pool.map(read_item, items))))
-    return {"chunk": batch["chunk"], "files": np.array(files, dtype=object)}
 
 
 class LabelActor:
-    """One predictor in a Ray worker; ``__call__`` labels a batch of read chunks.
+    """One predictor in a Ray worker; ``__call__`` labels a batch of items.
 
     ``load``: keyword arguments of ``load_predictor``; ``threads``: this worker's CPU
-    share — torch's intra-op threads, and the threads that decode a chunk's images side
-    by side (Pillow releases the GIL).
+    share — torch's intra-op threads, and the threads that read and decode a chunk's
+    images side by side (Pillow and file reads release the GIL).
     """
 
     def __init__(self, load: dict[str, Any], options: LabelOptions, threads: int) -> None:
@@ -69,18 +45,17 @@ class LabelActor:
         torch.set_num_threads(max(1, threads))
         self.predictor = load_predictor(**load)
         self.options = options
-        self.decoders = ThreadPoolExecutor(max(1, threads), thread_name_prefix="clipseg-decode")
-
-    def _prepare(self, data: bytes | str) -> PreparedImage | str:
-        return data if isinstance(data, str) else prepare_data(self.predictor, data, self.options)
+        self.readers = ThreadPoolExecutor(max(1, threads), thread_name_prefix="clipseg-read")
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Read chunks (``read_chunk``) -> their records (JSON)."""
+        """Rows of chunks (JSON lists of [index, uri, prompts]) -> their records (JSON)."""
         records = []
-        for text, files in zip(batch["chunk"], batch["files"], strict=True):
+        for text in batch["chunk"]:
             items = {int(i): Item(uri, tuple(prompts) if prompts else None)
                      for i, uri, prompts in json.loads(text)}  # fmt: skip
-            prepared = self.decoders.map(self._prepare, pickle.loads(files))
+            prepared = self.readers.map(
+                lambda item: prepare_item(self.predictor, item, self.options), items.values()
+            )
             chunk = list(zip(items, prepared, strict=True))
             records += label_chunk(self.predictor, items, chunk, self.options)
         return {"record": np.array([json.dumps(r) for r in records], dtype=object)}
@@ -122,12 +97,7 @@ def label_items_on_ray(
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
                  logging_level="ERROR")  # fmt: skip
     try:
-        # Reading is I/O: its tasks hold no CPU, so that actors holding every CPU of a
-        # node do not starve it; two at a time keep ahead of the models.
-        read = ray.data.from_items(rows).map_batches(
-            read_chunk, batch_size=1, num_cpus=0, concurrency=READ_TASKS
-        )
-        dataset = read.map_batches(
+        dataset = ray.data.from_items(rows).map_batches(
             LabelActor,
             fn_constructor_kwargs={
                 "load": load, "options": options, "threads": int(max(1, cpus_per_worker)),
