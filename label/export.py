@@ -22,7 +22,7 @@ lists the images in order.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -43,12 +43,17 @@ def categories(records: Iterable[dict[str, Any]], prompts: Sequence[str]) -> lis
     return names
 
 
+def category_ids(names: Sequence[str]) -> dict[str, int]:
+    """COCO category ids of ``names``: 1, 2, ... in order."""
+    return {name: i + 1 for i, name in enumerate(names)}
+
+
 def coco(
     records: Sequence[dict[str, Any]], names: Sequence[str], segmentation: str = "rle"
 ) -> dict[str, Any]:
     """The COCO document of ``records`` (any order) with categories ``names``;
     ``segmentation``: "rle" or "polygon" (the records must have been made with it)."""
-    ids = {name: i + 1 for i, name in enumerate(names)}
+    ids = category_ids(names)
     images, annotations = [], []
     for record in sorted(records, key=lambda r: r["index"]):
         if "error" in record:
@@ -110,10 +115,9 @@ def write_yolo(folder: Path, records: Sequence[dict[str, Any]], names: Sequence[
     write_atomically(folder / "data.yaml", yaml.encode())
 
 
-def category_masks(record: dict[str, Any], names: Sequence[str]) -> dict[int, np.ndarray]:
-    """COCO category id -> the union of its annotations' masks in ``record``, bool [h, w];
-    only categories with an annotation."""
-    ids = {name: i + 1 for i, name in enumerate(names)}
+def category_masks(record: dict[str, Any], ids: Mapping[str, int]) -> dict[int, np.ndarray]:
+    """COCO category id (``ids`` of the labels) -> the union of its annotations' masks in
+    ``record``, bool [h, w]; only categories with an annotation."""
     masks: dict[int, np.ndarray] = {}
     for found in record["annotations"]:
         mask = decode_rle(found["rle"]).astype(bool)
@@ -126,16 +130,17 @@ def write_png_masks(folder: Path, records: Sequence[dict[str, Any]], names: Sequ
                     ) -> int:  # fmt: skip
     """``folder``/NNNNNN/C.png, categories.json and images.txt (see the module
     docstring); the number of PNG files."""
+    ids = category_ids(names)
     images, files = [], 0
     for record in sorted(records, key=lambda r: r["index"]):
         if "error" in record:
             continue
-        for category, mask in category_masks(record, names).items():
+        for category, mask in category_masks(record, ids).items():
             png = folder / f"{record['index']:06d}" / f"{category}.png"
             write_atomically(png, encode_png_mask(mask))
             files += 1
         images.append(record["uri"])
     write_atomically(folder / "images.txt", "".join(u + "\n" for u in images).encode())
-    table = {str(i + 1): name for i, name in enumerate(names)}
+    table = {str(i): name for name, i in ids.items()}
     write_atomically(folder / "categories.json", json.dumps(table, indent=1).encode())
     return files

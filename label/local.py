@@ -53,6 +53,26 @@ class RunStats:
         return self.labelled + self.failed
 
 
+class ShardWriter:
+    """Where both engines put each chunk's records as it finishes: a new shard, the run's
+    counts, and a progress report over ``todo`` images."""
+
+    def __init__(self, store: ShardStore, todo: int, progress: Progress | None) -> None:
+        self.store, self.todo, self.progress = store, todo, progress
+        self.stats, self.started = RunStats(), time.monotonic()
+
+    def write(self, records: list[dict]) -> None:
+        self.store.write(records)
+        self.stats.count(records)
+        if self.progress is not None:
+            self.progress(self.stats.done, self.todo, time.monotonic() - self.started)
+
+    def finish(self) -> RunStats:
+        """This run's counts, with its seconds."""
+        self.stats.seconds = time.monotonic() - self.started
+        return self.stats
+
+
 def label_items(
     predictor: Predictor,
     items: Sequence[Item],
@@ -66,28 +86,19 @@ def label_items(
     """Label every item not yet in ``store``; returns this run's ``RunStats``."""
     if batch_images < 1 or workers < 1:
         raise ValueError("batch_images and workers must be >= 1")
-    done = store.done()
-    todo = [i for i in range(len(items)) if i not in done]
-    stats, started = RunStats(), time.monotonic()
-
-    def write(encoding: Future[list[dict]]) -> None:
-        records = encoding.result()
-        stats.count(records)
-        store.write(records)
-        if progress is not None:
-            progress(stats.done, len(todo), time.monotonic() - started)
-
+    todo = store.remaining(len(items))
+    writer = ShardWriter(store, len(todo), progress)
     with ThreadPoolExecutor(workers, thread_name_prefix="clipseg-label") as pool:
         encoding: Future[list[dict]] | None = None
         for chunk in _prepared_chunks(pool, predictor, items, todo, options, batch_images):
             segmented = segment_chunk(predictor, items, chunk, options)
             if encoding is not None:
-                write(encoding)  # in order; at most one chunk's masks wait to be encoded
+                # in order; at most one chunk's masks wait to be encoded
+                writer.write(encoding.result())
             encoding = pool.submit(chunk_records, items, segmented, options)
         if encoding is not None:
-            write(encoding)
-    stats.seconds = time.monotonic() - started
-    return stats
+            writer.write(encoding.result())
+    return writer.finish()
 
 
 Prepared = tuple[int, PreparedImage | str]  # (index, the image or why it failed)

@@ -16,14 +16,19 @@ own cluster is found by ``ray.init()``. Ray itself is an optional dependency.
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from clipseg_serve.label.local import Progress, RunStats, label_chunk, prepare_item
+from clipseg_serve.label.local import (
+    Progress,
+    RunStats,
+    ShardWriter,
+    label_chunk,
+    prepare_item,
+)
 from clipseg_serve.label.options import LabelOptions
 from clipseg_serve.label.shards import ShardStore
 from clipseg_serve.label.sources import Item
@@ -79,8 +84,7 @@ def label_items_on_ray(
         import ray
     except ImportError:
         raise ValueError("--engine ray needs Ray: pip install 'ray[data]'") from None
-    done = store.done()
-    todo = [i for i in range(len(items)) if i not in done]
+    todo = store.remaining(len(items))
     rows = [
         {
             "chunk": json.dumps(
@@ -89,9 +93,9 @@ def label_items_on_ray(
         }
         for k in range(0, len(todo), batch_images)
     ]
-    stats, started = RunStats(), time.monotonic()
     if not rows:
-        return stats
+        return RunStats()
+    writer = ShardWriter(store, len(todo), progress)
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False,
@@ -108,13 +112,8 @@ def label_items_on_ray(
             num_gpus=gpus_per_worker,
         )  # fmt: skip
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
-            records = [json.loads(text) for text in batch["record"]]
-            store.write(records)
-            stats.count(records)
-            if progress is not None:
-                progress(stats.done, len(todo), time.monotonic() - started)
+            writer.write([json.loads(text) for text in batch["record"]])
     finally:
         if started_here:
             ray.shutdown()
-    stats.seconds = time.monotonic() - started
-    return stats
+    return writer.finish()

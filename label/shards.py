@@ -66,9 +66,10 @@ class ShardStore:
             for line in path.read_text(encoding="utf-8").splitlines():
                 yield json.loads(line)
 
-    def done(self) -> set[int]:
-        """The indexes of the images already in a shard."""
-        return {record["index"] for record in self.records()}
+    def remaining(self, count: int) -> list[int]:
+        """The indexes below ``count`` of the images not yet in a shard, in order."""
+        done = {record["index"] for record in self.records()}
+        return [i for i in range(count) if i not in done]
 
     def write(self, records: Iterable[dict[str, Any]]) -> None:
         """One new shard with ``records`` (nothing when there are none)."""
